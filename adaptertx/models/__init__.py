@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -103,19 +105,24 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | None =
         **kwargs: passed to ``AutoModel.from_pretrained`` (e.g. ``quantization_config``).
     """
     source = resolve(name_or_path)
+    if not Path(source).is_dir() and not hub_reachable():
+        # Without the Hub only the local Hugging Face cache can serve a Hub id; asking the
+        # Hub anyway would spend a minute in retries before failing.
+        kwargs["local_files_only"] = True
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, local_files_only=kwargs.get("local_files_only", False))
     except OSError as e:
-        raise AdaptertxError(
-            f"could not load model {name_or_path!r}: {first_line(e)} — if the Hugging Face Hub is not "
-            f"reachable, pass a local folder or the offline default {DEFAULT_MODEL!r}") from None
+        where = ("it is not in the local Hugging Face cache and the Hub is not reachable"
+                 if kwargs.get("local_files_only") else first_line(e))
+        raise AdaptertxError(f"could not load model {name_or_path!r}: {where}; pass a local folder or "
+                             f"the offline default {DEFAULT_MODEL!r}") from None
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise AdaptertxError(f"model {name_or_path!r} is a {config.model_type!r} model; adaptertx supports "
                              f"encoders of type {', '.join(SUPPORTED_MODEL_TYPES)}")
     if dtype is not None:
         kwargs["dtype"] = dtype
     model = AutoModel.from_pretrained(source, config=config, add_pooling_layer=False, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=kwargs.get("local_files_only", False))
     model.eval()
     return model, tokenizer
 
@@ -183,6 +190,19 @@ def first_line(e: BaseException) -> str:
     return type(e).__name__
 
 
-def hub_offline() -> bool:
-    """True when the environment asks for no Hub access (``HF_HUB_OFFLINE``)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub (``HF_ENDPOINT``, default huggingface.co) answers a TCP connect.
+
+    False at once when ``HF_HUB_OFFLINE`` is set.
+    """
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

