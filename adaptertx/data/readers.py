@@ -1,0 +1,556 @@
+"""Parsers for the public release formats of the datasets adaptertx uses.
+
+One parser per format. Every parser returns examples in the common schema of its task
+family (see :mod:`adaptertx.data`) and raises :class:`~adaptertx.errors.AdaptertxError`
+naming the file, the line and what was expected on malformed input (missing fields,
+labels outside the label set, wrong column counts, an empty file, bytes that are not
+UTF-8). Bad rows are never skipped. Files ending in ``.xz``, ``.gz`` or ``.bz2`` are
+decompressed on the fly.
+
+Ids: row formats without an id column number their examples ``"0"``, ``"1"``, ... in file
+order (for tagging formats: sentence order); formats with ids keep them.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import io
+import json
+import lzma
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from adaptertx.errors import AdaptertxError
+
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+PARAPHRASE_LABELS = ("0", "1")
+UPOS_TAGS = frozenset(
+    "ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X".split()
+)
+_BIO = re.compile(r"^(O|[BI]-[A-Za-z][A-Za-z0-9_]*)$")
+
+# XCOPA/COPA question templates. English for every language (XCOPA ships the question
+# type, not a question; the model sees the same English template in every language).
+COPA_QUESTIONS = {"cause": "What was the cause?", "effect": "What happened as a result?"}
+
+
+def _fail(path: str | os.PathLike, line: int | None, msg: str) -> AdaptertxError:
+    where = f"{path}" if line is None else f"{path}, line {line}"
+    return AdaptertxError(f"{where}: {msg}")
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise AdaptertxError(f"{path}: no such file")
+    opener: Callable[..., Any] = open
+    if p.suffix == ".xz":
+        opener = lzma.open
+    elif p.suffix == ".gz":
+        opener = gzip.open
+    elif p.suffix == ".bz2":
+        opener = bz2.open
+    try:
+        with opener(p, "rb") as f:
+            return f.read()
+    except (OSError, lzma.LZMAError, EOFError) as e:
+        raise AdaptertxError(f"{path}: cannot read compressed file ({e})") from None
+
+
+def _read_text(path: str | os.PathLike, expected: str) -> str:
+    """The whole file as text (UTF-8, BOM dropped, CRLF→LF); errors on empty or non-UTF-8."""
+    data = _read_bytes(path)
+    if not data.strip():
+        raise _fail(path, None, f"file is empty; expected {expected}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise _fail(path, line, f"not valid UTF-8 (byte 0x{data[e.start]:02x}); expected UTF-8 text") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.replace("\r\n", "\n")
+
+
+def _lines(path: str | os.PathLike, expected: str) -> list[str]:
+    text = _read_text(path, expected)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _columns(path, lineno: int, line: str, n: int, expected: str) -> list[str]:
+    cols = line.split("\t")
+    if len(cols) != n:
+        raise _fail(path, lineno, f"found {len(cols)} tab-separated columns, expected {n} ({expected})")
+    return cols
+
+
+def _nonempty(path, lineno, value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(path, lineno, f"field {field!r} is missing or empty; expected a non-empty string")
+    return value
+
+
+def _jsonl(path, expected: str) -> Iterator[tuple[int, dict]]:
+    for lineno, line in enumerate(_lines(path, expected), 1):
+        if not line.strip():
+            raise _fail(path, lineno, f"empty line; expected one JSON object per line ({expected})")
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _fail(path, lineno, f"invalid JSON ({e.msg}); expected {expected}") from None
+        if not isinstance(obj, dict):
+            raise _fail(path, lineno, f"expected a JSON object ({expected})")
+        yield lineno, obj
+
+
+def _field(path, lineno, obj: dict, key: str, expected: str) -> Any:
+    if key not in obj:
+        raise _fail(path, lineno, f"missing field {key!r}; expected {expected}")
+    return obj[key]
+
+
+def _check_unique(path, examples: list[dict]) -> list[dict]:
+    seen: set[str] = set()
+    for ex in examples:
+        if ex["id"] in seen:
+            raise _fail(path, None, f"duplicate example id {ex['id']!r}; ids must be unique")
+        seen.add(ex["id"])
+    return examples
+
+
+# ---------------------------------------------------------------- sequence classification
+
+
+def read_xnli_tsv(path) -> list[dict]:
+    """XTREME XNLI: ``premise<TAB>hypothesis<TAB>label``, no header; labels
+    entailment/neutral/contradiction (``contradictory`` is read as contradiction)."""
+    what = "premise<TAB>hypothesis<TAB>entailment|neutral|contradiction"
+    out = []
+    for lineno, line in enumerate(_lines(path, what), 1):
+        a, b, label = _columns(path, lineno, line, 3, what)
+        label = "contradiction" if label == "contradictory" else label
+        if label not in NLI_LABELS:
+            raise _fail(path, lineno, f"label {label!r} is not one of {', '.join(NLI_LABELS)}")
+        _nonempty(path, lineno, a, "premise")
+        _nonempty(path, lineno, b, "hypothesis")
+        out.append({"id": str(lineno - 1), "text_a": a, "text_b": b, "label": label})
+    return out
+
+
+def read_pawsx_tsv(path) -> list[dict]:
+    """PAWS-X: XTREME's ``sentence1<TAB>sentence2<TAB>label`` (no header), or the original
+    release with header ``id sentence1 sentence2 label``. Labels 0 (not paraphrase) / 1."""
+    what = "sentence1<TAB>sentence2<TAB>0|1"
+    lines = _lines(path, what)
+    with_id = lines[0].split("\t") == ["id", "sentence1", "sentence2", "label"]
+    out = []
+    for lineno, line in enumerate(lines, 1):
+        if with_id and lineno == 1:
+            continue
+        if with_id:
+            ident, a, b, label = _columns(path, lineno, line, 4, "id<TAB>sentence1<TAB>sentence2<TAB>0|1")
+        else:
+            a, b, label = _columns(path, lineno, line, 3, what)
+            ident = str(lineno - 1)
+        if label not in PARAPHRASE_LABELS:
+            raise _fail(path, lineno, f"label {label!r} is not 0 or 1")
+        _nonempty(path, lineno, a, "sentence1")
+        _nonempty(path, lineno, b, "sentence2")
+        out.append({"id": ident, "text_a": a, "text_b": b, "label": label})
+    return _check_unique(path, out)
+
+
+def read_mrpc_tsv(path) -> list[dict]:
+    """MRPC as released by Microsoft: header ``Quality #1 ID #2 ID #1 String #2 String``,
+    tab-separated; id = ``"<#1 ID>-<#2 ID>"``; label = Quality (0/1)."""
+    what = "Quality<TAB>#1 ID<TAB>#2 ID<TAB>#1 String<TAB>#2 String"
+    lines = _lines(path, what)
+    if lines[0].split("\t") != ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]:
+        raise _fail(path, 1, f"header not found; expected {what}")
+    out = []
+    for lineno, line in enumerate(lines[1:], 2):
+        label, id1, id2, a, b = _columns(path, lineno, line, 5, what)
+        if label not in PARAPHRASE_LABELS:
+            raise _fail(path, lineno, f"Quality {label!r} is not 0 or 1")
+        _nonempty(path, lineno, a, "#1 String")
+        _nonempty(path, lineno, b, "#2 String")
+        out.append({"id": f"{id1}-{id2}", "text_a": a, "text_b": b, "label": label})
+    if not out:
+        raise _fail(path, None, "no rows after the header")
+    return _check_unique(path, out)
+
+
+def read_anli_jsonl(path) -> list[dict]:
+    """ANLI release format: jsonl with ``uid``, ``premise``, ``hypothesis``, ``label`` (e/n/c)."""
+    what = '{"uid", "premise", "hypothesis", "label": "e"|"n"|"c"}'
+    names = {"e": "entailment", "n": "neutral", "c": "contradiction"}
+    out = []
+    for lineno, obj in _jsonl(path, what):
+        label = _field(path, lineno, obj, "label", what)
+        if label not in names:
+            raise _fail(path, lineno, f"label {label!r} is not one of e, n, c")
+        out.append({
+            "id": _nonempty(path, lineno, _field(path, lineno, obj, "uid", what), "uid"),
+            "text_a": _nonempty(path, lineno, _field(path, lineno, obj, "premise", what), "premise"),
+            "text_b": _nonempty(path, lineno, _field(path, lineno, obj, "hypothesis", what), "hypothesis"),
+            "label": names[label],
+        })
+    return _check_unique(path, out)
+
+
+# ---------------------------------------------------------------- multiple choice
+
+
+def read_copa_jsonl(path) -> list[dict]:
+    """COPA / XCOPA jsonl: ``premise``, ``choice1``, ``choice2``, ``question`` (cause|effect),
+    ``label`` (0|1), ``idx``. The question becomes an English template (see COPA_QUESTIONS)."""
+    what = '{"premise", "choice1", "choice2", "question": "cause"|"effect", "label": 0|1, "idx"}'
+    out = []
+    for lineno, obj in _jsonl(path, what):
+        q = _field(path, lineno, obj, "question", what)
+        if q not in COPA_QUESTIONS:
+            raise _fail(path, lineno, f"question {q!r} is not 'cause' or 'effect'")
+        label = _field(path, lineno, obj, "label", what)
+        if label not in (0, 1) or isinstance(label, bool):
+            raise _fail(path, lineno, f"label {label!r} is not 0 or 1")
+        idx = obj.get("idx", lineno - 1)
+        out.append({
+            "id": str(idx),
+            "context": _nonempty(path, lineno, _field(path, lineno, obj, "premise", what), "premise"),
+            "question": COPA_QUESTIONS[q],
+            "choices": [_nonempty(path, lineno, _field(path, lineno, obj, k, what), k) for k in ("choice1", "choice2")],
+            "label": label,
+        })
+    return _check_unique(path, out)
+
+
+def read_siqa_jsonl(path) -> list[dict]:
+    """Social IQa jsonl with the answer inline: ``context``, ``question``, ``answerA/B/C``,
+    ``correct`` (A|B|C). Ids are line numbers from 0."""
+    what = '{"context", "question", "answerA", "answerB", "answerC", "correct": "A"|"B"|"C"}'
+    out = []
+    for lineno, obj in _jsonl(path, what):
+        correct = _field(path, lineno, obj, "correct", what)
+        if correct not in ("A", "B", "C"):
+            raise _fail(path, lineno, f"correct {correct!r} is not A, B or C")
+        out.append({
+            "id": str(lineno - 1),
+            "context": _nonempty(path, lineno, _field(path, lineno, obj, "context", what), "context"),
+            "question": _nonempty(path, lineno, _field(path, lineno, obj, "question", what), "question"),
+            "choices": [_nonempty(path, lineno, _field(path, lineno, obj, f"answer{k}", what), f"answer{k}") for k in "ABC"],
+            "label": "ABC".index(correct),
+        })
+    return out
+
+
+def read_commonsenseqa_jsonl(path) -> list[dict]:
+    """CommonsenseQA jsonl, either the original schema (``question: {stem, choices: [{label,
+    text}]}``) or the Hugging Face one (``question`` string, ``choices: {label, text}``);
+    ``answerKey`` A–E. Context is empty (CommonsenseQA has none)."""
+    what = '{"id", "question", "choices", "answerKey"}'
+    out = []
+    for lineno, obj in _jsonl(path, what):
+        q = _field(path, lineno, obj, "question", what)
+        if isinstance(q, dict):
+            stem = q.get("stem")
+            labels = [c.get("label") for c in q.get("choices", []) if isinstance(c, dict)]
+            texts = [c.get("text") for c in q.get("choices", []) if isinstance(c, dict)]
+        else:
+            stem = q
+            ch = _field(path, lineno, obj, "choices", what)
+            if not isinstance(ch, dict):
+                raise _fail(path, lineno, "choices must be an object {label: [...], text: [...]}")
+            labels, texts = ch.get("label") or [], ch.get("text") or []
+        _nonempty(path, lineno, stem, "question")
+        if len(labels) < 2 or len(labels) != len(texts):
+            raise _fail(path, lineno, "choices must have matching label and text lists with at least 2 entries")
+        for t in texts:
+            _nonempty(path, lineno, t, "choice text")
+        key = _field(path, lineno, obj, "answerKey", what)
+        if key not in labels:
+            raise _fail(path, lineno, f"answerKey {key!r} is not one of the choice labels {labels}")
+        out.append({
+            "id": _nonempty(path, lineno, _field(path, lineno, obj, "id", what), "id"),
+            "context": "", "question": stem, "choices": list(texts), "label": labels.index(key),
+        })
+    return _check_unique(path, out)
+
+
+def read_cosmosqa_csv(path) -> list[dict]:
+    """Cosmos QA csv: header ``id,context,question,answer0,answer1,answer2,answer3,label``."""
+    cols = ["id", "context", "question", "answer0", "answer1", "answer2", "answer3", "label"]
+    text = _read_text(path, ",".join(cols))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader)
+    if header != cols:
+        raise _fail(path, 1, f"header {header!r} does not match; expected {','.join(cols)}")
+    out = []
+    for row in reader:
+        lineno = reader.line_num
+        if len(row) != len(cols):
+            raise _fail(path, lineno, f"found {len(row)} columns, expected {len(cols)} ({','.join(cols)})")
+        rec = dict(zip(cols, row))
+        if rec["label"] not in ("0", "1", "2", "3"):
+            raise _fail(path, lineno, f"label {rec['label']!r} is not 0, 1, 2 or 3")
+        for k in cols[:7]:
+            if k != "context":
+                _nonempty(path, lineno, rec[k], k)
+        out.append({
+            "id": rec["id"], "context": rec["context"], "question": rec["question"],
+            "choices": [rec[f"answer{i}"] for i in range(4)], "label": int(rec["label"]),
+        })
+    if not out:
+        raise _fail(path, None, "no rows after the header")
+    return _check_unique(path, out)
+
+
+def read_hellaswag_txt(path) -> list[dict]:
+    """HellaSwag in the 6-lines-per-item text form (klosax/hellaswag_text_data): context,
+    gold label 0–3, four endings. Context becomes ``context``; ``question`` is empty."""
+    what = "6 lines per item: context, label 0-3, ending0..ending3"
+    lines = _lines(path, what)
+    if len(lines) % 6:
+        raise _fail(path, len(lines), f"file has {len(lines)} lines, not a multiple of 6 ({what})")
+    out = []
+    for i in range(0, len(lines), 6):
+        ctx, label, *ends = lines[i : i + 6]
+        _nonempty(path, i + 1, ctx, "context")
+        if label not in ("0", "1", "2", "3"):
+            raise _fail(path, i + 2, f"label {label!r} is not 0, 1, 2 or 3 ({what})")
+        for j, e in enumerate(ends):
+            _nonempty(path, i + 3 + j, e, f"ending{j}")
+        out.append({"id": str(i // 6), "context": ctx, "question": "", "choices": ends, "label": int(label)})
+    return out
+
+
+# ---------------------------------------------------------------- token tagging
+
+
+def _sentences(path, what: str) -> Iterator[tuple[int, list[tuple[int, str]]]]:
+    """Yield (first line number, [(line number, line), ...]) per blank-line separated block."""
+    block: list[tuple[int, str]] = []
+    for lineno, line in enumerate(_lines(path, what), 1):
+        if line.strip():
+            block.append((lineno, line))
+        elif block:
+            yield block[0][0], block
+            block = []
+    if block:
+        yield block[0][0], block
+
+
+def _check_bio(path, lineno, tag: str) -> str:
+    if not _BIO.match(tag):
+        raise _fail(path, lineno, f"tag {tag!r} is not a BIO tag (O, B-TYPE or I-TYPE)")
+    return tag
+
+
+def read_conllu(path) -> list[dict]:
+    """CoNLL-U: UPOS (column 4) per word. Multiword-token ranges (``1-2``) and empty nodes
+    (``8.1``) are skipped; comment lines start with ``#``."""
+    what = "CoNLL-U: 10 tab-separated columns per word line, blank line between sentences"
+    out = []
+    for _, block in _sentences(path, what):
+        tokens, tags = [], []
+        for lineno, line in block:
+            if line.startswith("#"):
+                continue
+            cols = _columns(path, lineno, line, 10, what)
+            ident = cols[0]
+            if "-" in ident or "." in ident:
+                continue
+            if not ident.isdigit():
+                raise _fail(path, lineno, f"word id {ident!r} is not an integer, a range or a decimal")
+            if cols[3] not in UPOS_TAGS:
+                raise _fail(path, lineno, f"UPOS {cols[3]!r} is not one of the 17 UPOS tags")
+            tokens.append(_nonempty(path, lineno, cols[1], "FORM"))
+            tags.append(cols[3])
+        if tokens:
+            out.append({"id": str(len(out)), "tokens": tokens, "tags": tags})
+    if not out:
+        raise _fail(path, None, f"no sentences found; expected {what}")
+    return out
+
+
+def _two_col_tagging(path, what: str, split: Callable[[str], list[str]], check: Callable) -> list[dict]:
+    out = []
+    ncols = None
+    for _, block in _sentences(path, what):
+        tokens, tags = [], []
+        for lineno, line in block:
+            cols = split(line)
+            if cols[0] == "-DOCSTART-":
+                break
+            if ncols is None:
+                ncols = len(cols)
+            if len(cols) < 2 or len(cols) != ncols:
+                raise _fail(path, lineno, f"found {len(cols)} columns, expected {ncols if ncols and ncols >= 2 else 2} ({what})")
+            tokens.append(_nonempty(path, lineno, cols[0], "token"))
+            tags.append(check(path, lineno, cols[-1]))
+        if tokens:
+            out.append({"id": str(len(out)), "tokens": tokens, "tags": tags})
+    if not out:
+        raise _fail(path, None, f"no sentences found; expected {what}")
+    return out
+
+
+def read_conll_ner(path) -> list[dict]:
+    """CoNLL-2003 / MasakhaNER column format: whitespace-separated columns, token first, BIO
+    tag last (same number of columns on every line), blank line between sentences;
+    ``-DOCSTART-`` blocks are skipped."""
+    return _two_col_tagging(path, "token ... BIO-tag per line, blank line between sentences",
+                            str.split, _check_bio)
+
+
+def read_panx_tsv(path) -> list[dict]:
+    """PAN-X/WikiANN as XTREME writes it: ``token<TAB>BIO-tag``, blank line between sentences."""
+    def split(line: str) -> list[str]:
+        return line.split("\t")
+    return _two_col_tagging(path, "token<TAB>BIO-tag per line, blank line between sentences", split, _check_bio)
+
+
+def read_udpos_tsv(path) -> list[dict]:
+    """XTREME UD-POS: ``token<TAB>UPOS``, blank line between sentences."""
+    def check(path, lineno, tag):
+        if tag not in UPOS_TAGS:
+            raise _fail(path, lineno, f"tag {tag!r} is not one of the 17 UPOS tags")
+        return tag
+
+    def split(line: str) -> list[str]:
+        return line.split("\t")
+    return _two_col_tagging(path, "token<TAB>UPOS per line, blank line between sentences", split, check)
+
+
+# ---------------------------------------------------------------- extractive QA
+
+
+def read_squad_json(path, check_spans: bool = True) -> list[dict]:
+    """SQuAD v1.1 json (XQuAD, MLQA, TyDiQA-GoldP): ``{"data": [{"title", "paragraphs":
+    [{"context", "qas": [{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}``.
+    Answer offsets must lie inside the context (and, with ``check_spans``, the text there
+    must equal the answer). Structure errors name the JSON path (``data[3].paragraphs[0]``)."""
+    what = "SQuAD v1.1 json"
+    text = _read_text(path, what)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _fail(path, e.lineno, f"invalid JSON ({e.msg}); expected {what}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise _fail(path, None, f"top level must be an object with a 'data' list ({what})")
+    out = []
+    for ai, art in enumerate(doc["data"]):
+        where = f"data[{ai}]"
+        if not isinstance(art, dict) or not isinstance(art.get("paragraphs"), list):
+            raise _fail(path, None, f"{where}: expected an object with a 'paragraphs' list")
+        title = art.get("title") or ""
+        for pi, par in enumerate(art["paragraphs"]):
+            pw = f"{where}.paragraphs[{pi}]"
+            if not isinstance(par, dict) or not isinstance(par.get("context"), str) or not isinstance(par.get("qas"), list):
+                raise _fail(path, None, f"{pw}: expected an object with 'context' (string) and 'qas' (list)")
+            ctx = par["context"]
+            for qi, qa in enumerate(par["qas"]):
+                qw = f"{pw}.qas[{qi}]"
+                if not isinstance(qa, dict):
+                    raise _fail(path, None, f"{qw}: expected an object")
+                for k in ("id", "question", "answers"):
+                    if k not in qa:
+                        raise _fail(path, None, f"{qw}: missing field {k!r}; expected id, question, answers")
+                if not isinstance(qa["answers"], list) or not qa["answers"]:
+                    raise _fail(path, None, f"{qw}: 'answers' must be a non-empty list")
+                texts, starts = [], []
+                for ni, ans in enumerate(qa["answers"]):
+                    aw = f"{qw}.answers[{ni}]"
+                    if not isinstance(ans, dict) or not isinstance(ans.get("text"), str) or not isinstance(ans.get("answer_start"), int):
+                        raise _fail(path, None, f"{aw}: expected {{'text': str, 'answer_start': int}}")
+                    s, t = ans["answer_start"], ans["text"]
+                    if s < 0 or s + len(t) > len(ctx):
+                        raise _fail(path, None, f"{aw}: answer_start {s} (+{len(t)} chars) lies outside the context ({len(ctx)} chars)")
+                    if check_spans and ctx[s : s + len(t)] != t:
+                        raise _fail(path, None, f"{aw}: context at answer_start {s} is {ctx[s:s + len(t)]!r}, not the answer {t!r}")
+                    texts.append(t)
+                    starts.append(s)
+                out.append({
+                    "id": str(qa["id"]), "title": title, "context": ctx,
+                    "question": _nonempty(path, None, qa["question"], f"{qw}.question"),
+                    "answers": {"text": texts, "answer_start": starts},
+                })
+    if not out:
+        raise _fail(path, None, f"no questions found ({what})")
+    return _check_unique(path, out)
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+def read_tatoeba_pair(path, target: str | os.PathLike | None = None) -> list[dict]:
+    """Two line-aligned plain-text files: ``path`` (non-English) and ``target`` (English).
+    ``path`` may also be a ``(source, target)`` pair. Ids are line indices from 0."""
+    if target is None:
+        if isinstance(path, (tuple, list)) and len(path) == 2:
+            path, target = path
+        else:
+            raise AdaptertxError(f"{path}: tatoeba_pair needs the English file too: read_file(src, 'tatoeba_pair', target=eng)")
+    what = "one sentence per line, line-aligned with the other file"
+    src, tgt = _lines(path, what), _lines(target, what)
+    if len(src) != len(tgt):
+        raise AdaptertxError(f"{path} has {len(src)} lines but {target} has {len(tgt)}; expected line-aligned files")
+    out = []
+    for i, (s, t) in enumerate(zip(src, tgt), 1):
+        _nonempty(path, i, s, "sentence")
+        _nonempty(target, i, t, "sentence")
+        out.append({"id": str(i - 1), "source": s, "target": t})
+    return out
+
+
+def read_bucc_sentences(path) -> dict[str, str]:
+    """BUCC sentence file: ``<lang>-<id><TAB>sentence`` per line → {id: sentence}."""
+    what = "<id><TAB><sentence>"
+    out: dict[str, str] = {}
+    for lineno, line in enumerate(_lines(path, what), 1):
+        ident, sent = _columns(path, lineno, line, 2, what)
+        _nonempty(path, lineno, ident, "id")
+        if ident in out:
+            raise _fail(path, lineno, f"duplicate sentence id {ident!r}")
+        out[ident] = sent
+    return out
+
+
+def read_bucc_gold(path) -> list[tuple[str, str]]:
+    """BUCC gold file: ``<source id><TAB><English id>`` per line."""
+    what = "<source-id><TAB><en-id>"
+    out = []
+    for lineno, line in enumerate(_lines(path, what), 1):
+        a, b = _columns(path, lineno, line, 2, what)
+        _nonempty(path, lineno, a, "source id")
+        _nonempty(path, lineno, b, "English id")
+        out.append((a, b))
+    return out
+
+
+READERS: dict[str, Callable[..., Any]] = {
+    "xnli_tsv": read_xnli_tsv,
+    "pawsx_tsv": read_pawsx_tsv,
+    "mrpc_tsv": read_mrpc_tsv,
+    "anli_jsonl": read_anli_jsonl,
+    "copa_jsonl": read_copa_jsonl,
+    "xcopa_jsonl": read_copa_jsonl,  # same format as COPA (XCOPA adds an ignored "changed" field)
+    "siqa_jsonl": read_siqa_jsonl,
+    "commonsenseqa_jsonl": read_commonsenseqa_jsonl,
+    "cosmosqa_csv": read_cosmosqa_csv,
+    "hellaswag_txt": read_hellaswag_txt,
+    "conllu": read_conllu,
+    "conll_ner": read_conll_ner,
+    "panx_tsv": read_panx_tsv,
+    "udpos_tsv": read_udpos_tsv,
+    "squad_json": read_squad_json,
+    "tatoeba_pair": read_tatoeba_pair,
+    "bucc_sentences": read_bucc_sentences,
+    "bucc_gold": read_bucc_gold,
+}
