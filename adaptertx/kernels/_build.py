@@ -1,0 +1,155 @@
+"""Lazy JIT build of the C++ kernels in ``csrc/`` and the choice of backend for each op.
+
+Each op ``<op>`` has one source, ``csrc/<op>.cpp`` (plus the shared ``csrc/common.h``),
+built on first use with :func:`torch.utils.cpp_extension.load` into
+``adaptertx.io.cache_dir() / "torch_extensions" / <name>``, where ``<name>`` carries a hash
+of the sources, the compiler flags and the torch version, so a changed source rebuilds. The
+build uses no ``-march`` flag: the AVX-512 code paths are chosen at run time, so a cached
+build also runs on machines without AVX-512.
+
+``ADAPTERTX_KERNELS`` selects the backend: unset or ``auto`` (native when it builds, else the
+reference, with one log line saying why), ``ref`` (always the pure-torch reference) or
+``native`` (the native build is required; a failed build raises).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from adaptertx.errors import AdaptertxError
+from adaptertx.io import cache_dir
+
+log = logging.getLogger("adaptertx.kernels")
+
+OPS = ("bias_gelu", "add_layernorm", "bottleneck_adapter", "segment_mean_pool_normalize")
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+_SHARED_SOURCES = ("common.h",)
+_CFLAGS = ("-O3", "-fopenmp")
+_LDFLAGS = ("-fopenmp",)
+ENV = "ADAPTERTX_KERNELS"
+
+_lock = threading.Lock()
+_loaded: dict[str, bool] = {}
+_failed: dict[str, str] = {}
+
+
+def mode() -> str:
+    """The value of ``ADAPTERTX_KERNELS``: ``auto``, ``ref`` or ``native``."""
+    value = os.environ.get(ENV, "").strip().lower() or "auto"
+    if value not in ("auto", "ref", "native"):
+        raise AdaptertxError(f"{ENV}={value!r}: expected 'auto', 'ref' or 'native'")
+    return value
+
+
+def _source(op: str) -> Path:
+    return CSRC / f"{op}.cpp"
+
+
+def _build_name(op: str) -> str:
+    digest = hashlib.sha256()
+    for path in (_source(op), *(CSRC / s for s in _SHARED_SOURCES)):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    digest.update(" ".join(_CFLAGS + _LDFLAGS).encode())
+    digest.update(torch.__version__.encode())
+    return f"adaptertx_{op}_{digest.hexdigest()[:12]}"
+
+
+def _first_error_line(exc: BaseException) -> str:
+    text = str(exc)
+    for line in text.splitlines():
+        if "error" in line.lower() and "Error building extension" not in line:
+            return line.strip()[:300]
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:300]
+
+
+def _build(op: str) -> None:
+    from torch.utils import cpp_extension
+
+    name = _build_name(op)
+    build_dir = cache_dir() / "torch_extensions" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(
+        name=name,
+        sources=[str(_source(op))],
+        extra_cflags=list(_CFLAGS),
+        extra_ldflags=list(_LDFLAGS),
+        extra_include_paths=[str(CSRC)],
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )
+
+
+def native_available(op: str) -> bool:
+    """Build (once) and load the native kernel for ``op``; False, with a reason kept, on failure."""
+    if op in _loaded:
+        return True
+    if op in _failed:
+        return False
+    with _lock:
+        if op in _loaded or op in _failed:
+            return op in _loaded
+        if not _source(op).is_file():
+            _failed[op] = f"source not found ({_source(op)})"
+        else:
+            try:
+                _build(op)
+                if not hasattr(torch.ops.adaptertx, op):
+                    raise RuntimeError(f"the built library does not register adaptertx::{op}")
+                _loaded[op] = True
+            except Exception as exc:  # a compiler or loader failure of any kind
+                _failed[op] = f"build failed: {_first_error_line(exc)}"
+        if op in _failed:
+            log.warning("adaptertx kernel %s: using the pure-torch reference (%s)", op, _failed[op])
+    return op in _loaded
+
+
+def use_native(op: str) -> bool:
+    """Whether a call of ``op`` goes to the native kernel under the current ``ADAPTERTX_KERNELS``."""
+    m = mode()
+    if m == "ref":
+        return False
+    if native_available(op):
+        return True
+    if m == "native":
+        raise AdaptertxError(f"{ENV}=native but the {op} kernel is unavailable: {_failed[op]}")
+    return False
+
+
+def native_op(op: str):
+    """The registered native op ``torch.ops.adaptertx.<op>`` (call :func:`use_native` first)."""
+    return getattr(torch.ops.adaptertx, op)
+
+
+def backend_status(build: bool = True) -> dict[str, str]:
+    """For each op, the backend a CPU call uses now and why.
+
+    With ``build=True`` (the default) any op not yet built is built now (about ten seconds
+    per op the first time, then cached); with ``build=False`` such ops are reported as not
+    built yet. Native kernels serve float32/bfloat16 CPU tensors outside autograd; other
+    calls always take the reference.
+    """
+    try:
+        m = mode()
+    except AdaptertxError as exc:
+        return {op: f"error: {exc}" for op in OPS}
+    status = {}
+    for op in OPS:
+        src = f"csrc/{op}.cpp"
+        if m == "ref":
+            status[op] = f"reference: {ENV}=ref"
+        elif op in _loaded or (build and native_available(op)):
+            status[op] = f"native ({src})"
+        elif op in _failed:
+            status[op] = f"reference: {_failed[op]}"
+        else:
+            status[op] = f"not built yet ({src} builds on first use)"
+    return status

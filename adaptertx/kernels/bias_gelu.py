@@ -1,0 +1,40 @@
+"""``bias_gelu``: the bias add and exact (erf) GELU after the FFN's first linear layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from adaptertx.kernels._build import native_op, use_native
+from adaptertx.kernels._common import check_float, check_vector, native_eligible
+
+OP = "bias_gelu"
+
+
+def _check(x: torch.Tensor, bias: torch.Tensor) -> None:
+    check_float(OP, "x", x, 2)
+    check_vector(OP, "bias", bias, x.shape[1], x)
+
+
+def _ref(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x + bias.to(x.dtype))
+
+
+def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Pure-torch reference of :func:`bias_gelu` (same signature and checks)."""
+    _check(x, bias)
+    return _ref(x, bias)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``gelu(x + bias)`` with the exact erf GELU that BERT and XLM-R use.
+
+    x: (tokens, dim); bias: (dim,), any float dtype. Returns (tokens, dim) in x's dtype.
+    The native kernel (float32/bfloat16 CPU tensors) computes in float32 and rounds once;
+    it accepts non-contiguous x (copied first). Other calls, and calls that need autograd,
+    take :func:`bias_gelu_ref`.
+    """
+    _check(x, bias)
+    if native_eligible(x, bias) and use_native(OP):
+        return native_op(OP)(x, bias)
+    return _ref(x, bias)

@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from adaptertx import kernels
+from adaptertx.errors import AdaptertxError
+from adaptertx.kernels import _build
+
+
+def test_env_ref_forces_reference(monkeypatch):
+    monkeypatch.setenv(_build.ENV, "ref")
+    assert kernels.backend_status(build=False) == {op: "reference: ADAPTERTX_KERNELS=ref" for op in kernels.OPS}
+
+
+def test_bad_env_value_raises(monkeypatch):
+    monkeypatch.setenv(_build.ENV, "fast")
+    with pytest.raises(AdaptertxError):
+        kernels.bias_gelu(torch.zeros(1, 1), torch.zeros(1))
+
+
+def test_status_names_each_op_and_source(monkeypatch):
+    monkeypatch.delenv(_build.ENV, raising=False)
+    status = kernels.backend_status(build=False)
+    assert set(status) == set(kernels.OPS)
+    for op, line in status.items():
+        assert line.startswith(("native (", "reference: ", "not built yet (")), line
+        if not line.startswith("reference: "):
+            assert f"csrc/{op}.cpp" in line
+
+
+def test_failed_build_falls_back_once_with_reason(monkeypatch, caplog):
+    monkeypatch.delenv(_build.ENV, raising=False)
+    monkeypatch.setattr(_build, "_loaded", {})
+    monkeypatch.setattr(_build, "_failed", {})
+
+    def broken(op):
+        raise RuntimeError("Error building extension 'x'\ncsrc/bias_gelu.cpp:1:1: error: boom\nmore")
+
+    monkeypatch.setattr(_build, "_build", broken)
+    x, b = torch.randn(2, 3), torch.randn(3)
+    with caplog.at_level("WARNING", logger="adaptertx.kernels"):
+        out1 = kernels.bias_gelu(x, b)
+        out2 = kernels.bias_gelu(x, b)
+    torch.testing.assert_close(out1, kernels.bias_gelu_ref(x, b))
+    torch.testing.assert_close(out2, out1)
+    assert len([r for r in caplog.records if "bias_gelu" in r.getMessage()]) == 1
+    assert kernels.backend_status(build=False)["bias_gelu"] == (
+        "reference: build failed: csrc/bias_gelu.cpp:1:1: error: boom"
+    )
+    monkeypatch.setenv(_build.ENV, "native")
+    with pytest.raises(AdaptertxError, match="unavailable"):
+        kernels.bias_gelu(x, b)
+
+
+def test_build_name_changes_with_source(monkeypatch, tmp_path):
+    src = tmp_path / "csrc"
+    src.mkdir()
+    (src / "common.h").write_text("// a\n")
+    (src / "bias_gelu.cpp").write_text("// one\n")
+    monkeypatch.setattr(_build, "CSRC", src)
+    first = _build._build_name("bias_gelu")
+    (src / "bias_gelu.cpp").write_text("// two\n")
+    assert _build._build_name("bias_gelu") != first
+    (src / "common.h").write_text("// b\n")
+    assert len({first, _build._build_name("bias_gelu")}) == 2

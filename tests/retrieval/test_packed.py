@@ -1,0 +1,79 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
+
+from adaptertx.errors import AdaptertxError
+from adaptertx.retrieval.packed import PackedEncoder, pack
+
+COMMON = dict(vocab_size=120, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+              intermediate_size=96, max_position_embeddings=64)
+
+
+def _bert():
+    torch.manual_seed(0)
+    return BertModel(BertConfig(**COMMON, layer_norm_eps=1e-12), add_pooling_layer=False).eval()
+
+
+def _xlmr():
+    torch.manual_seed(1)
+    return XLMRobertaModel(
+        XLMRobertaConfig(**COMMON, pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5),
+        add_pooling_layer=False,
+    ).eval()
+
+
+def _sentences(pad_id):
+    g = torch.Generator().manual_seed(3)
+    lengths = [1, 5, 13, 2, 30, 7]
+    return [[int(t) for t in torch.randint(3, 120, (n,), generator=g) if int(t) != pad_id] or [5] for n in lengths]
+
+
+def _hf_pooled(model, sentences, layer, pad_id):
+    longest = max(len(s) for s in sentences)
+    ids = torch.full((len(sentences), longest), pad_id)
+    mask = torch.zeros(len(sentences), longest, dtype=torch.long)
+    for i, s in enumerate(sentences):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    with torch.no_grad():
+        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer]
+    m = mask.unsqueeze(-1).float()
+    return F.normalize((hs * m).sum(1) / m.sum(1), dim=1)
+
+
+@pytest.mark.parametrize("make, pad_id", [(_bert, 0), (_xlmr, 1)])
+@pytest.mark.parametrize("layer", [0, 2, 3])
+def test_fp32_matches_hf_masked_mean_pool(make, pad_id, layer):
+    model = make()
+    sentences = _sentences(pad_id)
+    ids, cu = pack(sentences)
+    ours = PackedEncoder(model).encode(ids, cu, layer)
+    ref = _hf_pooled(model, sentences, layer, pad_id)
+    cos = (ours * ref).sum(1)
+    assert cos.min().item() >= 0.9999, cos
+
+
+def test_bf16_close_and_batch_independent():
+    model = _xlmr()
+    sentences = _sentences(1)
+    enc = PackedEncoder(model, dtype=torch.bfloat16)
+    ids, cu = pack(sentences)
+    batch = enc.encode(ids, cu, 3)
+    single = torch.cat([enc.encode(*pack([s]), 3) for s in sentences])
+    assert (batch * single).sum(1).min().item() >= 0.999
+    ref = _hf_pooled(model, sentences, 3, 1)
+    assert (batch * ref).sum(1).min().item() >= 0.99
+
+
+def test_bad_inputs_raise():
+    enc = PackedEncoder(_bert())
+    ids, cu = pack([[5, 6, 7]])
+    with pytest.raises(AdaptertxError):
+        enc.encode(ids, cu, 4)
+    with pytest.raises(AdaptertxError):
+        enc.encode(ids, torch.tensor([0, 2]), 1)
+    with pytest.raises(AdaptertxError):
+        pack([[1], []])
+    with pytest.raises(AdaptertxError):
+        PackedEncoder(torch.nn.Linear(2, 2))
