@@ -121,10 +121,16 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | None =
                              f"encoders of type {', '.join(SUPPORTED_MODEL_TYPES)}")
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = AutoModel.from_pretrained(source, config=config, add_pooling_layer=False, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=kwargs.get("local_files_only", False))
+    model = AutoModel.from_pretrained(source, config=config, **kwargs)
+    tokenizer = load_tokenizer(source, local_files_only=kwargs.get("local_files_only", False))
     model.eval()
     return model, tokenizer
+
+
+def load_tokenizer(source: str, **kwargs) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained`` without transformers 4.57's false alarm about a Mistral
+    regex, raised for any tokenizer folder it saved itself (tokenization is unchanged)."""
+    return AutoTokenizer.from_pretrained(source, fix_mistral_regex=False, **kwargs)
 
 
 def spec_for(model: PreTrainedModel) -> ModelSpec | None:
@@ -170,7 +176,7 @@ def tiny_xlmr(num_layers: int = 2, hidden: int = 32, heads: int = 2, intermediat
     """
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(tokenizer_from))
+    tokenizer = load_tokenizer(resolve(tokenizer_from))
     config = XLMRobertaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=num_layers,
         num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=514,
@@ -178,7 +184,7 @@ def tiny_xlmr(num_layers: int = 2, hidden: int = 32, heads: int = 2, intermediat
         eos_token_id=tokenizer.eos_token_id, type_vocab_size=1,
     )
     torch.manual_seed(seed)
-    model = XLMRobertaModel(config, add_pooling_layer=False).eval()
+    model = XLMRobertaModel(config).eval()
     return model, tokenizer
 
 
