@@ -52,8 +52,10 @@ def test_weights_are_frozen_and_four_times_smaller(tiny_xlmr):
 
     model = copy.deepcopy(tiny_xlmr[0])
     fp32_bytes = linear_weight_bytes(model)
-    n = quantize_linears(model)
-    assert n == 6 * model.config.num_hidden_layers
+    n_linear = sum(type(m) is nn.Linear for m in model.modules())
+    assert n_linear == 6 * model.config.num_hidden_layers + 1  # q, k, v, out, ffn in/out; pooler
+    assert quantize_linears(model) == n_linear
+    assert not any(type(m) is nn.Linear for m in model.modules())
     assert linear_weight_bytes(model) <= 0.3 * fp32_bytes
     assert not any("qweight" in name for name, _ in model.named_parameters())
     batch = {"input_ids": torch.tensor([[0, 3293, 83, 10, 3034, 2]])}
