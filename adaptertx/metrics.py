@@ -1,0 +1,255 @@
+"""Task metrics, each as its standard definition; every score is a percentage (0-100).
+
+* :func:`accuracy`: share of predictions equal to their reference.
+* :func:`squad_scores`: exact match and token F1 of the official SQuAD evaluation (v2.0
+  script; on answerable questions identical to v1.1, as XTREME uses for XQuAD and TyDiQA),
+  or, given ``lang``, of MLQA's evaluation (language-aware normalisation, Chinese scored by
+  characters).
+* :func:`entity_f1`: span-level micro precision / recall / F1 of CoNLL-2000's ``conlleval``
+  as implemented by ``seqeval`` in its default mode (an ``I-`` tag after ``O`` or after a
+  different type starts an entity).
+* :func:`tag_accuracy`: word-level tag accuracy (UD part of speech).
+
+:func:`score` applies a task's metric (``Task.metric``) through :data:`METRICS` to the
+predictions of :func:`adaptertx.features.decode_predictions`.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import sys
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
+
+from adaptertx.errors import AdaptertxError
+from adaptertx.tasks import Task
+
+__all__ = ["accuracy", "squad_scores", "normalize_answer", "normalize_answer_mlqa", "entity_f1", "tag_accuracy",
+           "METRICS", "score", "MLQA_LANGUAGES"]
+
+
+def _check_lengths(predictions: Sequence, references: Sequence, what: str) -> None:
+    if len(predictions) != len(references):
+        raise AdaptertxError(f"{what}: {len(predictions)} predictions for {len(references)} references")
+    if not references:
+        raise AdaptertxError(f"{what}: nothing to score")
+
+
+def accuracy(predictions: Sequence, references: Sequence) -> float:
+    """Percentage of ``predictions[i] == references[i]``."""
+    _check_lengths(predictions, references, "accuracy")
+    return 100.0 * sum(p == r for p, r in zip(predictions, references)) / len(references)
+
+
+def tag_accuracy(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[str]]) -> float:
+    """Percentage of words tagged correctly, over all words of all sentences."""
+    _check_lengths(pred_tags, gold_tags, "tag_accuracy")
+    correct = total = 0
+    for i, (p, g) in enumerate(zip(pred_tags, gold_tags)):
+        if len(p) != len(g):
+            raise AdaptertxError(f"tag_accuracy: sentence {i} has {len(p)} predicted tags for {len(g)} words")
+        correct += sum(a == b for a, b in zip(p, g))
+        total += len(g)
+    if total == 0:
+        raise AdaptertxError("tag_accuracy: the sentences have no words")
+    return 100.0 * correct / total
+
+
+def entity_f1(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Span-level micro ``{"precision", "recall", "f1"}`` over BIO/IOB2 tags (``conlleval``).
+
+    An entity is correct only when its type and both boundaries match. Where neither the
+    gold nor the predictions hold an entity, every score is 0 (seqeval's convention).
+    """
+    _check_lengths(pred_tags, gold_tags, "entity_f1")
+    for i, (p, g) in enumerate(zip(pred_tags, gold_tags)):
+        if len(p) != len(g):
+            raise AdaptertxError(f"entity_f1: sentence {i} has {len(p)} predicted tags for {len(g)} words")
+    import warnings
+
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    gold, pred = [list(g) for g in gold_tags], [list(p) for p in pred_tags]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seqeval warns when there is no entity at all
+        return {"precision": 100.0 * float(precision_score(gold, pred, zero_division=0)),
+                "recall": 100.0 * float(recall_score(gold, pred, zero_division=0)),
+                "f1": 100.0 * float(f1_score(gold, pred, zero_division=0))}
+
+
+# ----------------------------------------------------------------------------- SQuAD / MLQA
+
+_SQUAD_PUNCT = frozenset(string.punctuation)
+_SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lowercase, drop ASCII punctuation and a/an/the, collapse spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _SQUAD_PUNCT)
+    return " ".join(_SQUAD_ARTICLES.sub(" ", text).split())
+
+
+# MLQA's evaluation script (mlqa_evaluation_v1.py), language by language.
+MLQA_LANGUAGES = ("ar", "de", "en", "es", "hi", "vi", "zh")
+_MLQA_ARTICLES = {
+    "en": r"\b(a|an|the)\b",
+    "es": r"\b(un|una|unos|unas|el|la|los|las)\b",
+    "vi": r"\b(của|là|cái|chiếc|những)\b",
+    "de": r"\b(ein|eine|einen|einem|eines|einer|der|die|das|den|dem|des)\b",
+    "ar": r"\sال^|ال",
+}
+_CJK = re.compile(r"[\u4e00-\u9fa5]")
+
+
+@lru_cache(maxsize=1)
+def _unicode_punct() -> frozenset[str]:
+    """Every Unicode punctuation character (categories P*) plus ASCII punctuation, as MLQA."""
+    return frozenset(chr(i) for i in range(sys.maxunicode)
+                     if unicodedata.category(chr(i)).startswith("P")).union(string.punctuation)
+
+
+def _mixed_segmentation(text: str, punct: frozenset[str]) -> list[str]:
+    """MLQA's Chinese tokenisation: each CJK character and punctuation mark is a token."""
+    out, run = [], ""
+    for ch in text:
+        if _CJK.search(ch) or ch in punct:
+            out.extend(run.split())
+            run = ""
+            out.append(ch)
+        else:
+            run += ch
+    out.extend(run.split())
+    return out
+
+
+def normalize_answer_mlqa(text: str, lang: str) -> str:
+    """MLQA's normalisation for ``lang`` (one of :data:`MLQA_LANGUAGES`).
+
+    Lowercase, drop Unicode punctuation, drop the language's articles (none for hi, zh), then
+    split on whitespace (zh: also into single CJK characters) and join with single spaces.
+    """
+    if lang not in MLQA_LANGUAGES:
+        raise AdaptertxError(f"MLQA normalisation knows {', '.join(MLQA_LANGUAGES)}, not {lang!r}")
+    punct = _unicode_punct()
+    text = "".join(ch for ch in text.lower() if ch not in punct)
+    if lang in _MLQA_ARTICLES:
+        text = re.sub(_MLQA_ARTICLES[lang], " ", text)
+    tokens = _mixed_segmentation(text, punct) if lang == "zh" else text.split()
+    return " ".join(t for t in tokens if t.strip())
+
+
+def _token_f1(pred_tokens: list[str], gold_tokens: list[str], empty_match: bool) -> float:
+    if empty_match and (not pred_tokens or not gold_tokens):
+        return float(pred_tokens == gold_tokens)
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: Mapping[str, str], examples: Sequence[Mapping], *,
+                 lang: str | None = None) -> dict[str, float]:
+    """``{"exact_match", "f1"}`` (percent) of answer strings against SQuAD-style examples.
+
+    Without ``lang``: the official SQuAD v2.0 evaluation: answers normalised by
+    :func:`normalize_answer`, scores maxed over the gold answers (those that normalise to
+    nothing are dropped); a question with no gold answer scores 1 only for an empty
+    prediction. With ``lang``: MLQA's evaluation (:func:`normalize_answer_mlqa`, v1.1
+    scoring). An example without a prediction scores 0; predictions for ids not among the
+    examples are ignored.
+    """
+    if not examples:
+        raise AdaptertxError("squad_scores: nothing to score")
+    if not isinstance(predictions, Mapping):
+        raise AdaptertxError("squad_scores: predictions must map example id to answer text")
+    exact = f1 = 0.0
+    for ex in examples:
+        pred = predictions.get(ex["id"])
+        if pred is None:
+            continue
+        golds = list(ex["answers"]["text"])
+        if lang is None:
+            golds = [g for g in golds if normalize_answer(g)] or [""]
+            p = normalize_answer(pred)
+            gold_norm = [normalize_answer(g) for g in golds]
+            exact += max(float(p == g) for g in gold_norm)
+            f1 += max(_token_f1(p.split(), g.split(), True) for g in gold_norm)
+        else:
+            if not golds:
+                raise AdaptertxError(f"squad_scores: example {ex['id']!r} has no answer; MLQA scoring "
+                                     f"expects answerable questions")
+            p = normalize_answer_mlqa(pred, lang)
+            gold_norm = [normalize_answer_mlqa(g, lang) for g in golds]
+            exact += max(float(p == g) for g in gold_norm)
+            f1 += max(_token_f1(p.split(), g.split(), False) for g in gold_norm)
+    return {"exact_match": 100.0 * exact / len(examples), "f1": 100.0 * f1 / len(examples)}
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _aligned(predictions, examples: Sequence[Mapping], what: str) -> list:
+    """Predictions as a list in example order (a mapping is looked up by example id)."""
+    if isinstance(predictions, Mapping):
+        missing = [ex["id"] for ex in examples if ex["id"] not in predictions]
+        if missing:
+            raise AdaptertxError(f"{what}: no prediction for {len(missing)} examples, e.g. {missing[0]!r}")
+        return [predictions[ex["id"]] for ex in examples]
+    predictions = list(predictions)
+    _check_lengths(predictions, examples, what)
+    return predictions
+
+
+def _score_accuracy(task: Task, predictions, examples, lang: str | None) -> dict[str, float]:
+    preds = _aligned(predictions, examples, task.name)
+    if task.family == "tagging":
+        return {"accuracy": tag_accuracy(preds, [ex["tags"] for ex in examples])}
+    return {"accuracy": accuracy(preds, [ex["label"] for ex in examples])}
+
+
+def _score_f1_em(task: Task, predictions, examples, lang: str | None) -> dict[str, float]:
+    use_lang = lang if task.name == "mlqa" and lang is not None else None
+    return squad_scores(predictions, examples, lang=use_lang)
+
+
+def _score_entity_f1(task: Task, predictions, examples, lang: str | None) -> dict[str, float]:
+    preds = _aligned(predictions, examples, task.name)
+    return entity_f1(preds, [ex["tags"] for ex in examples])
+
+
+MetricFn = Callable[[Task, object, Sequence[Mapping], "str | None"], dict]
+
+# Task.metric → scorer(task, predictions, examples, lang) -> {score name: percent}.
+METRICS: dict[str, MetricFn] = {
+    "accuracy": _score_accuracy,
+    "f1_em": _score_f1_em,
+    "entity_f1": _score_entity_f1,
+}
+
+
+def score(task: Task, predictions, examples: Sequence[Mapping], *, lang: str | None = None) -> dict[str, float]:
+    """Score ``predictions`` of ``task`` against its ``examples`` with the task's metric.
+
+    Args:
+        task: the task (its ``metric`` picks the scorer).
+        predictions: as :func:`adaptertx.features.decode_predictions` returns them: labels or
+            choice indices or tag lists in example order (or a mapping by example id), or
+            ``{example id: answer}`` for extractive QA.
+        examples: the gold examples.
+        lang: the examples' language; selects MLQA's normalisation for ``mlqa``.
+
+    Returns:
+        ``{"accuracy"}``, ``{"exact_match", "f1"}`` or ``{"precision", "recall", "f1"}``, in percent.
+    """
+    scorer = METRICS.get(task.metric)
+    if scorer is None:
+        raise AdaptertxError(f"task {task.name!r} uses metric {task.metric!r}, which is not scored here "
+                             f"(retrieval metrics are in adaptertx.retrieval); known: {', '.join(METRICS)}")
+    if not examples:
+        raise AdaptertxError(f"task {task.name!r}: no examples to score")
+    return scorer(task, predictions, examples, lang)
