@@ -128,6 +128,43 @@ def data_show(task: str, lang: str, split: str | None, count: int) -> None:
         click.echo(json.dumps(row, ensure_ascii=False))
 
 
+@main.command("train")
+@click.argument("task")
+@click.option("--model", "model_name", default="me5-small", show_default=True, help="Base model name, folder or Hub id.")
+@click.option("--adapter", default="seq_bn", show_default=True, help="adapters config: seq_bn, double_seq_bn, par_bn, lora, ia3, ...")
+@click.option("--quant", type=click.Choice(["int8", "bnb-int8", "bf16", "none"]), default="int8", show_default=True,
+              help="Base storage: adaptertx int8 (bf16 compute), bitsandbytes LLM.int8, bf16, or fp32.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--epochs", default=3, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--grad-accum", default=1, show_default=True, help="Forwards per optimiser step.")
+@click.option("--lr", default=1e-4, show_default=True)
+@click.option("--max-length", default=128, show_default=True, help="Tokens per input (longer: truncated).")
+@click.option("--max-examples", type=int, help="Use at most N examples per split.")
+@click.option("--max-steps", type=int, help="Stop after N optimiser steps.")
+@click.option("--seed", default=0, show_default=True, help="Data order and dropout.")
+@click.option("--adapter-seed", default=42, show_default=True, help="Adapter/head initialisation (keep one per base).")
+@click.option("--gradient-checkpointing", is_flag=True)
+@click.option("--save-every", default=100, show_default=True, help="Checkpoint every N steps.")
+@click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
+@_clear_errors
+def train_cmd(task, model_name, adapter, quant, out, epochs, batch_size, grad_accum, lr, max_length,
+              max_examples, max_steps, seed, adapter_seed, gradient_checkpointing, save_every, resume, overwrite):
+    """Train one adapter + head for TASK's English data on a frozen base."""
+    from adaptertx.train import TrainConfig, train
+
+    config = TrainConfig(task=task, model=model_name, out=out, adapter=adapter, quant=quant, epochs=epochs,
+                         batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_length=max_length,
+                         max_examples=max_examples, max_steps=max_steps, seed=seed, adapter_seed=adapter_seed,
+                         gradient_checkpointing=gradient_checkpointing, save_every=save_every)
+    result = train(config, resume=resume, overwrite=overwrite)
+    fmt = lambda d: ", ".join(f"{k} {v:.1f}" for k, v in d.items())  # noqa: E731
+    click.echo(f"{task}: best epoch {result.best_epoch}; validation {fmt(result.validation)}; "
+               f"test {fmt(result.test) or 'n/a (no English test split)'}; {result.steps} steps in {result.seconds:.0f}s")
+    click.echo(f"adapter: {result.out / 'adapter'}")
+
+
 @main.group()
 def retrieve() -> None:
     """Sentence retrieval evaluation (Tatoeba)."""

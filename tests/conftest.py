@@ -27,3 +27,13 @@ def tiny_xlmr(me5_dir):
     from adaptertx.models import tiny_xlmr
 
     return tiny_xlmr()
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_dir(tiny_xlmr, tmp_path_factory):
+    """The tiny XLM-R saved as a model folder, as users pass one with --model."""
+    model, tokenizer = tiny_xlmr
+    path = tmp_path_factory.mktemp("tiny-xlmr")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

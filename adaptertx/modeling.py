@@ -1,0 +1,147 @@
+"""Build an ``adapters`` model for one task: a frozen (optionally 8-bit) base, one adapter, one head.
+
+Quantisation modes (``quant``):
+
+- ``"int8"`` — adaptertx's int8-storage, bf16-compute linear layers (:mod:`adaptertx.quantize`);
+- ``"bnb-int8"`` — bitsandbytes LLM.int8 (``Linear8bitLt`` through ``BitsAndBytesConfig``),
+  the standard on CUDA, slow on CPU;
+- ``"bf16"`` — the base in bf16; ``"none"`` — fp32.
+
+Adapters and heads stay fp32 (their optimiser needs the precision); the forward runs under
+bf16 autocast whenever the base computes in bf16, so no dtype mismatch reaches users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from adaptertx.errors import AdaptertxError
+from adaptertx.models import fingerprint, load_tokenizer, resolve
+from adaptertx.tasks import Task
+
+QUANT_MODES = ("int8", "bnb-int8", "bf16", "none")
+TRAINABLE_FAMILIES = ("classification", "multiple_choice", "extractive_qa", "tagging")
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A model ready to train: the ``adapters`` model, its tokenizer and facts about it.
+
+    Attributes:
+        model: an ``adapters`` flexible-head model with the adapter and head added, the
+            adapter active and training set up (everything else frozen).
+        tokenizer: the base model's tokenizer.
+        name: the adapter and head name (the task name).
+        fingerprint: the base model's :func:`adaptertx.models.fingerprint`.
+        autocast: whether forwards must run under bf16 autocast.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    fingerprint: str
+    autocast: bool
+
+
+def check_trainable(task: Task) -> None:
+    """Refuse tasks no prediction head can train (retrieval has no head)."""
+    if task.family not in TRAINABLE_FAMILIES:
+        raise AdaptertxError(f"task {task.name!r} is a {task.family} task: adapters are trained for "
+                             f"{', '.join(TRAINABLE_FAMILIES)} tasks (score retrieval with `adaptertx retrieve`)")
+
+
+def load_base(model_name: str, quant: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base encoder as an ``adapters`` flexible-head model, stored as ``quant`` asks."""
+    from adapters import AutoAdapterModel
+
+    if quant not in QUANT_MODES:
+        raise AdaptertxError(f"unknown quantisation {quant!r}; choose one of {', '.join(QUANT_MODES)}")
+    source = resolve(model_name)
+    kwargs = {}
+    if quant == "bnb-int8":
+        from transformers import BitsAndBytesConfig
+
+        kwargs = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "dtype": torch.float32}
+    try:
+        model = AutoAdapterModel.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise AdaptertxError(f"could not load {model_name!r} as an adapter model: {str(e).splitlines()[0]}") from None
+    if quant == "int8":
+        from adaptertx.quantize import quantize_linears
+
+        quantize_linears(model.base_model)
+    elif quant == "bf16":
+        model.base_model.to(torch.bfloat16)
+    return model, load_tokenizer(source)
+
+
+def add_head(model: PreTrainedModel, task: Task, name: str) -> None:
+    """Add the prediction head ``task.family`` needs, named ``name``."""
+    if task.family == "classification":
+        model.add_classification_head(name, num_labels=len(task.labels),
+                                      id2label=dict(enumerate(task.labels)))
+    elif task.family == "multiple_choice":
+        if task.num_choices < 2:
+            raise AdaptertxError(f"task {task.name!r} does not say how many choices its items have")
+        model.add_multiple_choice_head(name, num_choices=task.num_choices)
+    elif task.family == "extractive_qa":
+        model.add_qa_head(name)
+    elif task.family == "tagging":
+        model.add_tagging_head(name, num_labels=len(task.labels), id2label=dict(enumerate(task.labels)))
+    else:
+        check_trainable(task)
+
+
+def build_adapter_model(model_name: str, task: Task, *, adapter: str = "seq_bn", quant: str = "int8",
+                        adapter_seed: int = 42) -> BuiltModel:
+    """Load the base, add one adapter and one head for ``task``, and set up adapter training.
+
+    Args:
+        model_name: a model name, folder or Hub id.
+        task: the task to train.
+        adapter: an ``adapters`` config name (``seq_bn``, ``double_seq_bn``, ``par_bn``, ``lora``,
+            ``ia3``, …).
+        quant: one of :data:`QUANT_MODES`.
+        adapter_seed: seeds the adapter's and the head's initial weights. One seed per base
+            (the default) gives every task adapter the same initialisation, which weight
+            averaging needs.
+    """
+    from adapters import AdapterConfig
+
+    check_trainable(task)
+    try:
+        config = AdapterConfig.load(adapter)
+    except (ValueError, TypeError, KeyError, OSError):
+        raise AdaptertxError(f"unknown adapter config {adapter!r}; try seq_bn, double_seq_bn, par_bn, lora or ia3") from None
+    model, tokenizer = load_base(model_name, quant)
+    name = task.name
+    torch.manual_seed(adapter_seed)
+    model.add_adapter(name, config=config)
+    add_head(model, task, name)
+    model.train_adapter(name)
+    adapter_params = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "heads." not in n)
+    if adapter_params == 0:
+        raise AdaptertxError(f"adapter {adapter!r} added no trainable parameters on the {quant} base "
+                             f"(the adapters library cannot wrap these layers); use --quant int8 or bf16")
+    return BuiltModel(model, tokenizer, name, fingerprint(model.base_model), autocast=quant != "none")
+
+
+def trainable_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """The trainable tensors (adapter and head) by parameter name, detached, on CPU."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> None:
+    """Copy :func:`trainable_state` output back into ``model`` (names and shapes must match)."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(params) != set(state):
+        missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        raise AdaptertxError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for n, p in params.items():
+            if p.shape != state[n].shape:
+                raise AdaptertxError(f"checkpoint tensor {n} has shape {tuple(state[n].shape)}, model needs {tuple(p.shape)}")
+            p.copy_(state[n])

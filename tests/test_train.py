@@ -1,0 +1,132 @@
+import json
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adaptertx.errors import AdaptertxError
+from adaptertx.train import TrainConfig, train
+
+
+def config(tmp_path, task, model, **kw):
+    base = dict(task=task, model=model, out=str(tmp_path / task), epochs=1, batch_size=4, max_examples=24,
+                max_length=48, lr=1e-3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("task,metric", [("mrpc", "accuracy"), ("copa", "accuracy"), ("xquad", "f1"),
+                                         ("conll03", "f1"), ("udpos", "accuracy")])
+def test_each_family_trains_end_to_end(tmp_path, tiny_xlmr_dir, task, metric):
+    max_length = 128 if task == "xquad" else 48  # room for the context after a 64-token question
+    result = train(config(tmp_path, task, tiny_xlmr_dir, max_steps=3, max_length=max_length), progress=False)
+    run = json.loads((result.out / "run.json").read_text())
+    assert run["status"] == "finished" and run["steps"] == 3
+    assert metric in run["validation"] and 0 <= run["validation"][metric] <= 100
+    assert run["trainable_params"] < 0.02 * run["total_params"] or task == "udpos"
+    # A standard AdapterHub folder: adapter + head, safetensors only.
+    files = sorted(p.name for p in (result.out / "adapter").iterdir())
+    assert files == ["adapter.safetensors", "adapter_config.json", "head_config.json", "model_head.safetensors"]
+    lines = [json.loads(l) for l in (result.out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if "loss" in l] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_adapter_on_the_int8_default_model_memorises_a_batch(tmp_path, me5_dir):
+    losses = []
+    train(config(tmp_path, "mrpc", "me5-small", max_examples=8, batch_size=8, epochs=12, lr=3e-3, warmup=0.0),
+          progress=False, on_step=lambda step, rec: losses.append(rec["loss"]))
+    assert losses[0] > 0.5 and losses[-1] < 0.5 * losses[0]
+
+
+def test_saved_adapter_loads_in_plain_adapters_with_same_outputs(tmp_path, tiny_xlmr_dir):
+    from adapters import AutoAdapterModel
+
+    result = train(config(tmp_path, "mrpc", tiny_xlmr_dir, max_steps=2, quant="none"), progress=False)
+    model = AutoAdapterModel.from_pretrained(tiny_xlmr_dir)
+    name = model.load_adapter(str(result.out / "adapter"), use_safetensors=True)
+    model.set_active_adapters(name)
+    model.eval()
+    saved = load_file(str(result.out / "adapter" / "adapter.safetensors"))
+    params = dict(model.named_parameters())
+    for key, value in saved.items():
+        torch.testing.assert_close(params[key], value)
+    logits = model(input_ids=torch.tensor([[0, 3293, 83, 2, 2, 10, 3034, 2]])).logits
+    assert logits.shape == (1, 2)
+
+
+def test_resume_reaches_the_same_result(tmp_path, tiny_xlmr_dir):
+    kw = dict(max_steps=6, save_every=2, epochs=2, max_examples=16)
+    full = train(config(tmp_path / "a", "mrpc", tiny_xlmr_dir, **kw), progress=False)
+
+    def interrupt(step, record):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    cfg = config(tmp_path / "b", "mrpc", tiny_xlmr_dir, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, on_step=interrupt)
+    assert json.loads((tmp_path / "b" / "mrpc" / "run.json").read_text())["status"] == "running"
+    with pytest.raises(AdaptertxError, match="holds an unfinished run; pass --resume"):
+        train(cfg, progress=False)
+    resumed = train(cfg, resume=True, progress=False)
+    a = load_file(str(full.out / "adapter" / "adapter.safetensors"))
+    b = load_file(str(resumed.out / "adapter" / "adapter.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    log_a = [json.loads(l) for l in (full.out / "metrics.jsonl").read_text().splitlines()]
+    log_b = [json.loads(l) for l in (resumed.out / "metrics.jsonl").read_text().splitlines()]
+    assert [l.get("step") for l in log_a] == [l.get("step") for l in log_b]
+    assert resumed.validation == pytest.approx(full.validation)
+
+
+def test_finished_runs_are_not_overwritten(tmp_path, tiny_xlmr_dir):
+    cfg = config(tmp_path, "copa", tiny_xlmr_dir, max_steps=1)
+    train(cfg, progress=False)
+    before = (tmp_path / "copa" / "adapter" / "adapter.safetensors").read_bytes()
+    with pytest.raises(AdaptertxError, match="already holds a finished run; pass --overwrite"):
+        train(cfg, progress=False)
+    with pytest.raises(AdaptertxError, match="holds a finished run; nothing to resume"):
+        train(cfg, resume=True, progress=False)
+    assert (tmp_path / "copa" / "adapter" / "adapter.safetensors").read_bytes() == before
+    train(cfg, overwrite=True, progress=False)
+
+
+def test_resume_refuses_other_configs_and_damaged_checkpoints(tmp_path, tiny_xlmr_dir):
+    cfg = config(tmp_path, "mrpc", tiny_xlmr_dir, max_steps=4, save_every=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, on_step=lambda s, r: (_ for _ in ()).throw(KeyboardInterrupt) if s == 2 else None)
+    other = config(tmp_path, "mrpc", tiny_xlmr_dir, max_steps=4, save_every=1, lr=5e-4)
+    with pytest.raises(AdaptertxError, match=r"different config \(differs in: lr\)"):
+        train(other, resume=True, progress=False)
+    state = tmp_path / "mrpc" / "checkpoints" / "last" / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(AdaptertxError, match="checkpoint in .* is damaged"):
+        train(cfg, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(task="tatoeba"), "retrieval task: adapters are trained for"),
+    (dict(task="mnli"), "task 'mnli' has no bundled English data"),
+    (dict(task="nosuch"), "unknown task 'nosuch'"),
+    (dict(task="mrpc", adapter="no_such_adapter"), "unknown adapter config 'no_such_adapter'"),
+    (dict(task="mrpc", quant="int4"), "unknown quantisation 'int4'"),
+    (dict(task="mrpc", batch_size=0), "batch_size must be at least 1"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, tiny_xlmr_dir, kwargs, message):
+    with pytest.raises(AdaptertxError, match=message):
+        train(config(tmp_path, model=tiny_xlmr_dir, **kwargs), progress=False)
+
+
+def test_long_inputs_are_truncated_with_a_warning(tmp_path, tiny_xlmr_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="adaptertx.train"):
+        train(config(tmp_path, "mrpc", tiny_xlmr_dir, max_steps=1, max_length=12), progress=False)
+    assert "were longer than 12 tokens and were truncated" in caplog.text
+
+
+def test_lora_trains_on_the_int8_base(tmp_path, tiny_xlmr_dir):
+    result = train(config(tmp_path, "mrpc", tiny_xlmr_dir, max_steps=2, adapter="lora"), progress=False)
+    saved = load_file(str(result.out / "adapter" / "adapter.safetensors"))
+    assert any("lora_A" in k for k in saved)
