@@ -34,6 +34,14 @@ def _csv(value: str | None) -> list[str] | None:
 def main() -> None:
     """adaptertx: English intermediate-task adapters on a frozen 8-bit encoder, merged and
     evaluated zero-shot across languages (low-resource languages reported apart)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("adaptertx").setLevel(logging.INFO)
+    # Library chatter that is no news to a user: bitsandbytes' optional CPU 4-bit kernel
+    # package, its per-call fp16 cast notice, and adapters' note before an adapter is active.
+    for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions", "adapters.model_mixin"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @main.command()
