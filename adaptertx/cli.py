@@ -173,6 +173,24 @@ def train_cmd(task, model_name, adapter, quant, out, epochs, batch_size, grad_ac
     click.echo(f"adapter: {result.out / 'adapter'}")
 
 
+@main.command("runs")
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@_clear_errors
+def runs_cmd(root: str) -> None:
+    """Summarise the training runs under ROOT: scores beside the majority baseline."""
+    from adaptertx.train import summarize_runs
+
+    def num(v):
+        return "-" if v is None else f"{v:.1f}"
+
+    rows = [(r["run"], r["task"], r["status"], r["steps"] or "-", num(r["seconds"]), r["metric"],
+             num(r["validation"]), num(r["test"]), num(r["baseline"]),
+             "-" if r["test"] is None or r["baseline"] is None else f"{r['test'] - r['baseline']:+.1f}")
+            for r in summarize_runs(root)]
+    click.echo(tabulate(rows, headers=["run", "task", "status", "steps", "seconds", "metric", "validation",
+                                       "test", "majority", "test - majority"]))
+
+
 @main.group()
 def retrieve() -> None:
     """Sentence retrieval evaluation (Tatoeba)."""

@@ -167,6 +167,20 @@ def _english_splits(task: Task, limit: int | None) -> tuple[list[dict], list[dic
     return _first(train_rows, limit), _first(dev_rows, limit), None if test_rows is None else _first(test_rows, limit)
 
 
+def majority_baseline(task: Task, rows: list[dict]) -> float | None:
+    """Accuracy (percent) of always predicting the most frequent label of ``rows``.
+
+    For classification and multiple choice only (``None`` otherwise); with balanced
+    multiple-choice answers it equals chance, ``100 / num_choices``.
+    """
+    if task.family not in ("classification", "multiple_choice") or not rows:
+        return None
+    counts: dict = {}
+    for row in rows:
+        counts[row["label"]] = counts.get(row["label"], 0) + 1
+    return 100.0 * max(counts.values()) / len(rows)
+
+
 def _first(rows: list[dict], limit: int | None) -> list[dict]:
     if limit is None or limit >= len(rows):
         return rows
@@ -428,6 +442,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         _write_run(out, config, "finished", fingerprint=built.fingerprint, adapter_name=built.name,
                    best_epoch=state["best_epoch"], validation=state["best"], test=test_scores,
                    steps=state["step"], seconds=round(seconds, 1),
+                   test_majority_baseline=None if test_rows is None else majority_baseline(task, test_rows),
                    trainable_params=sum(p.numel() for p in params),
                    total_params=sum(p.numel() for p in unwrapped.parameters()))
     return RunResult(out, state["best_epoch"], state["best"], test_scores, state["step"], seconds)
@@ -445,3 +460,25 @@ def _truncate_log(path: Path, step: int) -> None:
     keep = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]
     atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def summarize_runs(root: str | Path) -> list[dict]:
+    """One row per run folder under ``root`` (``root`` itself may be a run): its task,
+    status, steps, time, primary validation and test score, and the majority baseline."""
+    root = Path(root)
+    files = [root / "run.json"] if (root / "run.json").exists() else sorted(root.glob("*/run.json"))
+    if not files:
+        raise AdaptertxError(f"no runs in {root}: expected run folders holding run.json")
+    rows = []
+    for f in files:
+        run = json.loads(f.read_text())
+        task = get_task(run["config"]["task"])
+        key = PRIMARY[task.metric]
+        rows.append({
+            "run": f.parent.name, "task": task.name, "status": run["status"], "steps": run.get("steps"),
+            "seconds": run.get("seconds"), "metric": key,
+            "validation": (run.get("validation") or {}).get(key),
+            "test": (run.get("test") or {}).get(key),
+            "baseline": run.get("test_majority_baseline"),
+        })
+    return rows
