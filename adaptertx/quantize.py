@@ -102,6 +102,11 @@ class Int8Linear(nn.Module):
         """The (out, in) fp32 weight this layer computes with."""
         return dequantize_rows(self.qweight, self.scale, torch.float32)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """Read-only fp32 view of the weight, for code that inspects ``.weight``."""
+        return self.dequantize()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise AdaptertxError(f"Int8Linear expects inputs with {self.in_features} features, got {x.shape[-1]}")
@@ -112,20 +117,54 @@ class Int8Linear(nn.Module):
                 f"bias={self.bias is not None}, compute_dtype={self.compute_dtype}")
 
 
+_INT8_CLASSES: dict[type, type] = {}
+
+
+def _int8_class(cls: type) -> type:
+    """``cls`` (an ``nn.Linear`` subclass that wraps the plain linear forward, such as the
+    ``adapters`` library's LoRA layers) re-based on :class:`Int8Linear`: its own ``forward``
+    runs unchanged and its call to the linear forward reaches the int8 matmul."""
+    if cls not in _INT8_CLASSES:
+        bases = tuple(b for b in cls.__bases__ if b is not nn.Linear) + (Int8Linear,)
+        _INT8_CLASSES[cls] = type(f"Int8{cls.__name__}", bases, {"__module__": __name__})
+    return _INT8_CLASSES[cls]
+
+
+def _quantize_in_place(module: nn.Linear, compute_dtype: torch.dtype) -> None:
+    qweight, scale = quantize_rows(module.weight)
+    bias = None if module.bias is None else module.bias.detach().float()
+    del module._parameters["weight"]
+    module._parameters.pop("bias", None)
+    module.__class__ = _int8_class(type(module))
+    module.compute_dtype = compute_dtype
+    module.register_buffer("qweight", qweight)
+    module.register_buffer("scale", scale)
+    module.register_buffer("bias", bias)
+
+
 def quantize_linears(model: nn.Module, compute_dtype: torch.dtype = torch.bfloat16,
                      skip: tuple[str, ...] = ()) -> int:
-    """Replace every ``nn.Linear`` in ``model`` (in place) by an :class:`Int8Linear`.
+    """Store every linear layer of ``model`` in int8 (in place); returns how many.
 
-    Layers whose qualified name contains one of ``skip`` (e.g. adapter or head modules) are
-    left as they are. Returns the number of layers replaced.
+    A plain ``nn.Linear`` is replaced by an :class:`Int8Linear`; a subclass that wraps the
+    linear forward (the ``adapters`` library's ``LoRALinear`` layers, present in every
+    adapter model) keeps its own ``forward`` and state and computes its base output in int8,
+    so LoRA still trains on top. Layers whose qualified name contains one of ``skip`` (e.g.
+    ``"heads"``) are left as they are. Quantise before adding adapters and heads.
     """
     replaced = 0
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if type(child) is nn.Linear and not any(s in full for s in skip):
+            if not isinstance(child, nn.Linear) or isinstance(child, Int8Linear) or any(s in full for s in skip):
+                continue
+            if type(child) is nn.Linear:
                 setattr(module, child_name, Int8Linear.from_linear(child, compute_dtype))
-                replaced += 1
+            elif getattr(child, "fan_in_fan_out", False):
+                raise AdaptertxError(f"{full}: int8 storage does not support transposed (Conv1D-style) weights")
+            else:
+                _quantize_in_place(child, compute_dtype)
+            replaced += 1
     return replaced
 
 

@@ -7,9 +7,12 @@ of the sources, the compiler flags and the torch version, so a changed source re
 build uses no ``-march`` flag: the AVX-512 code paths are chosen at run time, so a cached
 build also runs on machines without AVX-512.
 
-``ADAPTERTX_KERNELS`` selects the backend: unset or ``auto`` (native when it builds, else the
-reference, with one log line saying why), ``ref`` (always the pure-torch reference) or
-``native`` (the native build is required; a failed build raises).
+``ADAPTERTX_KERNELS`` selects the backend: unset or ``auto`` (native when it builds and the CPU
+has AVX-512, else the reference, with one log line saying why), ``ref`` (always the pure-torch
+reference) or ``native`` (the native build is required, a failed build raises; on a CPU
+without AVX-512 this runs the kernels' portable scalar path, which is correct but slower than
+torch's own vectorised ops). ``ADAPTERTX_KERNELS_ISA=generic`` makes the native kernels take
+that portable path even where AVX-512 exists (for testing it).
 """
 
 from __future__ import annotations
@@ -112,10 +115,20 @@ def native_available(op: str) -> bool:
     return op in _loaded
 
 
+def cpu_has_avx512() -> bool:
+    """Whether torch's own CPU dispatch found AVX-512 (the native kernels' fast path needs it)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+_NO_AVX512 = "CPU lacks AVX-512 (the portable native path is slower than torch)"
+
+
 def use_native(op: str) -> bool:
     """Whether a call of ``op`` goes to the native kernel under the current ``ADAPTERTX_KERNELS``."""
     m = mode()
     if m == "ref":
+        return False
+    if m == "auto" and not cpu_has_avx512():
         return False
     if native_available(op):
         return True
@@ -146,6 +159,8 @@ def backend_status(build: bool = True) -> dict[str, str]:
         src = f"csrc/{op}.cpp"
         if m == "ref":
             status[op] = f"reference: {ENV}=ref"
+        elif m == "auto" and not cpu_has_avx512():
+            status[op] = f"reference: {_NO_AVX512}"
         elif op in _loaded or (build and native_available(op)):
             status[op] = f"native ({src})"
         elif op in _failed:

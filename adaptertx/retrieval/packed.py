@@ -2,10 +2,11 @@
 
 The tokens of a batch are packed without padding into one (tokens, dim) tensor; all the
 linear layers, LayerNorms and the GELU run on that tensor (through the fused ops in
-:mod:`adaptertx.kernels`), and only attention sees each sequence on its own: the packed
-rows are scattered into a (sequences, longest, heads, head_dim) block, attended with
-:func:`torch.nn.functional.scaled_dot_product_attention` under a key-padding mask, and
-gathered back. Sort sentences by length before packing to keep that block small. The
+:mod:`adaptertx.kernels`), and only attention sees each sequence on its own: sequences of
+equal length are attended together with
+:func:`torch.nn.functional.scaled_dot_product_attention` as one (count, heads, length,
+head_dim) batch, with no padding and no mask. Sorting sentences by length before packing
+makes those groups plain slices of the packed tensor (otherwise they are gathered). The
 forward stops at the requested layer, and :meth:`PackedEncoder.encode` mean-pools and
 L2-normalises each sentence (special tokens included, as XTREME's retrieval protocol does).
 
@@ -86,21 +87,53 @@ class PackedEncoder:
     def _w(self, t: torch.Tensor) -> torch.Tensor:
         return t.detach().to(self.dtype)
 
-    def _attention(self, qkv: torch.Tensor, cu_seqlens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _length_groups(cu: torch.Tensor, lengths: torch.Tensor) -> list[tuple[int, int, int, torch.Tensor | None]]:
+        """Sequences grouped by length: (length, count, first token, token index or None).
+
+        A run of consecutive equal-length sequences (what a length-sorted batch is made of)
+        is a plain slice of the packed tensor (index None); other groups carry the index of
+        their tokens.
+        """
+        groups = []
+        lens = lengths.tolist()
+        starts = cu[:-1].tolist()
+        i = 0
+        runs: dict[int, list[tuple[int, int]]] = {}
+        while i < len(lens):
+            j = i
+            while j + 1 < len(lens) and lens[j + 1] == lens[i]:
+                j += 1
+            runs.setdefault(lens[i], []).append((starts[i], j - i + 1))
+            i = j + 1
+        for length, parts in runs.items():
+            if len(parts) == 1:
+                first, count = parts[0]
+                groups.append((length, count, first, None))
+            else:
+                index = torch.cat([torch.arange(f, f + c * length) for f, c in parts])
+                groups.append((length, sum(c for _, c in parts), 0, index))
+        return groups
+
+    def _attention(self, qkv: torch.Tensor, groups) -> torch.Tensor:
+        """Self-attention of each sequence on its own: qkv (tokens, 3 dim) -> (tokens, dim).
+
+        Sequences of one length are attended together as a (count, heads, length, head_dim)
+        batch, so no padding and no mask are needed.
+        """
         tokens, three_dim = qkv.shape
         dim = three_dim // 3
         hd = dim // self.heads
-        n = lengths.numel()
-        longest = int(lengths.max())
-        seq = torch.repeat_interleave(torch.arange(n), lengths)
-        pos = torch.arange(tokens) - cu_seqlens[:-1][seq]
-        flat = seq * longest + pos
-        block = qkv.new_zeros(n * longest, three_dim)
-        block[flat] = qkv
-        q, k, v = block.view(n, longest, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
-        mask = (torch.arange(longest).unsqueeze(0) < lengths.unsqueeze(1)).view(n, 1, 1, longest)
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (n, heads, longest, hd)
-        return ctx.transpose(1, 2).reshape(n * longest, dim)[flat]
+        ctx = qkv.new_empty(tokens, dim)
+        for length, count, first, index in groups:
+            part = qkv[first : first + count * length] if index is None else qkv.index_select(0, index)
+            q, k, v = part.view(count, length, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(count * length, dim)
+            if index is None:
+                ctx[first : first + count * length] = out
+            else:
+                ctx.index_copy_(0, index, out)
+        return ctx
 
     @torch.inference_mode()
     def hidden_states(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, layer: int) -> torch.Tensor:
@@ -124,14 +157,15 @@ class PackedEncoder:
         positions = torch.arange(tokens) - cu[:-1][seq] + self.position_offset
         if int(positions.max()) >= self.pos.shape[0]:
             raise AdaptertxError(f"a sequence is longer than the model's {self.pos.shape[0]} positions")
-        x = self.word[input_ids]
-        extra = self.pos[positions]
+        x = self.word.index_select(0, input_ids)
+        extra = self.pos.index_select(0, positions)
         if self.type0 is not None:
             extra = extra + self.type0
         x = add_layernorm(x, extra, *self.emb_ln, self.eps)
+        groups = self._length_groups(cu, lengths)
         for p in self.layers[:layer]:
             qkv = F.linear(x, *p["qkv"])
-            ctx = self._attention(qkv, cu, lengths)
+            ctx = self._attention(qkv, groups)
             x = add_layernorm(F.linear(ctx, *p["attn_out"]), x, *p["ln1"], self.eps)
             w_i, b_i = p["inter"]
             if self.act == "gelu":

@@ -62,3 +62,10 @@ def test_build_name_changes_with_source(monkeypatch, tmp_path):
     assert _build._build_name("bias_gelu") != first
     (src / "common.h").write_text("// b\n")
     assert len({first, _build._build_name("bias_gelu")}) == 2
+
+
+def test_auto_prefers_reference_without_avx512(monkeypatch):
+    monkeypatch.delenv(_build.ENV, raising=False)
+    monkeypatch.setattr(_build, "cpu_has_avx512", lambda: False)
+    assert not _build.use_native("bias_gelu")
+    assert kernels.backend_status(build=False)["bias_gelu"].startswith("reference: CPU lacks AVX-512")

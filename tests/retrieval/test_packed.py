@@ -77,3 +77,14 @@ def test_bad_inputs_raise():
         pack([[1], []])
     with pytest.raises(AdaptertxError):
         PackedEncoder(torch.nn.Linear(2, 2))
+
+
+def test_equal_lengths_out_of_order_match_hf():
+    """Equal-length sequences that are not adjacent are gathered into one attention batch."""
+    model = _bert()
+    g = torch.Generator().manual_seed(5)
+    sentences = [torch.randint(3, 120, (n,), generator=g).tolist() for n in [3, 5, 3, 5, 5, 1, 3]]
+    ids, cu = pack(sentences)
+    ours = PackedEncoder(model).encode(ids, cu, 3)
+    ref = _hf_pooled(model, sentences, 3, 0)
+    assert (ours * ref).sum(1).min().item() >= 0.9999
