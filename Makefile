@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench clean intermediate
 
 install: $(STAMP)
 
@@ -31,3 +31,20 @@ test-all: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# One adapter per bundled English intermediate task on the default int8 base, then a table
+# of scores beside the majority baseline (CPU: several minutes per task). Finished runs are
+# kept and skipped; an interrupted one resumes.
+INTERMEDIATE ?= mrpc anli siqa commonsenseqa cosmosqa hellaswag copa
+TRAIN_ARGS ?= --epochs 2 --max-examples 1000 --batch-size 16 --lr 5e-4
+intermediate: install
+	for t in $(INTERMEDIATE); do \
+	  run=runs/intermediate/$$t; \
+	  if grep -qs '"status": "finished"' $$run/run.json; then echo "$$t: finished, kept"; continue; fi; \
+	  resume=; [ -f $$run/run.json ] && resume=--resume; \
+	  $(BIN)/adaptertx train $$t --out $$run $(TRAIN_ARGS) $$resume || exit 1; \
+	done
+	$(BIN)/adaptertx runs runs/intermediate
+
+bench: install
+	$(BIN)/python benchmarks/bench_train.py
