@@ -11,8 +11,8 @@ buffers), and the linear layers' share of it.
     python benchmarks/bench_train.py            # full size: batch 16 x 128 tokens
     python benchmarks/bench_train.py --tiny     # seconds; CI runs this
 
-Prints ``case | baseline | ours | ratio | agreement`` rows and writes a JSON with the
-machine, versions and git SHA.
+Prints ``case | baseline | ours | ratio | agreement`` rows, writes a JSON with the machine,
+versions and git SHA, and exits 1 when a mode's logits stray from fp32's.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from adaptertx.io import atomic_write_text
+from adaptertx.io import atomic_write_text, cache_dir
 from adaptertx.modeling import build_adapter_model
 from adaptertx.models import load_tokenizer, resolve
 from adaptertx.quantize import linear_weight_bytes
 from adaptertx.tasks import get_task
 
 MODES = ("none", "bf16", "bnb-int8", "int8")
+AGREEMENT_TOLERANCE = 0.05  # max |logit difference| to fp32 a storage mode may show
 LABEL = {"none": "fp32", "bf16": "bf16", "bnb-int8": "bnb int8", "int8": "ours int8"}
 
 
@@ -116,11 +117,11 @@ def measure(model_name: str, label: str, batch: dict, steps: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="small shapes, a few steps (seconds)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode")
-    parser.add_argument("--json", default="benchmarks/results/bench_train.json", help="where to write the JSON")
+    parser.add_argument("--json", default=None, help="result file (default: <cache>/benchmarks/bench_train.json)")
     args = parser.parse_args()
     steps = args.steps or (2 if args.tiny else 5)
     batch_size, length = (4, 32) if args.tiny else (16, 128)
@@ -160,9 +161,15 @@ def main() -> None:
     info = {"machine": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "git_sha": sha, "tiny": args.tiny, "steps": steps,
             "batch": [batch_size, length], "results": results}
-    atomic_write_text(Path(args.json), json.dumps(info, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    out = Path(args.json) if args.json else cache_dir() / "benchmarks" / "bench_train.json"
+    atomic_write_text(out, json.dumps(info, indent=2) + "\n")
+    print(f"wrote {out}")
+    # Agreement gate: every storage mode's logits within bf16-level distance of fp32's.
+    bad = [r for r in results if r["max_abs_logit_diff_vs_fp32"] > AGREEMENT_TOLERANCE]
+    for r in bad:
+        print(f"FAIL {r['model']} {r['mode']}: logits differ from fp32 by {r['max_abs_logit_diff_vs_fp32']:.3f}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
