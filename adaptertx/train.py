@@ -211,8 +211,7 @@ def _save_checkpoint(ckpt_dir: Path, model, optimizer, progress: dict) -> None:
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = dict(progress, param_groups=[{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]}
-                                        for g in opt["param_groups"]])
+    meta = dict(progress, param_groups=opt["param_groups"])
     with atomic_dir(ckpt_dir / "last") as tmp:
         save_file(tensors, str(tmp / "state.safetensors"))
         atomic_write_text(tmp / "progress.json", json.dumps(meta, indent=1))
@@ -245,8 +244,8 @@ def _load_checkpoint(ckpt_dir: Path, model, optimizer) -> dict:
 # ------------------------------------------------------------------------------ evaluation
 
 
-def evaluate(built, task: Task, features: Features, examples: list[dict], *, batch_size: int = 64,
-             accelerator=None) -> dict[str, float]:
+def evaluate(built, task: Task, features: Features, examples: list[dict], *,
+             batch_size: int = 64) -> dict[str, float]:
     """Score the model on encoded ``examples`` with the task's metric."""
     model = built.model
     model.eval()
