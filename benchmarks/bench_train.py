@@ -121,8 +121,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="small shapes, a few steps (seconds)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="result file (default: <cache>/benchmarks/bench_train.json)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     steps = args.steps or (2 if args.tiny else 5)
     batch_size, length = (4, 32) if args.tiny else (16, 128)
     tokenizer = load_tokenizer(resolve("me5-small"))
