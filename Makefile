@@ -36,7 +36,7 @@ clean:
 # of scores beside the majority baseline (CPU: several minutes per task). Finished runs are
 # kept and skipped; an interrupted one resumes.
 INTERMEDIATE ?= mrpc anli siqa commonsenseqa cosmosqa hellaswag copa
-TRAIN_ARGS ?= --epochs 2 --max-examples 1000 --batch-size 16 --lr 5e-4
+TRAIN_ARGS ?= --epochs 3 --max-examples 1200 --batch-size 16 --lr 1e-3
 intermediate: install
 	for t in $(INTERMEDIATE); do \
 	  run=runs/intermediate/$$t; \
