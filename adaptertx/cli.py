@@ -173,6 +173,51 @@ def train_cmd(task, model_name, adapter, quant, out, epochs, batch_size, grad_ac
     click.echo(f"adapter: {result.out / 'adapter'}")
 
 
+@main.command("merge")
+@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--method", type=click.Choice(["average", "task_arithmetic", "ties", "fusion", "multitask"]),
+              default="average", show_default=True, help="How to merge (multitask: not implemented yet).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The merged folder.")
+@click.option("--weights", help="Comma-separated weights, one per run (normalised; default uniform).")
+@click.option("--target", help="Fusion: the task to train it on. Others: the task whose head goes into adapter/.")
+@click.option("--name", help="Name of the merged adapter (fusion: of its head).")
+@click.option("--density", default=0.2, show_default=True, help="TIES: kept fraction of each task vector.")
+@click.option("--scale", default=1.0, show_default=True, help="TIES / task arithmetic: factor on the merged task vector.")
+@click.option("--fusion-config", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True)
+@click.option("--epochs", type=int, help="Fusion training: epochs.")
+@click.option("--lr", type=float, help="Fusion training: learning rate (default 5e-5).")
+@click.option("--batch-size", type=int, help="Fusion training: batch size.")
+@click.option("--max-examples", type=int, help="Fusion training: at most N examples per split.")
+@click.option("--max-steps", type=int, help="Fusion training: stop after N optimiser steps.")
+@click.option("--max-length", type=int, help="Fusion training: tokens per input.")
+@click.option("--quant", type=click.Choice(["int8", "bnb-int8", "bf16", "none"]), help="Fusion: base storage (default: the runs').")
+@click.option("--resume", is_flag=True, help="Fusion: continue the unfinished training in --out.")
+@click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
+@_clear_errors
+def merge_cmd(run_dirs, method, out, weights, target, name, density, scale, fusion_config, epochs, lr, batch_size,
+              max_examples, max_steps, max_length, quant, resume, overwrite):
+    """Merge the task adapters of the training runs RUN_DIRS (one base) into one model."""
+    from adaptertx.merge import MergeOptions, merge
+
+    try:
+        weight_list = [float(w) for w in _csv(weights)] if weights else None
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {weights!r}", param_hint="--weights") from None
+    train_kw = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, max_examples=max_examples,
+                                      max_steps=max_steps, max_length=max_length, quant=quant).items() if v is not None}
+    if train_kw and method != "fusion":
+        raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in train_kw)} apply to --method fusion only")
+    options = MergeOptions(weights=weight_list, target=target, name=name, density=density, scale=scale,
+                           fusion_config=fusion_config, train=train_kw)
+    result = merge(method, list(run_dirs), out, options, overwrite=overwrite, resume=resume)
+    click.echo(f"{method}: {len(result.recipe['inputs'])} adapter(s) -> {result.out} (name {result.name})")
+    if result.recipe.get("weights"):
+        click.echo("weights: " + ", ".join(f"{i['task']} {w:.3f}" for i, w in zip(result.recipe["inputs"],
+                                                                                 result.recipe["weights"])))
+    for warning in result.recipe.get("warnings", []):
+        click.echo(f"warning: {warning}", err=True)
+
+
 @main.command("runs")
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @_clear_errors

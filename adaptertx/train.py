@@ -38,7 +38,8 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.features import Features, decode_predictions, encode_examples
 from adaptertx.io import atomic_dir, atomic_write_bytes, atomic_write_text
 from adaptertx.metrics import score
-from adaptertx.modeling import QUANT_MODES, build_adapter_model, check_trainable, load_trainable_state, trainable_state
+from adaptertx.modeling import (QUANT_MODES, BuiltModel, build_adapter_model, check_trainable, load_trainable_state,
+                                trainable_state)
 from adaptertx.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -295,6 +296,27 @@ def _write_run(out: Path, config: TrainConfig, status: str, **extra) -> None:
     atomic_write_text(out / "run.json", json.dumps(body, indent=2) + "\n")
 
 
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a run built on :func:`train`'s loop does differently from single-task training.
+
+    Attributes:
+        build: returns the model to train, in place of
+            :func:`adaptertx.modeling.build_adapter_model`; called as ``build(config, task)``.
+            Its trainable parameters are the ones optimised and checkpointed.
+        save: writes the final model into the (temporary) ``adapter/`` folder; called as
+            ``save(model, built, folder)``.
+        extra_loss: an extra loss term added to every training step (e.g. AdapterFusion's
+            value-matrix regularisation), or ``None``; called as ``extra_loss(model)``.
+        run_info: extra fields written into ``run.json``.
+    """
+
+    build: Callable[[TrainConfig, Task], BuiltModel]
+    save: Callable[[torch.nn.Module, BuiltModel, Path], None]
+    extra_loss: Callable[[torch.nn.Module], torch.Tensor | None] | None = None
+    run_info: dict = dataclasses.field(default_factory=dict)
+
+
 def _lr_factor(step: int, total: int, warmup_steps: int) -> float:
     """Linear warm-up to 1 over ``warmup_steps``, then linear decay to 0 at ``total``."""
     if step < warmup_steps:
@@ -303,7 +325,8 @@ def _lr_factor(step: int, total: int, warmup_steps: int) -> float:
 
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, on_step: Callable[[int, dict], None] | None = None) -> RunResult:
+          progress: bool = True, on_step: Callable[[int, dict], None] | None = None,
+          hooks: TrainHooks | None = None) -> RunResult:
     """Train ``config.task``'s adapter; returns the best epoch's scores.
 
     Args:
@@ -312,6 +335,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         overwrite: replace whatever ``config.out`` holds.
         progress: show a progress bar.
         on_step: called after every optimiser step with ``(step, {"loss", "lr"})``.
+        hooks: build, save and regularise a different model with the same loop (AdapterFusion
+            uses this); ``None`` trains one adapter and head.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -323,8 +348,12 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     train_rows, dev_rows, test_rows = _english_splits(task, config.max_examples)
 
     set_seed(config.seed)
-    built = build_adapter_model(config.model, task, adapter=config.adapter, quant=config.quant,
-                                adapter_seed=config.adapter_seed)
+    if hooks is None:
+        built = build_adapter_model(config.model, task, adapter=config.adapter, quant=config.quant,
+                                    adapter_seed=config.adapter_seed)
+    else:
+        built = hooks.build(config, task)
+    run_info = hooks.run_info if hooks is not None else {}
     model = built.model
     set_seed(config.seed)  # dropout follows the run seed, not the adapter-init seed
     if config.gradient_checkpointing:
@@ -360,7 +389,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
-        _write_run(out, config, "running", fingerprint=built.fingerprint)
+        _write_run(out, config, "running", fingerprint=built.fingerprint, **run_info)
         (out / "metrics.jsonl").unlink(missing_ok=True)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
@@ -381,7 +410,12 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                 seen_tokens += int(batch["attention_mask"].sum())
                 try:
                     with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=built.autocast):
-                        loss = model(**batch).loss / config.grad_accum
+                        loss = model(**batch).loss
+                        if hooks is not None and hooks.extra_loss is not None:
+                            extra = hooks.extra_loss(accelerator.unwrap_model(model))
+                            if extra is not None:
+                                loss = loss + extra
+                        loss = loss / config.grad_accum
                     accelerator.backward(loss)
                 except torch.OutOfMemoryError:
                     raise AdaptertxError(f"out of memory at batch size {config.batch_size}: try --batch-size "
@@ -436,9 +470,12 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     seconds = time.time() - start
     if accelerator.is_main_process:
         with atomic_dir(out / "adapter") as tmp:
-            unwrapped.save_adapter(str(tmp), built.name, with_head=True, use_safetensors=True)
+            if hooks is None:
+                unwrapped.save_adapter(str(tmp), built.name, with_head=True, use_safetensors=True)
+            else:
+                hooks.save(unwrapped, built, tmp)
         _append_log(out / "metrics.jsonl", {"step": state["step"], "test": test_scores})
-        _write_run(out, config, "finished", fingerprint=built.fingerprint, adapter_name=built.name,
+        _write_run(out, config, "finished", fingerprint=built.fingerprint, adapter_name=built.name, **run_info,
                    best_epoch=state["best_epoch"], validation=state["best"], test=test_scores,
                    steps=state["step"], seconds=round(seconds, 1),
                    test_majority_baseline=None if test_rows is None else majority_baseline(task, test_rows),

@@ -1,0 +1,198 @@
+"""Fused AdapterFusion inference on an ``adapters`` model.
+
+:func:`enable_fused_fusion` swaps, layer by layer, the ``adapters`` library's AdapterFusion
+forward (every task adapter separately, then key and value projections of every adapter's
+output) for :func:`adaptertx.kernels.adapter_fusion.adapter_fusion` (all adapters of a layer
+in one GEMM, the fusion attention folded into it, one GEMM out). Outputs equal the library's
+(same dtype rules as the kernels); the cost per adapter is a bottleneck adapter's, not two
+``d x d`` products.
+
+The fused path serves inference only: a layer uses it when the fusion is the active setup,
+the layer is in eval mode, and no gradient of its adapter or fusion weights is being
+recorded; otherwise (training, another active setup, fusion attentions requested) the
+library's forward runs. The folded weights are taken when the path is enabled: call
+:meth:`FusedFusion.refresh` after changing the adapter or fusion weights.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from adaptertx.errors import AdaptertxError
+from adaptertx.kernels.adapter_fusion import FusionWeights, PackedFusion, adapter_fusion, pack_fusion
+
+log = logging.getLogger(__name__)
+
+
+def _fuse_block(setup):
+    from adapters.composition import Fuse, parse_composition
+
+    if isinstance(setup, (list, tuple)) and all(isinstance(n, str) for n in setup):
+        setup = Fuse(*setup)
+    block = parse_composition(setup) if not isinstance(setup, Fuse) else setup
+    if not isinstance(block, Fuse):
+        raise AdaptertxError(f"fused inference needs a Fuse(...) of adapters, got {setup!r}")
+    if any(not isinstance(c, str) for c in block.children):
+        raise AdaptertxError("fused inference supports a Fuse of plain adapters (no nested compositions)")
+    return block
+
+
+def _layer_weights(layer, block) -> FusionWeights:
+    """The raw weights of ``block``'s adapters and fusion in one ``BottleneckLayer``."""
+    from adapters.methods.modeling import Activation_Function_Class
+
+    fusion = layer.adapter_fusion_layer[block.name]
+    down_w, down_b, up_w, up_b, scaling, acts = [], [], [], [], [], []
+    for name in block.children:
+        adapter = layer.adapters[name]
+        seq = list(adapter.adapter_down)
+        if (len(seq) != 2 or not isinstance(seq[0], nn.Linear) or not isinstance(seq[1], Activation_Function_Class)
+                or not isinstance(adapter.adapter_up, nn.Linear)):
+            raise AdaptertxError(f"adapter {name!r} is not a plain bottleneck adapter (Linear, activation, Linear: "
+                                 f"no ln_before, no PHM layers); fused inference cannot run it")
+        down_w.append(seq[0].weight)
+        down_b.append(seq[0].bias)
+        up_w.append(adapter.adapter_up.weight)
+        up_b.append(adapter.adapter_up.bias)
+        scaling.append(adapter.scaling)
+        acts.append(seq[1].f if hasattr(seq[1], "f") else seq[1])
+    cfg = fusion.config
+    return FusionWeights(
+        down_w, down_b, up_w, up_b, scaling, _same_activation(acts, block),
+        query_w=fusion.query.weight if cfg["query"] else None, query_b=fusion.query.bias if cfg["query"] else None,
+        key_w=fusion.key.weight if cfg["key"] else None, key_b=fusion.key.bias if cfg["key"] else None,
+        value_w=fusion.value.weight if cfg["value"] else None, residual_before=bool(cfg["residual_before"]))
+
+
+def _same_activation(acts, block):
+    names = {getattr(a, "__name__", type(a).__name__) for a in acts}
+    if len(names) != 1:
+        raise AdaptertxError(f"the adapters of {block.name!r} use different non-linearities ({', '.join(sorted(names))}); "
+                             f"fused inference needs one")
+    return acts[0]
+
+
+_REGISTRY = "_adaptertx_fused_fusions"
+
+
+def _dispatcher(layer, registry: dict):
+    """A layer's forward: the fused path of the active fusion when it is enabled and usable,
+    else the library's."""
+    library_forward = type(layer).bottleneck_layer_forward.__get__(layer)
+
+    def forward(hidden_states, residual_input, layer_norm):
+        setup = layer.get_active_setup()
+        fused = registry.get(getattr(setup, "name", None)) if setup is not None else None
+        if fused is not None:
+            out = fused(hidden_states, residual_input, layer_norm)
+            if out is not None:
+                return out
+        return library_forward(hidden_states, residual_input, layer_norm)
+
+    return forward
+
+
+class FusedFusion:
+    """The fused path, enabled on every layer of a model that holds the fusion.
+
+    Use as a context manager or call :meth:`disable`; :attr:`layers` counts the layers served.
+    """
+
+    def __init__(self, model: nn.Module, setup) -> None:
+        from adapters.methods.bottleneck import BottleneckLayer
+
+        self.model = model
+        self.block = _fuse_block(setup)
+        self._layers = [m for m in model.modules()
+                        if isinstance(m, BottleneckLayer) and self.block.name in m.adapter_fusion_layer]
+        if not self._layers:
+            raise AdaptertxError(f"the model has no AdapterFusion {self.block.name!r}; add or load it first")
+        self._packed: dict[int, dict] = {}
+        self.refresh()
+        for layer in self._layers:
+            registry = layer.__dict__.get(_REGISTRY)
+            if registry is None:
+                registry = {}
+                layer.__dict__[_REGISTRY] = registry
+                layer.__dict__["bottleneck_layer_forward"] = _dispatcher(layer, registry)
+            registry[self.block.name] = self._forward_for(layer)
+
+    @property
+    def layers(self) -> int:
+        return len(self._layers)
+
+    def refresh(self) -> None:
+        """Re-fold the weights (after the adapters or the fusion changed)."""
+        self._packed = {id(layer): {None: pack_fusion(_layer_weights(layer, self.block))} for layer in self._layers}
+
+    def _packed_for(self, layer, x: torch.Tensor) -> PackedFusion:
+        by_dtype = self._packed[id(layer)]
+        key = None if torch.is_autocast_enabled(x.device.type) or x.dtype == torch.float32 else x.dtype
+        if key not in by_dtype:
+            by_dtype[key] = by_dtype[None].to(dtype=x.dtype, device=x.device)
+        packed = by_dtype[key]
+        if packed.w_in.device != x.device:
+            packed = by_dtype[key] = packed.to(device=x.device)
+        return packed
+
+    def _usable(self, layer) -> bool:
+        from adapters.composition import Fuse
+        from adapters.context import ForwardContext
+
+        setup = layer.get_active_setup()
+        if not isinstance(setup, Fuse) or setup.name != self.block.name or layer.training:
+            return False
+        context = ForwardContext.get_context()
+        if context is not None and getattr(context, "output_adapter_fusion_attentions", False):
+            return False
+        if torch.is_grad_enabled():
+            fusion = layer.adapter_fusion_layer[self.block.name]
+            params = [*fusion.parameters(), *(p for n in self.block.children for p in layer.adapters[n].parameters())]
+            if any(p.requires_grad for p in params):
+                return False
+        return True
+
+    def _forward_for(self, layer):
+        block = self.block
+
+        def forward(hidden_states, residual_input, layer_norm):
+            if not self._usable(layer):
+                return None
+            fusion_config, _ = layer.adapters_config.get_fusion(block.name)
+            last = layer.adapters[block.last()]
+            x, query, residual = last.pre_forward(hidden_states, residual_input, layer_norm,
+                                                  fusion_config=fusion_config)
+            fusion = layer.adapter_fusion_layer[block.name]
+            temperature = fusion.T
+            fusion.T = max(fusion.T - fusion.reduction, 1.0)  # the library anneals on every forward
+            out = adapter_fusion(x, query, residual, self._packed_for(layer, x), temperature)
+            return last.post_forward(out, hidden_states, residual_input, layer_norm)
+
+        return forward
+
+    def disable(self) -> None:
+        """Give every layer back the library's forward."""
+        for layer in self._layers:
+            registry = layer.__dict__.get(_REGISTRY, {})
+            registry.pop(self.block.name, None)
+            if not registry:
+                layer.__dict__.pop(_REGISTRY, None)
+                layer.__dict__.pop("bottleneck_layer_forward", None)
+        self._layers = []
+
+    def __enter__(self) -> "FusedFusion":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.disable()
+
+
+def enable_fused_fusion(model: nn.Module, setup) -> FusedFusion:
+    """Serve the AdapterFusion ``setup`` (a ``Fuse`` or its adapter names) of ``model`` with the
+    fused path at inference; returns the handle that disables it again."""
+    handle = FusedFusion(model, setup)
+    log.debug("fused AdapterFusion %s on %d layers", handle.block.name, handle.layers)
+    return handle
