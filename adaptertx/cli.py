@@ -238,36 +238,93 @@ def runs_cmd(root: str) -> None:
 
 @main.group()
 def retrieve() -> None:
-    """Sentence retrieval evaluation (Tatoeba)."""
+    """Sentence retrieval evaluation: Tatoeba (nearest neighbour) and BUCC (bitext mining)."""
+
+
+def _encoder_options(fn):
+    """Options shared by the retrieve commands: model, adapter, layer, precision, backend."""
+    options = [
+        click.option("--model", "model_name", default="me5-small", show_default=True, help="Model name, folder or Hub id."),
+        click.option("--adapter", type=click.Path(exists=True, file_okay=False),
+                     help="AdapterHub adapter folder to apply (seq_bn), e.g. RUN/adapter from `adaptertx train`."),
+        click.option("--layer", type=int, help="Hidden layer to pool (default: the model's XTREME layer)."),
+        click.option("--data-dir", type=click.Path(exists=True, file_okay=False), help="Score your own files instead "
+                     "of the bundled data (Tatoeba: tatoeba.xxx-eng.xxx + .eng line-aligned pairs; BUCC: "
+                     "{lang}-en.{split}.{lang}, .en, .gold)."),
+        click.option("--bf16", "precision", flag_value="bf16", help="bf16 weights and compute (default where the CPU has bf16)."),
+        click.option("--fp32", "precision", flag_value="fp32", help="fp32 weights and compute."),
+        click.option("--int8", "precision", flag_value="int8", help="int8 weight storage, bf16 compute."),
+        click.option("--reference", is_flag=True, help="Use the plain Hugging Face pipeline instead of the packed encoder."),
+        click.option("--out", type=click.Path(dir_okay=False), help="Also write the scores as JSON here."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _encoder_kwargs(precision, reference) -> dict:
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}.get(precision)
+    return {"dtype": dtype, "int8": precision == "int8", "backend": "hf" if reference else "packed"}
 
 
 @retrieve.command("tatoeba")
-@click.option("--model", "model_name", default="me5-small", show_default=True, help="Model name, folder or Hub id.")
-@click.option("--langs", help="Comma-separated language codes (default: all bundled).")
-@click.option("--layer", type=int, help="Hidden layer to pool (default: the model's XTREME layer).")
+@_encoder_options
+@click.option("--langs", help="Comma-separated language codes (default: all bundled, or all in --data-dir).")
 @click.option("--max-pairs", type=int, help="Use only the first N pairs per language.")
-@click.option("--bf16", is_flag=True, help="Run the encoder under bf16 autocast.")
-@click.option("--out", type=click.Path(dir_okay=False), help="Also write the scores as JSON here.")
 @_clear_errors
-def retrieve_tatoeba(model_name, langs, layer, max_pairs, bf16, out) -> None:
+def retrieve_tatoeba(model_name, adapter, layer, data_dir, precision, reference, out, langs, max_pairs) -> None:
     """Tatoeba accuracy (nearest neighbour by cosine) per language, both directions."""
-    import torch
-
     from adaptertx.io import atomic_write_text
     from adaptertx.retrieval import evaluate_tatoeba
 
-    scores = evaluate_tatoeba(model_name, _csv(langs), layer=layer, max_pairs=max_pairs,
-                              dtype=torch.bfloat16 if bf16 else torch.float32)
+    scores = evaluate_tatoeba(model_name, _csv(langs), layer=layer, max_pairs=max_pairs, adapter=adapter,
+                              data_dir=data_dir, **_encoder_kwargs(precision, reference))
     rows = [(s.lang + (" *" if s.low_resource else ""), s.pairs, f"{s.x_to_en:.1f}", f"{s.en_to_x:.1f}")
             for s in scores]
-    click.echo(tabulate(rows, headers=["lang", "pairs", "x→en %", "en→x %"], colalign=("left", "right", "right", "right")))
+    click.echo(tabulate(rows, headers=["lang", "pairs", "x→en %", "en→x %"], colalign=("left", "right", "right", "right"),
+                        disable_numparse=True))
     for label, group in (("all", scores), ("low-resource *", [s for s in scores if s.low_resource]),
                          ("other", [s for s in scores if not s.low_resource])):
         if group:
             mean = sum(s.x_to_en for s in group) / len(group)
-            click.echo(f"mean x→en, {label} ({len(group)} langs): {mean:.1f}%")
+            back = sum(s.en_to_x for s in group) / len(group)
+            click.echo(f"mean, {label} ({len(group)} langs): x→en {mean:.1f}%  en→x {back:.1f}%")
+    truncated = sum(s.truncated for s in scores)
+    if truncated:
+        click.echo(f"{truncated} sentences were longer than the model's limit and were truncated")
     if out:
         atomic_write_text(out, json.dumps([s.__dict__ for s in scores], indent=2) + "\n")
+        click.echo(f"wrote {out}")
+
+
+@retrieve.command("bucc")
+@_encoder_options
+@click.option("--lang", default="zh", show_default=True, help="The non-English language (bundled: zh).")
+@click.option("--split", default="dev", show_default=True, help="File split (dev = BUCC's sample split, with gold).")
+@click.option("-k", "k", default=4, show_default=True, help="Neighbours for the ratio margin.")
+@_clear_errors
+def retrieve_bucc(model_name, adapter, layer, data_dir, precision, reference, out, lang, split, k) -> None:
+    """BUCC bitext mining: ratio-margin candidates, threshold tuned for F1 on the gold pairs."""
+    from adaptertx.io import atomic_write_text
+    from adaptertx.languages import is_low_resource
+    from adaptertx.retrieval import evaluate_bucc
+
+    s = evaluate_bucc(model_name, lang, split=split, data_dir=data_dir, layer=layer, adapter=adapter, k=k,
+                      **_encoder_kwargs(precision, reference))
+    try:
+        mark = " *" if is_low_resource(s.lang) else ""
+    except AdaptertxError:
+        mark = ""
+    click.echo(tabulate([(f"{s.lang}-en{mark}", s.source_sentences, s.target_sentences, s.gold, s.extracted,
+                          f"{s.threshold:.4f}", f"{s.precision:.1f}", f"{s.recall:.1f}", f"{s.f1:.1f}")],
+                        headers=["pair", "source", "target", "gold", "extracted", "threshold", "P %", "R %", "F1 %"],
+                        disable_numparse=True))
+    if s.truncated:
+        click.echo(f"{s.truncated} sentences were longer than the model's limit and were truncated")
+    if out:
+        atomic_write_text(out, json.dumps(s.__dict__, indent=2) + "\n")
         click.echo(f"wrote {out}")
 
 

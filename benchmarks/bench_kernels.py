@@ -10,9 +10,11 @@ import bench_add_layernorm  # noqa: E402
 import bench_bias_gelu  # noqa: E402
 import bench_bottleneck_adapter  # noqa: E402
 import bench_segment_mean_pool_normalize  # noqa: E402
+import bench_varlen_attention  # noqa: E402
 from _harness import main  # noqa: E402
 
-MODULES = (bench_bias_gelu, bench_add_layernorm, bench_bottleneck_adapter, bench_segment_mean_pool_normalize)
+MODULES = (bench_bias_gelu, bench_add_layernorm, bench_bottleneck_adapter, bench_segment_mean_pool_normalize,
+           bench_varlen_attention)
 
 
 def make_cases(tiny: bool):

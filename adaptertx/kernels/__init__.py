@@ -16,6 +16,7 @@ from adaptertx.kernels.segment_mean_pool_normalize import (
     segment_mean_pool_normalize,
     segment_mean_pool_normalize_ref,
 )
+from adaptertx.kernels.varlen_attention import varlen_attention, varlen_attention_ref
 
 __all__ = [
     "OPS",
@@ -29,4 +30,6 @@ __all__ = [
     "bottleneck_adapter_ref",
     "segment_mean_pool_normalize",
     "segment_mean_pool_normalize_ref",
+    "varlen_attention",
+    "varlen_attention_ref",
 ]

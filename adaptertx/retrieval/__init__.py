@@ -1,134 +1,492 @@
-"""Sentence retrieval: encode sentences with a chosen hidden layer and score Tatoeba.
+"""Sentence retrieval: encode sentences with a chosen hidden layer, score Tatoeba, mine BUCC.
 
-:func:`encode` is the plain Hugging Face pipeline (length-sorted batches, masked mean pool of
-one layer, L2 normalised) — the reference the packed fast encoder is held to.
+:func:`encode` runs the packed fast encoder (:mod:`adaptertx.retrieval.packed`: length-sorted,
+padding-free batches, stopping at the pooled layer) by default, or with ``backend="hf"`` the
+plain Hugging Face pipeline (length-sorted padded batches, masked mean pool of one layer),
+the reference the packed encoder is held to. Both L2-normalise the mean of one layer's
+hidden states, special tokens included (XTREME's retrieval protocol).
+
+:func:`evaluate_tatoeba` and :func:`evaluate_bucc` score bundled data or a user's files
+(``data_dir``); :func:`adaptertx.retrieval.mine.mine` is the blocked ratio-margin miner.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptertx.errors import AdaptertxError
+from adaptertx.retrieval.mine import MineResult, ThresholdResult, knn, mine, optimize_threshold
+
+log = logging.getLogger("adaptertx.retrieval")
+
+BACKENDS = ("packed", "hf")
+DEFAULT_TOKENS_PER_BATCH = 8192
+
+__all__ = ["BACKENDS", "BuccScore", "MineResult", "SentenceEncoder", "TatoebaScore", "ThresholdResult",
+           "default_dtype", "encode", "evaluate_bucc", "evaluate_tatoeba", "knn", "load_encoder", "mine",
+           "optimize_threshold", "retrieval_accuracy", "tatoeba_files"]
+
+
+def default_dtype(device: torch.device | str = "cpu") -> torch.dtype:
+    """bfloat16 where the device computes it natively (AVX512-BF16/AMX CPUs, recent GPUs), else float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    except (AttributeError, RuntimeError):
+        return torch.float32
+
+
+def _check_layer(model: PreTrainedModel, layer: int | None) -> int:
+    n_layers = model.config.num_hidden_layers
+    layer = n_layers if layer is None else layer
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n_layers:
+        raise AdaptertxError(f"layer {layer} is outside the model: it has hidden states 0..{n_layers}")
+    return layer
+
+
+def _position_limit(model: PreTrainedModel) -> int:
+    """Longest input (tokens) the model's position embeddings allow."""
+    cfg = model.config
+    offset = cfg.pad_token_id + 1 if cfg.model_type in ("xlm-roberta", "roberta") else 0
+    return cfg.max_position_embeddings - offset
+
+
+class SentenceEncoder:
+    """Encodes lists of sentences into unit-norm embeddings of one layer, in input order.
+
+    Args:
+        model, tokenizer: a loaded encoder (optionally an ``adapters`` model with one active
+            bottleneck adapter) and its tokenizer.
+        layer: hidden-state index to pool (0 = embeddings; default: the last layer).
+        prefix: text prepended to every sentence (``"passage: "`` for e5 models).
+        max_length: longer inputs are truncated to this many tokens (capped at the model's
+            position limit); :attr:`truncated` counts them.
+        dtype: compute dtype, ``torch.float32`` or ``torch.bfloat16`` (default:
+            :func:`default_dtype`).
+        int8: keep the linear weights as int8 rows + scales (packed backend; the HF backend
+            quantises the model in place with :func:`adaptertx.quantize.quantize_linears`).
+        backend: ``"packed"`` (the fast encoder) or ``"hf"`` (the reference pipeline).
+        batch_size: sentences per padded batch (``hf`` backend).
+        tokens_per_batch: tokens per packed forward (``packed`` backend; 1 encodes each
+            sentence on its own).
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, layer: int | None = None,
+                 prefix: str = "", max_length: int = 512, dtype: torch.dtype | None = None, int8: bool = False,
+                 backend: str = "packed", batch_size: int = 64,
+                 tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> None:
+        if backend not in BACKENDS:
+            raise AdaptertxError(f"unknown encoder backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if batch_size < 1 or tokens_per_batch < 1 or max_length < 2:
+            raise AdaptertxError("batch_size and tokens_per_batch must be at least 1, max_length at least 2")
+        self.model, self.tokenizer = model, tokenizer
+        self.layer = _check_layer(model, layer)
+        self.prefix, self.backend = prefix, backend
+        self.max_length = min(max_length, _position_limit(model))
+        self.dtype = default_dtype(model.device) if dtype is None else dtype
+        if self.dtype not in (torch.float32, torch.bfloat16):
+            raise AdaptertxError(f"encoding runs in float32 or bfloat16, got {self.dtype}")
+        self.int8 = int8
+        self.batch_size, self.tokens_per_batch = batch_size, tokens_per_batch
+        self.dim = model.config.hidden_size
+        self.truncated = 0
+        self._packed = None
+        if backend == "packed":
+            from adaptertx.retrieval.packed import PackedEncoder
+
+            self._packed = PackedEncoder(model, dtype=self.dtype, int8=int8 or None)
+        elif int8:
+            from adaptertx.quantize import Int8Linear, quantize_linears
+
+            if not any(isinstance(m, Int8Linear) for m in model.modules()):
+                quantize_linears(getattr(model, "base_model", model), compute_dtype=torch.bfloat16
+                                 if self.dtype == torch.bfloat16 else torch.float32)
+
+    def tokenize(self, sentences: list[str]) -> tuple[list[list[int]], int]:
+        """Token ids of ``prefix + sentence`` with special tokens, truncated; and how many were cut."""
+        if not sentences:
+            return [], 0
+        texts = [self.prefix + s for s in sentences]
+        ids = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        cut = 0
+        for i, seq in enumerate(ids):
+            if len(seq) > self.max_length:
+                # As the tokenizer's own truncation: drop content tokens, keep the closing special token.
+                ids[i] = seq[: self.max_length - 1] + seq[-1:]
+                cut += 1
+        return ids, cut
+
+    def __call__(self, sentences: list[str], progress: bool = False) -> torch.Tensor:
+        """embeddings: (len(sentences), hidden) float32, unit-norm rows in input order."""
+        if isinstance(sentences, str):
+            raise AdaptertxError("encode takes a list of sentences, got a single string")
+        out = torch.empty(len(sentences), self.dim)
+        if not sentences:
+            return out
+        ids, cut = self.tokenize(list(sentences))
+        if cut:
+            self.truncated += cut
+            log.warning("%d of %d sentences were longer than %d tokens and were truncated",
+                        cut, len(sentences), self.max_length)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        if self.backend == "packed":
+            self._encode_packed(ids, order, out, progress)
+        else:
+            self._encode_hf(ids, order, out, progress)
+        return out
+
+    def _encode_packed(self, ids, order, out, progress) -> None:
+        from adaptertx.retrieval.packed import pack
+
+        batches, start = [], 0
+        while start < len(order):
+            end, total = start, 0
+            while end < len(order) and (end == start or total + len(ids[order[end]]) <= self.tokens_per_batch):
+                total += len(ids[order[end]])
+                end += 1
+            batches.append(order[start:end])
+            start = end
+        device = self.model.device
+        for idx in tqdm(batches, desc="encode", unit="batch", disable=not progress, leave=False):
+            input_ids, cu = pack([ids[i] for i in idx])
+            emb = self._packed.encode(input_ids.to(device), cu.to(device), self.layer)
+            out[torch.tensor(idx)] = emb.float().cpu()
+
+    def _encode_hf(self, ids, order, out, progress) -> None:
+        model, layer = self.model, self.layer
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        base = getattr(model, "base_model", model)
+        saved = base.encoder.layer
+        try:
+            # Stop at the pooled layer: drop the layers above it for the duration of the call.
+            base.encoder.layer = torch.nn.ModuleList(list(saved)[:layer])
+            batches = range(0, len(order), self.batch_size)
+            for start in tqdm(batches, desc="encode", unit="batch", disable=not progress, leave=False):
+                idx = order[start:start + self.batch_size]
+                longest = max(len(ids[i]) for i in idx)
+                input_ids = torch.full((len(idx), longest), pad, dtype=torch.long)
+                mask = torch.zeros(len(idx), longest, dtype=torch.long)
+                for row, i in enumerate(idx):
+                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, : len(ids[i])] = 1
+                with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16,
+                                                            enabled=self.dtype == torch.bfloat16):
+                    hidden = base(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device),
+                                  output_hidden_states=True).hidden_states[layer]
+                m = mask.unsqueeze(-1).to(torch.float32).to(model.device)
+                pooled = (hidden.float() * m).sum(1) / m.sum(1)
+                out[torch.tensor(idx)] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
+        finally:
+            base.encoder.layer = saved
 
 
 def encode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sentences: list[str], *,
            layer: int | None = None, batch_size: int = 64, prefix: str = "", max_length: int = 512,
-           dtype: torch.dtype = torch.float32, progress: bool = False) -> torch.Tensor:
+           dtype: torch.dtype = torch.float32, progress: bool = False, backend: str = "packed",
+           int8: bool = False, tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> torch.Tensor:
     """Mean-pooled, L2-normalised sentence embeddings of one hidden layer.
 
     Args:
         sentences: n sentences; the output rows follow this order.
         layer: hidden-state index to pool (0 = embeddings, ``num_hidden_layers`` = last,
             the default). Layers above it are not computed.
-        batch_size: sentences per forward; batches are formed after sorting by length.
+        batch_size: sentences per padded forward (``backend="hf"``).
         prefix: text prepended to each sentence (``"passage: "`` for e5 models).
-        max_length: longer inputs are truncated to this many tokens.
-        dtype: ``torch.float32``, or ``torch.bfloat16`` to run under autocast.
+        max_length: longer inputs are truncated to this many tokens (a warning gives the count).
+        dtype: ``torch.float32``, or ``torch.bfloat16`` (bf16 weights in the packed encoder,
+            autocast in the HF pipeline).
+        backend: ``"packed"`` (fast, default) or ``"hf"`` (the reference pipeline).
+        int8: int8 weight storage (see :class:`SentenceEncoder`).
+        tokens_per_batch: tokens per packed forward (``backend="packed"``).
 
     Returns:
         embeddings: (n, hidden) float32, unit norm per row (special tokens included in the
         mean, padding excluded, as XTREME does).
     """
-    n_layers = model.config.num_hidden_layers
-    layer = n_layers if layer is None else layer
-    if not 0 <= layer <= n_layers:
-        raise AdaptertxError(f"layer {layer} is outside the model: it has hidden states 0..{n_layers}")
-    if not sentences:
-        return torch.empty(0, model.config.hidden_size)
-    texts = [prefix + s for s in sentences]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=True,
-                                             max_length=max_length)["input_ids"]]
-    order = sorted(range(len(texts)), key=lambda i: lengths[i])
-    out = torch.empty(len(texts), model.config.hidden_size)
-    encoder_layers = model.encoder.layer
-    saved = list(encoder_layers)
-    try:
-        # Stop at the pooled layer: drop the layers above it for the duration of the call.
-        model.encoder.layer = torch.nn.ModuleList(saved[:layer])
-        batches = range(0, len(order), batch_size)
-        for start in tqdm(batches, desc="encode", unit="batch", disable=not progress, leave=False):
-            idx = order[start:start + batch_size]
-            batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt").to(model.device)
-            with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16,
-                                                        enabled=dtype == torch.bfloat16):
-                hidden = model(**batch, output_hidden_states=True).hidden_states[layer]
-            mask = batch["attention_mask"].unsqueeze(-1).to(torch.float32)
-            pooled = (hidden.float() * mask).sum(1) / mask.sum(1)
-            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
-    finally:
-        model.encoder.layer = encoder_layers
-    return out
+    return SentenceEncoder(model, tokenizer, layer=layer, prefix=prefix, max_length=max_length, dtype=dtype,
+                           int8=int8, backend=backend, batch_size=batch_size,
+                           tokens_per_batch=tokens_per_batch)(sentences, progress=progress)
 
 
 @dataclass(frozen=True)
 class TatoebaScore:
-    """Retrieval accuracy (percent) for one language pair, both directions."""
+    """Retrieval accuracy (percent) for one language pair, both directions.
+
+    ``truncated``: sentences (either side) cut to the model's length limit.
+    """
 
     lang: str
     pairs: int
     x_to_en: float
     en_to_x: float
     low_resource: bool
+    truncated: int = 0
 
 
-def retrieval_accuracy(queries: torch.Tensor, candidates: torch.Tensor) -> float:
+def retrieval_accuracy(queries: torch.Tensor, candidates: torch.Tensor, *, block: int = 4096) -> float:
     """Percent of rows i whose nearest candidate by cosine is row i.
 
     Args:
         queries: (n, dim) unit-norm embeddings.
         candidates: (n, dim) unit-norm embeddings, row i the translation of query i.
+        block: queries per similarity tile (memory is block × n floats).
     """
     if queries.shape != candidates.shape:
         raise AdaptertxError(f"retrieval needs aligned pairs: got {queries.shape[0]} queries and "
                              f"{candidates.shape[0]} candidates")
     if queries.shape[0] == 0:
         raise AdaptertxError("retrieval needs at least one pair")
-    nearest = (queries @ candidates.T).argmax(dim=1)
-    return 100.0 * (nearest == torch.arange(len(queries))).float().mean().item()
+    _, nearest = knn(queries, candidates, 1, block=block)
+    return 100.0 * (nearest[:, 0].cpu() == torch.arange(len(queries))).float().mean().item()
 
 
-def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: int | None = None,
-                     max_pairs: int | None = None, prefix: str | None = None, batch_size: int = 64,
-                     dtype: torch.dtype = torch.float32, progress: bool = True) -> list[TatoebaScore]:
-    """Tatoeba retrieval accuracy of a model on bundled languages, x→en and en→x.
+def load_encoder(model_name: str, adapter: str | os.PathLike | None = None
+                 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str | None]:
+    """Load a model (and optionally an AdapterHub adapter folder, activated) for encoding.
 
     Args:
         model_name: a model name, folder or Hub id (see :func:`adaptertx.models.load_model`).
-        langs: language codes (default: every bundled Tatoeba language).
-        layer: hidden layer to pool (default: the model's XTREME retrieval layer, else the last).
-        max_pairs: use only the first ``max_pairs`` pairs of each language (file order).
-        prefix: text prepended to every sentence (default: the model's, e.g. e5's "passage: ").
-    """
-    from adaptertx import data
-    from adaptertx.languages import is_low_resource
-    from adaptertx.models import load_model, spec_for
-    from adaptertx.tasks import get_task
+        adapter: a folder written by ``adapters``' ``save_adapter`` (e.g. the ``adapter/``
+            folder of an ``adaptertx train`` run), loaded with ``use_safetensors=True``.
 
-    task = get_task("tatoeba")
-    bundled = data.available("tatoeba")["tatoeba"]
-    codes = sorted(bundled) if not langs else [task.check_language(code) for code in langs]
-    missing = [c for c in codes if c not in bundled]
-    if missing:
-        raise AdaptertxError(f"no bundled Tatoeba data for {', '.join(missing)}")
-    if max_pairs is not None and max_pairs < 1:
-        raise AdaptertxError(f"max_pairs must be at least 1, got {max_pairs}")
+    Returns:
+        (model, tokenizer, adapter name or None).
+    """
+    from adaptertx.models import load_model
+
     model, tokenizer = load_model(model_name)
+    if adapter is None:
+        return model, tokenizer, None
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise AdaptertxError(f"{path} is not an adapter folder (no adapter_config.json); pass the adapter/ "
+                             f"folder an `adaptertx train` run writes")
+    import adapters
+
+    adapters.init(model)
+    try:
+        name = model.load_adapter(str(path), use_safetensors=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise AdaptertxError(f"could not load the adapter in {path}: {str(e).splitlines()[0]}") from None
+    model.set_active_adapters(name)
+    model.eval()
+    return model, tokenizer, name
+
+
+def _resolve_layer_prefix(model, layer, prefix):
+    from adaptertx.models import spec_for
+
     spec = spec_for(model)
     if layer is None:
         layer = spec.retrieval_layer if spec else model.config.num_hidden_layers
     if prefix is None:
         prefix = spec.prefix if spec else ""
+    return layer, prefix
+
+
+_TATOEBA_SUFFIX = re.compile(r"^(?P<stem>.+)\.(?P<lang>[A-Za-z_]+)$")
+
+
+def tatoeba_files(data_dir: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
+    """Line-aligned Tatoeba-style pairs in a folder: ``{stem}.{lang}`` beside ``{stem}.eng``.
+
+    As the LASER release names them (``tatoeba.deu-eng.deu`` / ``tatoeba.deu-eng.eng``; an
+    ``.en`` English file works too). Returns {language code: (source file, English file)},
+    codes normalised where :mod:`adaptertx.languages` knows them.
+    """
+    from adaptertx.languages import normalize
+
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise AdaptertxError(f"--data-dir {root} is not a folder")
+    found: dict[str, tuple[Path, Path]] = {}
+    for eng in sorted(list(root.glob("*.eng")) + list(root.glob("*.en"))):
+        stem = eng.name[: -len(eng.suffix)]
+        for src in sorted(root.glob(f"{stem}.*")):
+            m = _TATOEBA_SUFFIX.match(src.name)
+            if src == eng or not m or m.group("lang") in ("eng", "en", "gold"):
+                continue
+            raw = m.group("lang")
+            try:
+                code = normalize(raw)
+            except AdaptertxError:
+                code = raw.lower()
+            if code in found:
+                raise AdaptertxError(f"{root}: two file pairs for language {code!r}: {found[code][0].name} and {src.name}")
+            found[code] = (src, eng)
+    if not found:
+        raise AdaptertxError(f"{root} holds no Tatoeba-style pairs: expected files like tatoeba.deu-eng.deu "
+                             f"beside tatoeba.deu-eng.eng")
+    return found
+
+
+def _tatoeba_rows(code: str, files: tuple[Path, Path] | None) -> list[dict]:
+    from adaptertx import data
+
+    if files is None:
+        return data.load("tatoeba", code, "test")
+    rows = data.read_file(files[0], "tatoeba_pair", target=files[1])
+    if not rows:
+        raise AdaptertxError(f"{files[0]} and {files[1]} are empty: no sentence pairs to score")
+    return rows
+
+
+def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: int | None = None,
+                     max_pairs: int | None = None, prefix: str | None = None, batch_size: int = 64,
+                     dtype: torch.dtype | None = None, progress: bool = True, adapter: str | None = None,
+                     data_dir: str | os.PathLike | None = None, backend: str = "packed", int8: bool = False,
+                     tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH) -> list[TatoebaScore]:
+    """Tatoeba retrieval accuracy of a model, x→en and en→x, per language.
+
+    Args:
+        model_name: a model name, folder or Hub id (see :func:`adaptertx.models.load_model`).
+        langs: language codes (default: every bundled language, or every pair in ``data_dir``).
+        layer: hidden layer to pool (default: the model's XTREME retrieval layer, else the last).
+        max_pairs: use only the first ``max_pairs`` pairs of each language (file order).
+        prefix: text prepended to every sentence (default: the model's, e.g. e5's "passage: ").
+        dtype: compute dtype (default: bf16 where the CPU/GPU has it natively, else fp32).
+        adapter: an AdapterHub adapter folder to apply (see :func:`load_encoder`).
+        data_dir: a folder of the user's line-aligned pairs (see :func:`tatoeba_files`)
+            instead of the bundled data.
+        backend, int8, batch_size, tokens_per_batch: see :class:`SentenceEncoder`.
+    """
+    from adaptertx import data
+    from adaptertx.languages import is_low_resource, normalize
+    from adaptertx.tasks import get_task
+
+    if max_pairs is not None and max_pairs < 1:
+        raise AdaptertxError(f"max_pairs must be at least 1, got {max_pairs}")
+    if data_dir is not None:
+        files = tatoeba_files(data_dir)
+        if langs:
+            wanted = []
+            for code in langs:
+                try:
+                    wanted.append(normalize(code))
+                except AdaptertxError:
+                    wanted.append(code.lower())
+            missing = [c for c in wanted if c not in files]
+            if missing:
+                raise AdaptertxError(f"no pairs for {', '.join(missing)} in {data_dir}; found {', '.join(sorted(files))}")
+            codes = wanted
+        else:
+            codes = sorted(files)
+    else:
+        files = {}
+        task = get_task("tatoeba")
+        bundled = data.available("tatoeba")["tatoeba"]
+        codes = sorted(bundled) if not langs else [task.check_language(code) for code in langs]
+        missing = [c for c in codes if c not in bundled]
+        if missing:
+            raise AdaptertxError(f"no bundled Tatoeba data for {', '.join(missing)}")
+    model, tokenizer, _ = load_encoder(model_name, adapter)
+    layer, prefix = _resolve_layer_prefix(model, layer, prefix)
+    encoder = SentenceEncoder(model, tokenizer, layer=layer, prefix=prefix, dtype=dtype, int8=int8, backend=backend,
+                              batch_size=batch_size, tokens_per_batch=tokens_per_batch)
     scores = []
     for code in tqdm(codes, desc="tatoeba", unit="lang", disable=not progress):
-        rows = data.load("tatoeba", code, "test")[:max_pairs]
-        kw = dict(layer=layer, batch_size=batch_size, prefix=prefix, dtype=dtype)
-        src = encode(model, tokenizer, [r["source"] for r in rows], **kw)
-        tgt = encode(model, tokenizer, [r["target"] for r in rows], **kw)
-        scores.append(TatoebaScore(code, len(rows), retrieval_accuracy(src, tgt),
-                                   retrieval_accuracy(tgt, src), is_low_resource(code)))
+        rows = _tatoeba_rows(code, files.get(code))[:max_pairs]
+        before = encoder.truncated
+        src = encoder([r["source"] for r in rows])
+        tgt = encoder([r["target"] for r in rows])
+        try:
+            low = is_low_resource(code)
+        except AdaptertxError:
+            low = True  # a language adaptertx has no pretraining size for is taken as low-resource
+        scores.append(TatoebaScore(code, len(rows), retrieval_accuracy(src, tgt), retrieval_accuracy(tgt, src),
+                                   low, encoder.truncated - before))
     return scores
+
+
+@dataclass(frozen=True)
+class BuccScore:
+    """BUCC mining result for one language pair at the F1-optimal threshold (percentages)."""
+
+    lang: str
+    source_sentences: int
+    target_sentences: int
+    gold: int
+    candidates: int
+    extracted: int
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    truncated: int = 0
+
+
+def _bucc_data(lang: str, data_dir: str | os.PathLike | None, split: str):
+    from adaptertx import data
+    from adaptertx.languages import normalize
+
+    if data_dir is None:
+        if split != "dev":
+            raise AdaptertxError(f"the bundled BUCC data has the dev (sample) split only, not {split!r}")
+        return data.load_bucc(lang)
+    root = Path(data_dir).expanduser()
+    raw = lang.strip()
+    try:
+        code = normalize(raw)
+    except AdaptertxError:
+        code = raw.lower()
+    paths = {}
+    for key, suffix in (("source", raw), ("target", "en"), ("gold", "gold")):
+        candidates = [root / f"{name}-en.{split}.{suffix if key != 'source' else name}" for name in dict.fromkeys((raw, code))]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise AdaptertxError(f"{root}: missing {candidates[0].name} (BUCC files are {{lang}}-en.{{split}}.{{lang}}, "
+                                 f".en and .gold)")
+        paths[key] = path
+    source = data.read_file(paths["source"], "bucc_sentences")
+    target = data.read_file(paths["target"], "bucc_sentences")
+    gold = data.read_file(paths["gold"], "bucc_gold")
+    for s, t in gold:
+        if s not in source or t not in target:
+            missing, where = (s, paths["source"].name) if s not in source else (t, paths["target"].name)
+            raise AdaptertxError(f"{paths['gold']}: gold pair ({s}, {t}) names {missing!r}, which is not in {where}")
+    return data.BuccData(lang=code, source=source, target=target, gold=gold)
+
+
+def evaluate_bucc(model_name: str, lang: str = "zh", *, split: str = "dev", data_dir: str | os.PathLike | None = None,
+                  layer: int | None = None, prefix: str | None = None, dtype: torch.dtype | None = None,
+                  adapter: str | None = None, backend: str = "packed", int8: bool = False, k: int = 4,
+                  block: int = 4096, batch_size: int = 64, tokens_per_batch: int = DEFAULT_TOKENS_PER_BATCH,
+                  progress: bool = True) -> BuccScore:
+    """BUCC bitext mining: ratio-margin candidates (:func:`mine`), F1-optimal threshold on gold.
+
+    Args:
+        lang: the non-English language (the bundled data has zh).
+        split: file split name (``dev`` = BUCC's sample split, the one with gold pairs).
+        data_dir: a folder with ``{lang}-en.{split}.{lang}``, ``.en`` and ``.gold`` files
+            (``<id><TAB>sentence`` per line; gold ``<src id><TAB><en id>``).
+        k: margin neighbourhood; block: similarity tile size of the search.
+        Others as in :func:`evaluate_tatoeba`.
+    """
+    bucc = _bucc_data(lang, data_dir, split)
+    if not bucc.source or not bucc.target:
+        raise AdaptertxError(f"BUCC {bucc.lang}-en {split}: no sentences to mine")
+    if not bucc.gold:
+        raise AdaptertxError(f"BUCC {bucc.lang}-en {split}: no gold pairs to tune the threshold on")
+    model, tokenizer, _ = load_encoder(model_name, adapter)
+    layer, prefix = _resolve_layer_prefix(model, layer, prefix)
+    encoder = SentenceEncoder(model, tokenizer, layer=layer, prefix=prefix, dtype=dtype, int8=int8, backend=backend,
+                              batch_size=batch_size, tokens_per_batch=tokens_per_batch)
+    src_ids, tgt_ids = list(bucc.source), list(bucc.target)
+    src = encoder([bucc.source[i] for i in src_ids], progress=progress)
+    tgt = encoder([bucc.target[i] for i in tgt_ids], progress=progress)
+    found = mine(src, tgt, k, block=block)
+    gold = set(bucc.gold)
+    correct = [(src_ids[s], tgt_ids[t]) in gold for s, t in zip(found.src.tolist(), found.tgt.tolist())]
+    best = optimize_threshold(found.score, correct, len(gold))
+    return BuccScore(bucc.lang, len(src_ids), len(tgt_ids), len(gold), len(correct), best.extracted, best.threshold,
+                     100 * best.precision, 100 * best.recall, 100 * best.f1, encoder.truncated)

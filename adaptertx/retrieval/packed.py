@@ -2,16 +2,18 @@
 
 The tokens of a batch are packed without padding into one (tokens, dim) tensor; all the
 linear layers, LayerNorms and the GELU run on that tensor (through the fused ops in
-:mod:`adaptertx.kernels`), and only attention sees each sequence on its own: sequences of
-equal length are attended together with
-:func:`torch.nn.functional.scaled_dot_product_attention` as one (count, heads, length,
-head_dim) batch, with no padding and no mask. Sorting sentences by length before packing
-makes those groups plain slices of the packed tensor (otherwise they are gathered). The
-forward stops at the requested layer, and :meth:`PackedEncoder.encode` mean-pools and
+:mod:`adaptertx.kernels`), and only attention sees each sequence on its own
+(:func:`adaptertx.kernels.varlen_attention`, which reads q, k and v in place from the fused
+QKV projection, with no padding and no mask). The forward stops at the requested layer, and :meth:`PackedEncoder.encode` mean-pools and
 L2-normalises each sentence (special tokens included, as XTREME's retrieval protocol does).
 
 Reads the weights of a loaded Hugging Face ``BertModel`` or ``XLMRobertaModel`` (or a model
-whose ``base_model`` is one) with absolute position embeddings; adapters are not applied.
+whose ``base_model`` is one) with absolute position embeddings. Linear weights are taken in
+the compute dtype, or kept as int8 rows + scales (``int8=True``, or a model already holding
+:class:`adaptertx.quantize.Int8Linear` layers) and dequantised just in time for each matmul.
+An active ``adapters`` bottleneck adapter in the sequential ``seq_bn`` (Pfeiffer) placement
+is applied after each layer's FFN with :func:`adaptertx.kernels.bottleneck_adapter`; other
+adapter setups (Fusion, parallel, stacks, LoRA, ...) are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.kernels import add_layernorm, bias_gelu, segment_mean_pool_normalize
+from adaptertx.kernels import add_layernorm, bias_gelu, bottleneck_adapter, segment_mean_pool_normalize, varlen_attention
+from adaptertx.quantize import Int8Linear, dequantize_rows, quantize_rows
+
+# The adapters-library bottleneck settings the packed forward implements (``seq_bn``).
+_SEQ_BN = {"mh_adapter": False, "output_adapter": True, "original_ln_before": True, "original_ln_after": True,
+           "ln_before": False, "ln_after": False, "use_gating": False, "residual_before_ln": True,
+           "is_parallel": False, "phm_layer": False, "inv_adapter": None, "cross_adapter": False}
 
 
 def pack(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,15 +46,120 @@ def pack(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor
     return ids, cu
 
 
+class _Linear:
+    """A frozen linear layer: dense weight in the compute dtype, or int8 rows + fp32 scales.
+
+    ``weight()`` is the (out, in) weight in the compute dtype (dequantised just in time for
+    int8 storage); calling it on x: (tokens, in) gives (tokens, out).
+    """
+
+    def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype,
+                 qweight: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> None:
+        self.dtype = dtype
+        self.dense = None if weight is None else weight.detach().to(dtype).contiguous()
+        self.qweight, self.scale = qweight, scale
+        self.bias = None if bias is None else bias.detach().to(dtype)
+
+    def weight(self) -> torch.Tensor:
+        return self.dense if self.dense is not None else dequantize_rows(self.qweight, self.scale, self.dtype)
+
+    def __call__(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        return F.linear(x, self.weight(), self.bias if bias else None)
+
+
+def _read_linears(modules: Sequence[torch.nn.Module], dtype: torch.dtype, int8: bool) -> _Linear:
+    """One :class:`_Linear` from one or more linear layers stacked along the output dim."""
+    biases = [m.bias for m in modules]
+    bias = None if any(b is None for b in biases) else torch.cat([b.detach().float() for b in biases])
+    if all(isinstance(m, Int8Linear) for m in modules):
+        q = torch.cat([m.qweight for m in modules])
+        sc = torch.cat([m.scale for m in modules])
+        if int8:
+            return _Linear(None, bias, dtype, q, sc)
+        return _Linear(dequantize_rows(q, sc, torch.float32), bias, dtype)
+    if any(isinstance(m, Int8Linear) for m in modules) or not all(isinstance(m, torch.nn.Linear) for m in modules):
+        raise AdaptertxError(f"PackedEncoder cannot read linear layers of types {[type(m).__name__ for m in modules]}")
+    weight = torch.cat([m.weight.detach().float() for m in modules])
+    if int8:
+        q, sc = quantize_rows(weight)
+        return _Linear(None, bias, dtype, q, sc)
+    return _Linear(weight, bias, dtype)
+
+
+def _active_adapter(base: torch.nn.Module, adapter: str | None) -> str | None:
+    """The one bottleneck adapter to apply: ``adapter`` if named, else the model's active one."""
+    config = getattr(base, "adapters_config", None)
+    if config is None:
+        if adapter is not None:
+            raise AdaptertxError(f"adapter {adapter!r} requested but the model has no adapters (call adapters.init)")
+        return None
+    if adapter is not None:
+        if adapter not in config.adapters:
+            raise AdaptertxError(f"the model has no adapter {adapter!r}; it has {', '.join(config.adapters) or 'none'}")
+        return adapter
+    setup = config.active_setup
+    if setup is None:
+        return None
+    from adapters.composition import AdapterCompositionBlock, Stack
+
+    if isinstance(setup, str):
+        return setup
+    if isinstance(setup, Stack) and len(setup.children) == 1 and isinstance(setup.children[0], str):
+        return setup.children[0]
+    kind = type(setup).__name__ if isinstance(setup, AdapterCompositionBlock) else repr(setup)
+    raise AdaptertxError(f"PackedEncoder applies one bottleneck adapter; the active setup is a {kind} "
+                         f"({setup}); Fusion, averaged and stacked setups are not supported yet")
+
+
+def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype) -> tuple[list, str]:
+    """Per-layer (down_w, down_b, up_w, up_b, scaling) or None, and the activation name."""
+    from adapters import AdapterConfig
+
+    cfg = base.adapters_config.get(name)
+    if cfg is not None and not isinstance(cfg, AdapterConfig):
+        cfg = AdapterConfig.load(cfg)
+    if cfg is None or getattr(cfg, "architecture", None) is not None or not hasattr(cfg, "output_adapter"):
+        raise AdaptertxError(f"adapter {name!r} is not a bottleneck adapter; PackedEncoder supports seq_bn only")
+    wrong = {k: getattr(cfg, k, None) for k, v in _SEQ_BN.items() if getattr(cfg, k, None) != v}
+    if wrong:
+        raise AdaptertxError(f"adapter {name!r} is not in the seq_bn placement PackedEncoder implements "
+                             f"(differs in {', '.join(f'{k}={v!r}' for k, v in wrong.items())})")
+    per_layer = []
+    for layer in base.encoder.layer:
+        bank = getattr(layer.output, "adapters", None)
+        if bank is None or name not in bank:
+            per_layer.append(None)
+            continue
+        a = bank[name]
+        down, up = a.adapter_down[0], a.adapter_up
+        if not isinstance(down, torch.nn.Linear) or not isinstance(up, torch.nn.Linear):
+            raise AdaptertxError(f"adapter {name!r}: unexpected bottleneck layers {type(down).__name__}/{type(up).__name__}")
+        scaling = a.scaling
+        scaling = float(scaling.detach().reshape(-1)[0]) if isinstance(scaling, torch.Tensor) else float(scaling)
+        per_layer.append((down.weight.detach().to(dtype), None if down.bias is None else down.bias.detach().to(dtype),
+                          up.weight.detach().to(dtype), None if up.bias is None else up.bias.detach().to(dtype),
+                          scaling))
+    if all(p is None for p in per_layer):
+        raise AdaptertxError(f"adapter {name!r} has no bottleneck weights in any layer of the model")
+    return per_layer, str(cfg.non_linearity).lower()
+
+
 class PackedEncoder:
     """Packed inference forward of a BERT/XLM-R encoder, up to a chosen layer.
 
-    model: a loaded ``BertModel``/``XLMRobertaModel`` (its weights are read, not copied, in
-    float32; a bfloat16 ``dtype`` keeps bfloat16 copies). ``dtype``: compute dtype, float32 or
-    bfloat16 (default: the model's).
+    model: a loaded ``BertModel``/``XLMRobertaModel``, or an ``adapters`` model built on one
+    (its weights are read, not copied, in float32; another ``dtype`` keeps copies).
+    dtype: compute dtype, float32 or bfloat16 (default: the model's).
+    int8: keep the linear weights as int8 rows + fp32 scales (a quarter of the fp32 bytes)
+        and dequantise them just in time for each matmul. Default: int8 exactly when the model
+        holds :class:`~adaptertx.quantize.Int8Linear` layers (``int8=False`` then dequantises
+        them once).
+    adapter: the bottleneck adapter to apply (default: the model's active adapter, if any;
+        ``""`` applies none).
     """
 
-    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None, int8: bool | None = None,
+                 adapter: str | None = None) -> None:
         base = model if hasattr(model, "embeddings") and hasattr(model, "encoder") else getattr(model, "base_model", None)
         if base is None or not hasattr(base, "embeddings") or not hasattr(base, "encoder"):
             raise AdaptertxError(f"PackedEncoder needs a BertModel-like encoder, got {type(model).__name__}")
@@ -55,7 +168,7 @@ class PackedEncoder:
             raise AdaptertxError(f"PackedEncoder supports absolute positions only, got {cfg.position_embedding_type!r}")
         if getattr(cfg, "is_decoder", False):
             raise AdaptertxError("PackedEncoder supports encoders only (config.is_decoder is set)")
-        self.dtype = dtype or next(base.parameters()).dtype
+        self.dtype = dtype or next(p for p in base.parameters() if p.is_floating_point()).dtype
         if self.dtype not in (torch.float32, torch.bfloat16):
             raise AdaptertxError(f"PackedEncoder computes in float32 or bfloat16, got {self.dtype}")
         self.num_layers = cfg.num_hidden_layers
@@ -70,70 +183,28 @@ class PackedEncoder:
         self.pos = w(emb.position_embeddings.weight)
         self.type0 = w(emb.token_type_embeddings.weight[0]) if hasattr(emb, "token_type_embeddings") else None
         self.emb_ln = (w(emb.LayerNorm.weight), w(emb.LayerNorm.bias))
+        has_int8 = any(isinstance(m, Int8Linear) for m in base.encoder.modules())
+        self.int8 = has_int8 if int8 is None else bool(int8)
+        self.adapter = _active_adapter(base, adapter or None) if adapter != "" else None
+        adapters, self.adapter_act = ([None] * self.num_layers, "relu")
+        if self.adapter is not None:
+            adapters, self.adapter_act = _adapter_weights(base, self.adapter, self.dtype)
         self.layers = []
-        for layer in base.encoder.layer:
+        for layer, ad in zip(base.encoder.layer, adapters):
             att = layer.attention
-            qkv_w = torch.cat([att.self.query.weight, att.self.key.weight, att.self.value.weight])
-            qkv_b = torch.cat([att.self.query.bias, att.self.key.bias, att.self.value.bias])
+            lin = lambda *ms: _read_linears(ms, self.dtype, self.int8)  # noqa: E731
             self.layers.append({
-                "qkv": (w(qkv_w), w(qkv_b)),
-                "attn_out": (w(att.output.dense.weight), w(att.output.dense.bias)),
+                "qkv": lin(att.self.query, att.self.key, att.self.value),
+                "attn_out": lin(att.output.dense),
                 "ln1": (w(att.output.LayerNorm.weight), w(att.output.LayerNorm.bias)),
-                "inter": (w(layer.intermediate.dense.weight), w(layer.intermediate.dense.bias)),
-                "out": (w(layer.output.dense.weight), w(layer.output.dense.bias)),
+                "inter": lin(layer.intermediate.dense),
+                "out": lin(layer.output.dense),
                 "ln2": (w(layer.output.LayerNorm.weight), w(layer.output.LayerNorm.bias)),
+                "adapter": ad,
             })
 
     def _w(self, t: torch.Tensor) -> torch.Tensor:
         return t.detach().to(self.dtype)
-
-    @staticmethod
-    def _length_groups(cu: torch.Tensor, lengths: torch.Tensor) -> list[tuple[int, int, int, torch.Tensor | None]]:
-        """Sequences grouped by length: (length, count, first token, token index or None).
-
-        A run of consecutive equal-length sequences (what a length-sorted batch is made of)
-        is a plain slice of the packed tensor (index None); other groups carry the index of
-        their tokens.
-        """
-        groups = []
-        lens = lengths.tolist()
-        starts = cu[:-1].tolist()
-        i = 0
-        runs: dict[int, list[tuple[int, int]]] = {}
-        while i < len(lens):
-            j = i
-            while j + 1 < len(lens) and lens[j + 1] == lens[i]:
-                j += 1
-            runs.setdefault(lens[i], []).append((starts[i], j - i + 1))
-            i = j + 1
-        for length, parts in runs.items():
-            if len(parts) == 1:
-                first, count = parts[0]
-                groups.append((length, count, first, None))
-            else:
-                index = torch.cat([torch.arange(f, f + c * length) for f, c in parts])
-                groups.append((length, sum(c for _, c in parts), 0, index))
-        return groups
-
-    def _attention(self, qkv: torch.Tensor, groups) -> torch.Tensor:
-        """Self-attention of each sequence on its own: qkv (tokens, 3 dim) -> (tokens, dim).
-
-        Sequences of one length are attended together as a (count, heads, length, head_dim)
-        batch, so no padding and no mask are needed.
-        """
-        tokens, three_dim = qkv.shape
-        dim = three_dim // 3
-        hd = dim // self.heads
-        ctx = qkv.new_empty(tokens, dim)
-        for length, count, first, index in groups:
-            part = qkv[first : first + count * length] if index is None else qkv.index_select(0, index)
-            q, k, v = part.view(count, length, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
-            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(count * length, dim)
-            if index is None:
-                ctx[first : first + count * length] = out
-            else:
-                ctx.index_copy_(0, index, out)
-        return ctx
 
     @torch.inference_mode()
     def hidden_states(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, layer: int) -> torch.Tensor:
@@ -162,17 +233,21 @@ class PackedEncoder:
         if self.type0 is not None:
             extra = extra + self.type0
         x = add_layernorm(x, extra, *self.emb_ln, self.eps)
-        groups = self._length_groups(cu, lengths)
+        cu_dev = cu.to(x.device)
         for p in self.layers[:layer]:
-            qkv = F.linear(x, *p["qkv"])
-            ctx = self._attention(qkv, groups)
-            x = add_layernorm(F.linear(ctx, *p["attn_out"]), x, *p["ln1"], self.eps)
-            w_i, b_i = p["inter"]
+            ctx = varlen_attention(p["qkv"](x), cu_dev, self.heads)
+            x = add_layernorm(p["attn_out"](ctx), x, *p["ln1"], self.eps)
+            inter_lin = p["inter"]
             if self.act == "gelu":
-                inter = bias_gelu(torch.mm(x, w_i.t()), b_i)
+                inter = bias_gelu(inter_lin(x, bias=False), inter_lin.bias)
             else:
-                inter = ACT2FN[self.act](F.linear(x, w_i, b_i))
-            x = add_layernorm(F.linear(inter, *p["out"]), x, *p["ln2"], self.eps)
+                inter = ACT2FN[self.act](inter_lin(x))
+            ffn = p["out"](inter)
+            if p["adapter"] is not None:
+                down_w, down_b, up_w, up_b, scaling = p["adapter"]
+                h = add_layernorm(ffn, x, *p["ln2"], self.eps)
+                ffn = bottleneck_adapter(h, ffn, down_w, down_b, up_w, up_b, self.adapter_act, scaling)
+            x = add_layernorm(ffn, x, *p["ln2"], self.eps)
         return x
 
     def encode(
