@@ -118,6 +118,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=50000, help="source and target rows (synthetic)")
     p.add_argument("--dim", type=int, default=384, help="embedding dim (synthetic; 384 = the default model)")
     p.add_argument("--block", type=int, default=4096, help="our tile size")
+    p.add_argument("--reps", type=int, default=None, help="timed calls per side (default 2; tiny 1)")
     p.add_argument("--real", action="store_true", help="also the bundled BUCC zh-en sentences, encoded by me5-small")
     args = p.parse_args()
     if args.threads is not None:
@@ -135,7 +136,7 @@ def main() -> int:
     if args.real and not args.tiny:
         src, tgt = real_bucc()
         sets.append((f"BUCC zh-en {len(src)}x{len(tgt)} me5", (src, tgt)))
-    reps = 1 if args.tiny else 2
+    reps = args.reps or (1 if args.tiny else 2)
     rows, failed = [], False
     for name, (src, tgt) in sets:
         ours_fn = lambda: knn(src, tgt, K, block=args.block)  # noqa: E731

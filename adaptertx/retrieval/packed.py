@@ -46,11 +46,22 @@ def pack(sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor
     return ids, cu
 
 
+def _onednn_linear_available() -> bool:
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    return (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise")
+            and hasattr(mkldnn, "_reorder_linear_weight"))
+
+
+_ONEDNN = _onednn_linear_available()
+
+
 class _Linear:
     """A frozen linear layer: dense weight in the compute dtype, or int8 rows + fp32 scales.
 
-    ``weight()`` is the (out, in) weight in the compute dtype (dequantised just in time for
-    int8 storage); calling it on x: (tokens, in) gives (tokens, out).
+    On CPU with oneDNN the dense weight is reordered once into oneDNN's blocked layout
+    (``torch.ops.mkldnn._reorder_linear_weight``, what torch.compile's CPU freezing does), so
+    each matmul skips the per-call weight reorder that ``F.linear`` pays; int8 storage is
+    dequantised and reordered per call. Calling it on x: (tokens, in) gives (tokens, out).
     """
 
     def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype,
@@ -59,12 +70,18 @@ class _Linear:
         self.dense = None if weight is None else weight.detach().to(dtype).contiguous()
         self.qweight, self.scale = qweight, scale
         self.bias = None if bias is None else bias.detach().to(dtype)
-
-    def weight(self) -> torch.Tensor:
-        return self.dense if self.dense is not None else dequantize_rows(self.qweight, self.scale, self.dtype)
+        self.onednn = _ONEDNN and (self.dense if self.dense is not None else self.qweight).device.type == "cpu"
+        if self.onednn and self.dense is not None:
+            self.dense = torch.ops.mkldnn._reorder_linear_weight(self.dense, None)
 
     def __call__(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
-        return F.linear(x, self.weight(), self.bias if bias else None)
+        b = self.bias if bias else None
+        w = self.dense if self.dense is not None else dequantize_rows(self.qweight, self.scale, self.dtype)
+        if self.onednn:
+            if self.dense is None:
+                w = torch.ops.mkldnn._reorder_linear_weight(w, None)
+            return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+        return F.linear(x, w, b)
 
 
 def _read_linears(modules: Sequence[torch.nn.Module], dtype: torch.dtype, int8: bool) -> _Linear:
