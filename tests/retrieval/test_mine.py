@@ -11,12 +11,26 @@ def _emb(n, dim=16, seed=0):
     return F.normalize(torch.randn(n, dim, generator=g), dim=1)
 
 
+@pytest.mark.parametrize("method", ["fp32", "bf16", "auto"])
 @pytest.mark.parametrize("n, m, k, block", [(37, 53, 4, 8), (5, 3, 4, 2), (64, 64, 1, 64), (10, 100, 7, 7)])
-def test_knn_equals_full_sort(n, m, k, block):
+def test_knn_equals_full_sort(n, m, k, block, method):
     x, y = _emb(n), _emb(m, seed=1)
-    sims, idx = knn(x, y, k, block=block)
+    sims, idx = knn(x, y, k, block=block, method=method, extra=3)
     full = x @ y.T
     ref_s, ref_i = full.topk(min(k, m), dim=1)
+    torch.testing.assert_close(sims, ref_s)
+    assert torch.equal(idx, ref_i)
+
+
+def test_knn_bf16_falls_back_to_fp32_on_near_ties():
+    """Database rows closer than the bf16 error: the certified search still returns the fp32 top-k."""
+    g = torch.Generator().manual_seed(5)
+    base = _emb(1, dim=64)
+    y = F.normalize(base + 1e-3 * torch.randn(300, 64, generator=g), dim=1)
+    y = torch.cat([y, _emb(200, dim=64, seed=2)])
+    x = F.normalize(base + 1e-3 * torch.randn(20, 64, generator=g), dim=1)
+    sims, idx = knn(x, y, 4, block=64, method="bf16", extra=4)
+    ref_s, ref_i = (x @ y.T).topk(4, dim=1)
     torch.testing.assert_close(sims, ref_s)
     assert torch.equal(idx, ref_i)
 
@@ -92,3 +106,5 @@ def test_threshold_and_mine_bad_input():
         knn(_emb(3), _emb(3, dim=8), 2)
     with pytest.raises(AdaptertxError, match="k must be"):
         knn(_emb(3), _emb(3), 0)
+    with pytest.raises(AdaptertxError, match="method"):
+        knn(_emb(3), _emb(3), 1, method="int4")
