@@ -56,6 +56,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adaptertx.errors import AdaptertxError
+from adaptertx.registry import add_unique
 from adaptertx.io import atomic_dir, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -321,10 +322,7 @@ def register(name: str) -> Callable[[MergeFn], MergeFn]:
     """Add a merge method to :data:`METHODS` (names are unique)."""
 
     def add(fn: MergeFn) -> MergeFn:
-        if name in METHODS:
-            raise AdaptertxError(f"merge method {name!r} is already registered")
-        METHODS[name] = fn
-        return fn
+        return add_unique(METHODS, name, fn, "merge method")
 
     return add
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from adaptertx.errors import AdaptertxError
 from adaptertx.languages import is_low_resource, normalize
+from adaptertx.registry import add_unique
 
 FAMILIES = ("classification", "multiple_choice", "extractive_qa", "tagging", "retrieval")
 ROLES = ("intermediate", "target")
@@ -99,10 +100,7 @@ TASKS: dict[str, Task] = {}
 
 def register(task: Task) -> Task:
     """Add ``task`` to :data:`TASKS`; a name may be registered once."""
-    if task.name in TASKS:
-        raise ValueError(f"task {task.name!r} is already registered")
-    TASKS[task.name] = task
-    return task
+    return add_unique(TASKS, task.name, task, "task")
 
 
 def get_task(name: str) -> Task:

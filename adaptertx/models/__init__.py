@@ -19,6 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptertx.errors import AdaptertxError
+from adaptertx.registry import add_unique
 
 DEFAULT_MODEL = "me5-small"
 
@@ -57,10 +58,7 @@ MODELS: dict[str, ModelSpec] = {}
 
 def register_model(spec: ModelSpec) -> ModelSpec:
     """Add ``spec`` to :data:`MODELS`; a name may be registered once."""
-    if spec.name in MODELS:
-        raise ValueError(f"model {spec.name!r} is already registered")
-    MODELS[spec.name] = spec
-    return spec
+    return add_unique(MODELS, spec.name, spec, "model")
 
 
 register_model(ModelSpec(
