@@ -233,7 +233,7 @@ def runs_cmd(root: str) -> None:
              "-" if r["test"] is None or r["baseline"] is None else f"{r['test'] - r['baseline']:+.1f}")
             for r in summarize_runs(root)]
     click.echo(tabulate(rows, headers=["run", "task", "status", "steps", "seconds", "metric", "validation",
-                                       "test", "majority", "test - majority"]))
+                                       "test", "majority", "test - majority"], disable_numparse=True))
 
 
 @main.group()
