@@ -36,6 +36,17 @@ def same_device(op: str, name: str, t: torch.Tensor, like: torch.Tensor) -> None
         raise KernelInputError(f"{op}: {name} is on {t.device} but the input is on {like.device}")
 
 
+def check_residual(op: str, name: str, x: torch.Tensor, residual: torch.Tensor) -> None:
+    """``residual`` must be a float tensor of ``x``'s shape, dtype and device (``name`` names ``x``)."""
+    check_float(op, "residual", residual, 2)
+    if residual.shape != x.shape or residual.dtype != x.dtype:
+        raise KernelInputError(
+            f"{op}: residual must match {name} in shape and dtype, got {tuple(residual.shape)} {residual.dtype} "
+            f"for {name} {tuple(x.shape)} {x.dtype}"
+        )
+    same_device(op, "residual", residual, x)
+
+
 def native_eligible(main: torch.Tensor, *tensors) -> bool:
     """True when the native CPU kernel can serve a call on these tensors.
 

@@ -8,20 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from adaptertx.kernels._build import native_op, use_native
-from adaptertx.kernels._common import KernelInputError, check_float, check_vector, native_eligible, same_device
+from adaptertx.kernels._common import KernelInputError, check_float, check_residual, check_vector, native_eligible
 
 OP = "add_layernorm"
 
 
 def _check(x, residual, weight, bias, eps) -> None:
     check_float(OP, "x", x, 2)
-    check_float(OP, "residual", residual, 2)
-    if residual.shape != x.shape or residual.dtype != x.dtype:
-        raise KernelInputError(
-            f"{OP}: residual must match x in shape and dtype, got {tuple(residual.shape)} {residual.dtype} "
-            f"for x {tuple(x.shape)} {x.dtype}"
-        )
-    same_device(OP, "residual", residual, x)
+    check_residual(OP, "x", x, residual)
     if x.shape[1] < 1:
         raise KernelInputError(f"{OP}: the normalised dim must be at least 1, got shape {tuple(x.shape)}")
     for name, p in (("weight", weight), ("bias", bias)):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from adaptertx.kernels._build import native_op, use_native
-from adaptertx.kernels._common import KernelInputError, check_float, check_vector, native_eligible, same_device
+from adaptertx.kernels._common import KernelInputError, check_float, check_residual, check_vector, native_eligible, same_device
 
 OP = "bottleneck_adapter"
 
@@ -40,13 +40,7 @@ ACTIVATIONS = {
 
 def _check(h, residual, down_w, down_b, up_w, up_b, activation, scaling) -> None:
     check_float(OP, "h", h, 2)
-    check_float(OP, "residual", residual, 2)
-    if residual.shape != h.shape or residual.dtype != h.dtype:
-        raise KernelInputError(
-            f"{OP}: residual must match h in shape and dtype, got {tuple(residual.shape)} {residual.dtype} "
-            f"for h {tuple(h.shape)} {h.dtype}"
-        )
-    same_device(OP, "residual", residual, h)
+    check_residual(OP, "h", h, residual)
     dim = h.shape[1]
     check_float(OP, "down_w", down_w, 2)
     check_float(OP, "up_w", up_w, 2)
