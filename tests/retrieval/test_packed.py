@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
 
 from adaptertx.errors import AdaptertxError
@@ -29,32 +28,19 @@ def _sentences(pad_id):
     return [[int(t) for t in torch.randint(3, 120, (n,), generator=g) if int(t) != pad_id] or [5] for n in lengths]
 
 
-def _hf_pooled(model, sentences, layer, pad_id):
-    longest = max(len(s) for s in sentences)
-    ids = torch.full((len(sentences), longest), pad_id)
-    mask = torch.zeros(len(sentences), longest, dtype=torch.long)
-    for i, s in enumerate(sentences):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    with torch.no_grad():
-        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer]
-    m = mask.unsqueeze(-1).float()
-    return F.normalize((hs * m).sum(1) / m.sum(1), dim=1)
-
-
 @pytest.mark.parametrize("make, pad_id", [(_bert, 0), (_xlmr, 1)])
 @pytest.mark.parametrize("layer", [0, 2, 3])
-def test_fp32_matches_hf_masked_mean_pool(make, pad_id, layer):
+def test_fp32_matches_hf_masked_mean_pool(make, pad_id, layer, hf_pooled):
     model = make()
     sentences = _sentences(pad_id)
     ids, cu = pack(sentences)
     ours = PackedEncoder(model).encode(ids, cu, layer)
-    ref = _hf_pooled(model, sentences, layer, pad_id)
+    ref = hf_pooled(model, sentences, layer, pad_id)
     cos = (ours * ref).sum(1)
     assert cos.min().item() >= 0.9999, cos
 
 
-def test_bf16_close_and_batch_independent():
+def test_bf16_close_and_batch_independent(hf_pooled):
     model = _xlmr()
     sentences = _sentences(1)
     enc = PackedEncoder(model, dtype=torch.bfloat16)
@@ -62,7 +48,7 @@ def test_bf16_close_and_batch_independent():
     batch = enc.encode(ids, cu, 3)
     single = torch.cat([enc.encode(*pack([s]), 3) for s in sentences])
     assert (batch * single).sum(1).min().item() >= 0.999
-    ref = _hf_pooled(model, sentences, 3, 1)
+    ref = hf_pooled(model, sentences, 3, 1)
     assert (batch * ref).sum(1).min().item() >= 0.99
 
 
@@ -79,12 +65,12 @@ def test_bad_inputs_raise():
         PackedEncoder(torch.nn.Linear(2, 2))
 
 
-def test_equal_lengths_out_of_order_match_hf():
+def test_equal_lengths_out_of_order_match_hf(hf_pooled):
     """Equal-length sequences that are not adjacent are gathered into one attention batch."""
     model = _bert()
     g = torch.Generator().manual_seed(5)
     sentences = [torch.randint(3, 120, (n,), generator=g).tolist() for n in [3, 5, 3, 5, 5, 1, 3]]
     ids, cu = pack(sentences)
     ours = PackedEncoder(model).encode(ids, cu, 3)
-    ref = _hf_pooled(model, sentences, 3, 0)
+    ref = hf_pooled(model, sentences, 3, 0)
     assert (ours * ref).sum(1).min().item() >= 0.9999

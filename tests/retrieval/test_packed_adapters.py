@@ -3,7 +3,6 @@
 import adapters
 import pytest
 import torch
-import torch.nn.functional as F
 from adapters import SeqBnConfig
 from transformers import BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
 
@@ -40,24 +39,11 @@ def _sentences():
     return [torch.randint(3, 120, (n,), generator=g).tolist() for n in [1, 5, 13, 2, 30, 7, 5]]
 
 
-def _hf_pooled(model, sentences, layer, pad_id):
-    longest = max(len(s) for s in sentences)
-    ids = torch.full((len(sentences), longest), pad_id)
-    mask = torch.zeros(len(sentences), longest, dtype=torch.long)
-    for i, s in enumerate(sentences):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    with torch.no_grad():
-        hs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[layer]
-    m = mask.unsqueeze(-1).float()
-    return F.normalize((hs * m).sum(1) / m.sum(1), dim=1)
-
-
 @pytest.mark.parametrize("kind, pad_id", [("bert", 0), ("xlmr", 1)])
 @pytest.mark.parametrize("config", [SeqBnConfig(reduction_factor=4),
                                     SeqBnConfig(reduction_factor=8, non_linearity="gelu", scaling=0.5,
                                                 leave_out=[1])])
-def test_seq_bn_adapter_matches_adapters_forward(kind, pad_id, config):
+def test_seq_bn_adapter_matches_adapters_forward(kind, pad_id, config, hf_pooled):
     model = _model(kind)
     model.add_adapter("task", config=config)
     _randomise(model, "task")
@@ -68,14 +54,14 @@ def test_seq_bn_adapter_matches_adapters_forward(kind, pad_id, config):
     assert enc.adapter == "task"
     for layer in (1, 3):
         ours = enc.encode(ids, cu, layer)
-        ref = _hf_pooled(model, sentences, layer, pad_id)
+        ref = hf_pooled(model, sentences, layer, pad_id)
         assert (ours * ref).sum(1).min().item() >= 0.9999
     # the adapter really changes the result (the test would pass trivially otherwise)
     plain = PackedEncoder(model, adapter="").encode(ids, cu, 3)
-    assert (plain * _hf_pooled(model, sentences, 3, pad_id)).sum(1).min().item() < 0.999
+    assert (plain * hf_pooled(model, sentences, 3, pad_id)).sum(1).min().item() < 0.999
 
 
-def test_adapter_loaded_from_adapterhub_folder(tmp_path):
+def test_adapter_loaded_from_adapterhub_folder(tmp_path, hf_pooled):
     model = _model("xlmr")
     model.add_adapter("task", config="seq_bn")
     _randomise(model, "task")
@@ -86,23 +72,23 @@ def test_adapter_loaded_from_adapterhub_folder(tmp_path):
     sentences = _sentences()
     ids, cu = pack(sentences)
     ours = PackedEncoder(fresh).encode(ids, cu, 3)
-    assert (ours * _hf_pooled(fresh, sentences, 3, 1)).sum(1).min().item() >= 0.9999
+    assert (ours * hf_pooled(fresh, sentences, 3, 1)).sum(1).min().item() >= 0.9999
 
 
-def test_adapter_bf16_and_int8_close():
+def test_adapter_bf16_and_int8_close(hf_pooled):
     model = _model("bert")
     model.add_adapter("task", config="seq_bn")
     _randomise(model, "task")
     model.set_active_adapters("task")
     sentences = _sentences()
     ids, cu = pack(sentences)
-    ref = _hf_pooled(model, sentences, 3, 0)
+    ref = hf_pooled(model, sentences, 3, 0)
     for kw in ({"dtype": torch.bfloat16}, {"dtype": torch.bfloat16, "int8": True}, {"int8": True}):
         ours = PackedEncoder(model, **kw).encode(ids, cu, 3)
         assert (ours * ref).sum(1).min().item() >= 0.99, kw
 
 
-def test_int8_storage_model_is_read_as_int8():
+def test_int8_storage_model_is_read_as_int8(hf_pooled):
     model = _model("bert")
     quantize_linears(model, compute_dtype=torch.float32)
     enc = PackedEncoder(model, dtype=torch.float32)
@@ -110,7 +96,7 @@ def test_int8_storage_model_is_read_as_int8():
     sentences = _sentences()
     ids, cu = pack(sentences)
     ours = enc.encode(ids, cu, 3)
-    assert (ours * _hf_pooled(model, sentences, 3, 0)).sum(1).min().item() >= 0.9999
+    assert (ours * hf_pooled(model, sentences, 3, 0)).sum(1).min().item() >= 0.9999
 
 
 def test_unsupported_adapter_setups_refused():
