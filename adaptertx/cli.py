@@ -334,5 +334,30 @@ def retrieve_bucc(model_name, adapter, layer, data_dir, precision, reference, ou
         click.echo(f"wrote {out}")
 
 
+@main.command("export")
+@click.argument("source", type=click.Path(file_okay=False))
+@click.option("--repo-id", required=True, help="The Hub repository, OWNER/NAME.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The export folder.")
+@click.option("--push", "do_push", is_flag=True, help="Upload the folder to the Hub (one commit).")
+@click.option("--private", is_flag=True, help="Create the repository private.")
+@click.option("--revision", help="Branch to commit to (default main; created when missing).")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--results", type=click.Path(exists=True), help="Study folder or results.jsonl: its cells for SOURCE "
+              "become the card's evaluation table.")
+@click.option("--overwrite-card", is_flag=True, help="Replace a README.md already in --out (kept by default).")
+@click.option("--license", "license_", help="The card's licence (default: the base model's).")
+@_clear_errors
+def export_cmd(source, repo_id, out, do_push, private, revision, create_pr, results, overwrite_card, license_):
+    """Export a finished run or merged folder SOURCE in the AdapterHub format with a model card."""
+    from adaptertx.hub import export, push
+
+    result = export(source, repo_id, out, results=results, overwrite_card=overwrite_card, license=license_)
+    click.echo(f"{result.method}: {len(result.files)} files -> {result.out} (card {result.card}; base "
+               f"{result.base_model or 'a local model'}; {len(result.evaluation)} evaluation rows)")
+    if do_push:
+        pushed = push(result.out, repo_id, private=private or None, revision=revision, create_pr=create_pr)
+        click.echo(f"pushed to {pushed.repo_id}@{pushed.revision}: {pushed.pr_url or pushed.commit_url}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -73,6 +73,31 @@ register_model(ModelSpec("bert-base-multilingual-cased", "hub", "google-bert/ber
                          12, 768, 178, 7, note="mBERT (XTREME pools layer 7 of 12); Hub only"))
 
 
+#: Where the weights of each bundled model come from on the Hub: the ``base_model`` an exported
+#: adapter's model card names (the bundled default is a 4-bit conversion of this model).
+BUNDLED_HUB_IDS: dict[str, str] = {"me5-small": "intfloat/multilingual-e5-small"}
+
+
+def hub_id(name_or_path: str) -> str | None:
+    """The Hub id of a base model given as a known name or a Hub id; ``None`` for a local folder.
+
+    >>> hub_id("me5-small"), hub_id("xlm-roberta-base"), hub_id("org/my-encoder"), hub_id("/no/such/folder")
+    ('intfloat/multilingual-e5-small', 'FacebookAI/xlm-roberta-base', 'org/my-encoder', None)
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    spec = MODELS.get(name_or_path)
+    if spec is not None:
+        return spec.hub_id or BUNDLED_HUB_IDS.get(spec.name)
+    if not name_or_path or Path(name_or_path).expanduser().exists():
+        return None
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        return None
+    return name_or_path
+
+
 def resolve(name_or_path: str) -> str:
     """Return a folder or Hub id that ``from_pretrained`` accepts for ``name_or_path``."""
     spec = MODELS.get(name_or_path)
