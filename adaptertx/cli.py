@@ -176,27 +176,37 @@ def train_cmd(task, model_name, adapter, quant, out, epochs, batch_size, grad_ac
 @main.command("merge")
 @click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
 @click.option("--method", type=click.Choice(["average", "task_arithmetic", "ties", "fusion", "multitask"]),
-              default="average", show_default=True, help="How to merge (multitask: not implemented yet).")
+              default="average", show_default=True,
+              help="How to merge (multitask: train one adapter jointly on the runs' or --tasks' English data).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The merged folder.")
+@click.option("--tasks", help="Multitask without run folders: comma-separated tasks to train on.")
+@click.option("--sampling", type=click.Choice(["proportional", "temperature", "uniform"]),
+              help="Multitask: how each batch's task is drawn (default proportional to the task's size).")
+@click.option("--temperature", type=float, help="Multitask: T of temperature sampling, p ∝ n^(1/T) (default 2).")
 @click.option("--weights", help="Comma-separated weights, one per run (normalised; default uniform).")
 @click.option("--target", help="Fusion: the task to train it on. Others: the task whose head goes into adapter/.")
 @click.option("--name", help="Name of the merged adapter (fusion: of its head).")
 @click.option("--density", default=0.2, show_default=True, help="TIES: kept fraction of each task vector.")
 @click.option("--scale", default=1.0, show_default=True, help="TIES / task arithmetic: factor on the merged task vector.")
 @click.option("--fusion-config", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True)
-@click.option("--epochs", type=int, help="Fusion training: epochs.")
-@click.option("--lr", type=float, help="Fusion training: learning rate (default 5e-5).")
-@click.option("--batch-size", type=int, help="Fusion training: batch size.")
-@click.option("--max-examples", type=int, help="Fusion training: at most N examples per split.")
-@click.option("--max-steps", type=int, help="Fusion training: stop after N optimiser steps.")
-@click.option("--max-length", type=int, help="Fusion training: tokens per input.")
-@click.option("--quant", type=click.Choice(["int8", "bnb-int8", "bf16", "none"]), help="Fusion: base storage (default: the runs').")
-@click.option("--resume", is_flag=True, help="Fusion: continue the unfinished training in --out.")
+@click.option("--epochs", type=int, help="Fusion / multitask training: epochs.")
+@click.option("--lr", type=float, help="Fusion / multitask training: learning rate (default 5e-5 / 1e-4).")
+@click.option("--batch-size", type=int, help="Fusion / multitask training: batch size.")
+@click.option("--max-examples", type=int, help="Fusion / multitask training: at most N examples per split.")
+@click.option("--max-steps", type=int, help="Fusion / multitask training: stop after N optimiser steps.")
+@click.option("--max-length", type=int, help="Fusion / multitask training: tokens per input.")
+@click.option("--quant", type=click.Choice(["int8", "bnb-int8", "bf16", "none"]),
+              help="Fusion / multitask: base storage (default: the runs', or int8 with --tasks).")
+@click.option("--model", "model_name", help="Multitask with --tasks: base model name, folder or Hub id (default me5-small).")
+@click.option("--resume", is_flag=True, help="Fusion / multitask: continue the unfinished training in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
 @_clear_errors
-def merge_cmd(run_dirs, method, out, weights, target, name, density, scale, fusion_config, epochs, lr, batch_size,
-              max_examples, max_steps, max_length, quant, resume, overwrite):
-    """Merge the task adapters of the training runs RUN_DIRS (one base) into one model."""
+def merge_cmd(run_dirs, method, out, tasks, sampling, temperature, weights, target, name, density, scale, fusion_config,
+              epochs, lr, batch_size, max_examples, max_steps, max_length, quant, model_name, resume, overwrite):
+    """Merge the task adapters of the training runs RUN_DIRS (one base) into one model.
+
+    --method multitask trains one new adapter on the runs' tasks jointly (or on --tasks, with no
+    RUN_DIRS), one head per task."""
     from adaptertx.merge import MergeOptions, merge
 
     try:
@@ -204,12 +214,29 @@ def merge_cmd(run_dirs, method, out, weights, target, name, density, scale, fusi
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {weights!r}", param_hint="--weights") from None
     train_kw = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, max_examples=max_examples,
-                                      max_steps=max_steps, max_length=max_length, quant=quant).items() if v is not None}
-    if train_kw and method != "fusion":
-        raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in train_kw)} apply to --method fusion only")
+                                      max_steps=max_steps, max_length=max_length, quant=quant,
+                                      model=model_name).items() if v is not None}
+    if train_kw and method not in ("fusion", "multitask"):
+        raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in train_kw)} apply to --method fusion "
+                               f"or multitask only")
+    sample_kw = {k: v for k, v in dict(sampling=sampling, temperature=temperature).items() if v is not None}
+    if (sample_kw or tasks) and method != "multitask":
+        raise click.UsageError("--tasks, --sampling and --temperature apply to --method multitask only")
+    if "model" in train_kw and not tasks:
+        raise click.UsageError("--model applies to --method multitask with --tasks (runs bring their own base)")
     options = MergeOptions(weights=weight_list, target=target, name=name, density=density, scale=scale,
-                           fusion_config=fusion_config, train=train_kw)
+                           fusion_config=fusion_config, train=train_kw, tasks=_csv(tasks) if tasks else None,
+                           **sample_kw)
     result = merge(method, list(run_dirs), out, options, overwrite=overwrite, resume=resume)
+    if result.recipe.get("tasks"):
+        click.echo(f"{method}: one adapter trained on {', '.join(result.recipe['tasks'])} -> {result.out} "
+                   f"(name {result.name}; {result.recipe['steps']} steps, best epoch {result.recipe['best_epoch']})")
+        for task, p in result.recipe["probabilities"].items():
+            test = result.recipe["test"].get(task) or {}
+            click.echo(f"  {task}: p={p:.3f}  validation " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                                      result.recipe["validation"][task].items())
+                       + ("; test " + ", ".join(f"{k} {v:.1f}" for k, v in test.items()) if test else ""))
+        return
     click.echo(f"{method}: {len(result.recipe['inputs'])} adapter(s) -> {result.out} (name {result.name})")
     if result.recipe.get("weights"):
         click.echo("weights: " + ", ".join(f"{i['task']} {w:.3f}" for i, w in zip(result.recipe["inputs"],

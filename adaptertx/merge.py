@@ -19,6 +19,9 @@ Methods (:data:`METHODS`, :func:`merge`):
 - ``fusion`` — AdapterFusion (Pfeiffer et al., 2021, EACL): the task adapters, frozen, under a
   ``Fuse`` layer trained with a new head on the target task's English data, with the training
   loop of :func:`adaptertx.train.train` (resume, checkpoints, best epoch, scores).
+- ``multitask`` — multi-task joint training (the baseline of Phang et al., 2020): one new adapter
+  trained on the English data of all the runs' tasks at once, one head per task
+  (:func:`adaptertx.multitask.train_multitask`; without runs: ``MergeOptions(tasks=[...])``).
 
 ``theta_0`` is re-created, not stored: the base's architecture, the adapter config and the
 run's ``adapter_seed`` give the initial adapter weights ``train`` started from.
@@ -32,7 +35,8 @@ safetensors. For the weight-space methods::
                           (+ head_config.json, model_head.safetensors: the --target task's head)
     OUT/heads/<task>/     every input task's head (load with ``model.load_head``)
 
-A merged adapter is task-agnostic; each task keeps its own head. AdapterFusion's folder is a
+A merged adapter is task-agnostic; each task keeps its own head. The multi-task folder has the
+same layout plus its training run's files (run.json, metrics.jsonl, checkpoints/). AdapterFusion's folder is a
 training run folder (run.json, metrics.jsonl, checkpoints/) plus ``recipe.json``; its
 ``adapter/`` holds the whole setup as ``adapters``' ``save_adapter_setup`` writes it (one folder
 per task adapter, the fusion, the target head, ``adapter_setup.json``; reload with
@@ -293,7 +297,10 @@ class MergeOptions:
         fusion_config: AdapterFusion: ``dynamic`` or ``static`` (``adapters``' configs).
         train: AdapterFusion: keyword arguments of :class:`adaptertx.train.TrainConfig` (epochs,
             lr, batch_size, max_examples, max_steps, max_length, seed, quant, ...).
-        progress: AdapterFusion: show a progress bar.
+        progress: AdapterFusion and multitask: show a progress bar.
+        tasks: multitask without run folders: the tasks to train on.
+        sampling: multitask: ``proportional``, ``temperature`` or ``uniform`` task sampling.
+        temperature: multitask: ``T`` of temperature sampling.
     """
 
     weights: list[float] | None = None
@@ -304,6 +311,9 @@ class MergeOptions:
     fusion_config: str = "dynamic"
     train: dict = dataclasses.field(default_factory=dict)
     progress: bool = True
+    tasks: list[str] | None = None
+    sampling: str = "proportional"
+    temperature: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -551,6 +561,38 @@ def merge_fusion(inputs, out, options, overwrite, *, resume: bool = False) -> Me
     return MergeResult(out, recipe, head)
 
 
+# ------------------------------------------------------------------------------ multi-task training
+
+
+@register("multitask")
+def merge_multitask(inputs, out, options, overwrite, *, resume: bool = False) -> MergeResult:
+    """One adapter trained jointly on the inputs' tasks (base, quant, adapter config and seed from
+    the runs), or on ``options.tasks`` when there are no inputs."""
+    from adaptertx.multitask import train_multitask
+
+    if options.weights is not None:
+        raise AdaptertxError("--weights applies to weight-space merges; multi-task training draws tasks by --sampling")
+    settings = {}
+    runs, base_print = None, None
+    if inputs:
+        check_same_base(inputs)
+        adapters = {i.config.get("adapter", "seq_bn") for i in inputs}
+        if len(adapters) > 1:
+            raise AdaptertxError(f"the runs used different adapter configs ({', '.join(sorted(adapters))}); "
+                                 f"multi-task training needs one")
+        settings = {"model": inputs[0].model, "quant": inputs[0].quant, "adapter": adapters.pop(),
+                    "adapter_seed": inputs[0].adapter_seed if inputs[0].adapter_seed is not None else 42}
+        runs = _recipe("multitask", inputs, None, None, "")["inputs"]
+        base_print = inputs[0].fingerprint
+    settings.update(options.train)
+    tasks = [i.task for i in inputs] if inputs else list(options.tasks or [])
+    result = train_multitask(tasks, out, sampling=options.sampling, temperature=options.temperature,
+                             target=options.target, name=options.name or "multitask", runs=runs,
+                             base_fingerprint=base_print, resume=resume, overwrite=overwrite,
+                             progress=options.progress, **settings)
+    return MergeResult(out, result.recipe, result.name)
+
+
 # ------------------------------------------------------------------------------ entry point
 
 
@@ -559,19 +601,27 @@ def merge(method: str, run_dirs: list[str | Path], out: str | Path, options: Mer
     """Merge the adapters of ``run_dirs`` with ``method`` into the folder ``out``.
 
     Args:
-        method: a name in :data:`METHODS` (``average``, ``task_arithmetic``, ``ties``, ``fusion``).
-        run_dirs: finished training run folders, all on one base.
+        method: a name in :data:`METHODS` (``average``, ``task_arithmetic``, ``ties``, ``fusion``,
+            ``multitask``).
+        run_dirs: finished training run folders, all on one base (none for ``multitask`` with
+            ``options.tasks``).
         out: the merged folder (refused when it exists and is not empty, unless ``overwrite``).
         options: weights, target, method parameters.
         overwrite: replace what ``out`` holds (weight-space methods replace it atomically).
-        resume: AdapterFusion: continue an interrupted fusion training in ``out``.
+        resume: AdapterFusion and multitask: continue an interrupted training in ``out``.
     """
     options = options or MergeOptions()
     if method not in METHODS:
-        hint = " (multi-task joint training is not implemented yet)" if method == "multitask" else ""
-        raise AdaptertxError(f"unknown merge method {method!r}{hint}; choose one of {', '.join(METHODS)}")
+        raise AdaptertxError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
+    if options.tasks is not None:
+        if method != "multitask":
+            raise AdaptertxError("--tasks applies to --method multitask only")
+        if run_dirs:
+            raise AdaptertxError("give run folders or --tasks for multi-task training, not both")
+        return merge_multitask([], Path(out), options, overwrite, resume=resume)
     if not run_dirs:
-        raise AdaptertxError("nothing to merge: give at least one run folder")
+        hint = " (or --tasks)" if method == "multitask" else ""
+        raise AdaptertxError(f"nothing to merge: give at least one run folder{hint}")
     out = Path(out)
     inputs = [load_input(d) for d in run_dirs]
     outs = {i.run_dir.resolve() for i in inputs}
@@ -582,8 +632,10 @@ def merge(method: str, run_dirs: list[str | Path], out: str | Path, options: Mer
         return _single(method, inputs[0], out, options, overwrite)
     if method == "fusion":
         return merge_fusion(inputs, out, options, overwrite, resume=resume)
+    if method == "multitask":
+        return merge_multitask(inputs, out, options, overwrite, resume=resume)
     if resume:
-        raise AdaptertxError("--resume applies to AdapterFusion training only")
+        raise AdaptertxError("--resume applies to AdapterFusion and multi-task training only")
     return METHODS[method](inputs, out, options, overwrite)
 
 
