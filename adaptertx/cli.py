@@ -263,6 +263,114 @@ def runs_cmd(root: str) -> None:
                                        "test", "majority", "test - majority"], disable_numparse=True))
 
 
+@main.command("evaluate")
+@click.argument("target")
+@click.option("--model", "model_name", default="me5-small", show_default=True, help="Base model name, folder or Hub id.")
+@click.option("--intermediate", default="none", show_default=True,
+              help="'none', a finished `adaptertx train` run, or an `adaptertx merge` folder.")
+@click.option("--fusion", "fusion_runs", help="Comma-separated run folders to fuse (the Fusion trains with the target).")
+@click.option("--quant", type=click.Choice(["int8", "bnb-int8", "bf16", "none"]), default="int8", show_default=True)
+@click.option("--adapter", default="seq_bn", show_default=True, help="The target adapter's config.")
+@click.option("--langs", help="Comma-separated languages (default: every language with data).")
+@click.option("--data-file", "data_files", multiple=True,
+              help="LANG=PATH: your own test file in the target's public release format (repeatable).")
+@click.option("--epochs", default=2, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--max-length", default=128, show_default=True)
+@click.option("--max-examples", type=int, help="Target training: at most N English examples per split.")
+@click.option("--max-eval-examples", type=int, help="At most N test examples per language.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Target run folder (a finished one is reused, an interrupted one resumed).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result here as JSON.")
+@_clear_errors
+def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, langs, data_files, epochs, batch_size,
+                 lr, max_length, max_examples, max_eval_examples, seed, out, json_out) -> None:
+    """Train TARGET's adapter on English over an intermediate configuration, then score it
+    zero-shot on every language (retrieval targets: encode and score directly)."""
+    from adaptertx.evaluate import EvalConfig, evaluate, fusion_of, load_intermediate
+    from adaptertx.io import atomic_write_text
+
+    files = []
+    for item in data_files:
+        lang, sep, path = item.partition("=")
+        if not sep or not lang or not path:
+            raise click.UsageError(f"--data-file takes LANG=PATH, got {item!r}")
+        files.append((lang.strip(), path.strip()))
+    if fusion_runs and intermediate != "none":
+        raise click.UsageError("give either --intermediate or --fusion")
+    inter = fusion_of(_csv(fusion_runs)) if fusion_runs else load_intermediate(intermediate)
+    config = EvalConfig(target=target, model=model_name, quant=quant, adapter=adapter,
+                        languages=tuple(_csv(langs)) if langs else None, epochs=epochs, batch_size=batch_size, lr=lr,
+                        max_length=max_length, max_examples=max_examples, max_eval_examples=max_eval_examples,
+                        seed=seed, data_files=tuple(files))
+    result = evaluate(config, inter, out)
+    key = result.primary
+    rows = [[lang + ("*" if r.low_resource else ""), f"{r.scores[key]:.1f}", r.n, r.split, r.source]
+            for lang, r in sorted(result.languages.items(), key=lambda kv: (not kv[1].low_resource, kv[0]))]
+    click.echo(tabulate(rows, ["language", key, "examples", "split", "data"], tablefmt="github", disable_numparse=True))
+    low = [r.scores[key] for r in result.languages.values() if r.low_resource]
+    other = [r.scores[key] for r in result.languages.values() if not r.low_resource]
+    if result.languages:
+        allv = low + other
+        click.echo(f"average {sum(allv) / len(allv):.1f} over {len(allv)} languages"
+                   + (f"; low-resource* {sum(low) / len(low):.1f} ({len(low)})" if low else "")
+                   + (f"; others {sum(other) / len(other):.1f} ({len(other)})" if other else ""))
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    for lang, why in sorted(result.missing.items()):
+        click.echo(f"not scored: {lang}: {why}")
+    if json_out:
+        atomic_write_text(json_out, json.dumps(result.record(), indent=1) + "\n")
+
+
+@main.command("experiment")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="Study folder (default: results/<study name>).")
+@click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
+@_clear_errors
+def experiment_cmd(config, out, no_report) -> None:
+    """Run a study (intermediate configurations x targets x seeds) from a TOML CONFIG.
+    Finished cells are kept in the results store and skipped when run again."""
+    from adaptertx.experiment import load_study, run_study
+
+    study = load_study(config)
+    folder = out or f"results/{study.name}"
+    click.echo(f"study {study.name!r} ({study.study_hash()}): {len(study.configs)} configurations x "
+               f"{len(study.targets)} targets x {len(study.seeds)} seeds -> {folder}")
+    result = run_study(study, folder, echo=click.echo)
+    click.echo(f"{len(result.ran)} cells run, {len(result.skipped)} kept from before, {len(result.failed)} failed "
+               f"in {result.seconds / 60:.1f} min")
+    if not no_report:
+        _print_report(folder)
+    if result.failed:
+        for cid, err in result.failed.items():
+            click.echo(f"failed: {cid}: {err}", err=True)
+        sys.exit(1)
+
+
+def _print_report(store: str) -> None:
+    from adaptertx.report import target_table, verdict, write_report
+
+    path, report = write_report(store)
+    for t in report.targets:
+        if t in report.scores:
+            head, rows = target_table(report, t)
+            click.echo(f"\n{t} ({report.primary[t]}; * = low-resource)")
+            click.echo(tabulate(rows, head, tablefmt="simple", disable_numparse=True))
+    click.echo("\n" + verdict(report).replace("**", ""))
+    click.echo(f"\nreport: {path} (tables, plots, trace)")
+
+
+@main.command("report")
+@click.argument("study", type=click.Path(exists=True))
+@_clear_errors
+def report_cmd(study) -> None:
+    """Tables, bootstrap intervals, plots and the verdict of a study folder (or results.jsonl)."""
+    _print_report(study)
+
+
 @main.group()
 def retrieve() -> None:
     """Sentence retrieval evaluation: Tatoeba (nearest neighbour) and BUCC (bitext mining)."""

@@ -152,6 +152,27 @@ def _token_f1(pred_tokens: list[str], gold_tokens: list[str], empty_match: bool)
     return 2 * precision * recall / (precision + recall)
 
 
+def squad_example(pred: str | None, ex: Mapping, *, lang: str | None = None) -> tuple[float, float]:
+    """``(exact match, F1)`` in [0, 1] of one answer string (``None``: no prediction, 0) against
+    one SQuAD-style example, scored as :func:`squad_scores` describes."""
+    if pred is None:
+        return 0.0, 0.0
+    golds = list(ex["answers"]["text"])
+    if lang is None:
+        golds = [g for g in golds if normalize_answer(g)] or [""]
+        p = normalize_answer(pred)
+        gold_norm = [normalize_answer(g) for g in golds]
+        return (max(float(p == g) for g in gold_norm),
+                max(_token_f1(p.split(), g.split(), True) for g in gold_norm))
+    if not golds:
+        raise AdaptertxError(f"squad_scores: example {ex['id']!r} has no answer; MLQA scoring "
+                             f"expects answerable questions")
+    p = normalize_answer_mlqa(pred, lang)
+    gold_norm = [normalize_answer_mlqa(g, lang) for g in golds]
+    return (max(float(p == g) for g in gold_norm),
+            max(_token_f1(p.split(), g.split(), False) for g in gold_norm))
+
+
 def squad_scores(predictions: Mapping[str, str], examples: Sequence[Mapping], *,
                  lang: str | None = None) -> dict[str, float]:
     """``{"exact_match", "f1"}`` (percent) of answer strings against SQuAD-style examples.
@@ -169,24 +190,9 @@ def squad_scores(predictions: Mapping[str, str], examples: Sequence[Mapping], *,
         raise AdaptertxError("squad_scores: predictions must map example id to answer text")
     exact = f1 = 0.0
     for ex in examples:
-        pred = predictions.get(ex["id"])
-        if pred is None:
-            continue
-        golds = list(ex["answers"]["text"])
-        if lang is None:
-            golds = [g for g in golds if normalize_answer(g)] or [""]
-            p = normalize_answer(pred)
-            gold_norm = [normalize_answer(g) for g in golds]
-            exact += max(float(p == g) for g in gold_norm)
-            f1 += max(_token_f1(p.split(), g.split(), True) for g in gold_norm)
-        else:
-            if not golds:
-                raise AdaptertxError(f"squad_scores: example {ex['id']!r} has no answer; MLQA scoring "
-                                     f"expects answerable questions")
-            p = normalize_answer_mlqa(pred, lang)
-            gold_norm = [normalize_answer_mlqa(g, lang) for g in golds]
-            exact += max(float(p == g) for g in gold_norm)
-            f1 += max(_token_f1(p.split(), g.split(), False) for g in gold_norm)
+        em_i, f1_i = squad_example(predictions.get(ex["id"]), ex, lang=lang)
+        exact += em_i
+        f1 += f1_i
     return {"exact_match": 100.0 * exact / len(examples), "f1": 100.0 * f1 / len(examples)}
 
 
@@ -253,3 +259,79 @@ def score(task: Task, predictions, examples: Sequence[Mapping], *, lang: str | N
     if not examples:
         raise AdaptertxError(f"task {task.name!r}: no examples to score")
     return scorer(task, predictions, examples, lang)
+
+
+# ----------------------------------------------------------------------------- per-example counts
+#
+# A score is a function of sums over test examples. Storing each example's counts lets a
+# report recompute any score, and resample test examples for bootstrap intervals, without
+# the predictions. Rows per metric (and family):
+#   accuracy (classification, multiple choice), retrieval_accuracy: [correct]
+#   accuracy (tagging):                                             [correct words, words]
+#   entity_f1:                                                      [true positive, predicted, gold] entities
+#   f1_em:                                                          [exact match, F1], each in [0, 1]
+
+
+def _entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    return set(get_entities(list(tags)))
+
+
+def example_stats(task: Task, predictions, examples: Sequence[Mapping], *,
+                  lang: str | None = None) -> list[list[float]]:
+    """One row of counts per example (in ``examples`` order); :func:`stats_score` of them
+    equals :func:`score` of the same predictions."""
+    if not examples:
+        raise AdaptertxError(f"task {task.name!r}: no examples to score")
+    if task.metric == "f1_em":
+        if not isinstance(predictions, Mapping):
+            raise AdaptertxError("squad_scores: predictions must map example id to answer text")
+        use_lang = lang if task.name == "mlqa" and lang is not None else None
+        return [list(squad_example(predictions.get(ex["id"]), ex, lang=use_lang)) for ex in examples]
+    preds = _aligned(predictions, examples, task.name)
+    if task.metric == "entity_f1":
+        rows = []
+        for i, (p, ex) in enumerate(zip(preds, examples)):
+            if len(p) != len(ex["tags"]):
+                raise AdaptertxError(f"entity_f1: sentence {i} has {len(p)} predicted tags for {len(ex['tags'])} words")
+            pe, ge = _entities(p), _entities(ex["tags"])
+            rows.append([len(pe & ge), len(pe), len(ge)])
+        return rows
+    if task.metric == "accuracy" and task.family == "tagging":
+        rows = []
+        for i, (p, ex) in enumerate(zip(preds, examples)):
+            if len(p) != len(ex["tags"]):
+                raise AdaptertxError(f"tag_accuracy: sentence {i} has {len(p)} predicted tags for {len(ex['tags'])} words")
+            rows.append([sum(a == b for a, b in zip(p, ex["tags"])), len(ex["tags"])])
+        return rows
+    if task.metric in ("accuracy", "retrieval_accuracy"):
+        key = "label" if task.metric == "accuracy" else "target_index"
+        return [[float(p == ex[key])] for p, ex in zip(preds, examples)]
+    raise AdaptertxError(f"task {task.name!r} uses metric {task.metric!r}, which has no per-example counts")
+
+
+def stats_score(task: Task, sums: Sequence[float]) -> dict[str, float]:
+    """The scores (percent, named as :func:`score` names them) from ``sums``, the column sums
+    of :func:`example_stats` rows, and, for ``f1_em`` and one-column metrics, ``sums[-1]``
+    being divided by the number of examples — so pass ``[*column sums, number of examples]``."""
+    *cols, n = sums
+    if n <= 0:
+        raise AdaptertxError(f"task {task.name!r}: no examples to score")
+    if task.metric == "f1_em":
+        return {"exact_match": 100.0 * cols[0] / n, "f1": 100.0 * cols[1] / n}
+    if task.metric == "entity_f1":
+        tp, n_pred, n_gold = cols
+        precision = 100.0 * tp / n_pred if n_pred else 0.0
+        recall = 100.0 * tp / n_gold if n_gold else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"precision": precision, "recall": recall, "f1": f1}
+    if task.metric == "accuracy" and task.family == "tagging":
+        return {"accuracy": 100.0 * cols[0] / cols[1] if cols[1] else 0.0}
+    if task.metric in ("accuracy", "retrieval_accuracy"):
+        return {"accuracy": 100.0 * cols[0] / n}
+    raise AdaptertxError(f"task {task.name!r} uses metric {task.metric!r}, which has no per-example counts")
+
+
+#: The score each metric is compared by (reports, best checkpoints).
+PRIMARY = {"accuracy": "accuracy", "f1_em": "f1", "entity_f1": "f1", "retrieval_accuracy": "accuracy"}

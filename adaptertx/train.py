@@ -37,16 +37,12 @@ from adaptertx.environment import versions
 from adaptertx.errors import AdaptertxError
 from adaptertx.features import Features, decode_predictions, encode_examples
 from adaptertx.io import atomic_dir, atomic_write_bytes, atomic_write_text
-from adaptertx.metrics import score
+from adaptertx.metrics import PRIMARY, score
 from adaptertx.modeling import (QUANT_MODES, BuiltModel, build_adapter_model, check_trainable, load_trainable_state,
                                 trainable_state)
 from adaptertx.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
-
-#: The figure each metric selects the best epoch by.
-PRIMARY = {"accuracy": "accuracy", "f1_em": "f1", "entity_f1": "f1"}
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -238,6 +234,12 @@ def _load_checkpoint(ckpt_dir: Path, model, optimizer) -> dict:
 def evaluate(built, task: Task, features: Features, examples: list[dict], *,
              batch_size: int = 64) -> dict[str, float]:
     """Score the model on encoded ``examples`` with the task's metric."""
+    return score(task, predict(built, task, features, batch_size=batch_size), examples, lang="en")
+
+
+def predict(built, task: Task, features: Features, *, batch_size: int = 64):
+    """The model's predictions for encoded examples, as
+    :func:`adaptertx.features.decode_predictions` returns them."""
     model = built.model
     model.eval()
     outputs = []
@@ -254,8 +256,7 @@ def evaluate(built, task: Task, features: Features, examples: list[dict], *,
         logits = ([s for s, _ in outputs], [e for _, e in outputs])
     else:
         logits = outputs
-    predictions = decode_predictions(task, features, logits)
-    return score(task, predictions, examples, lang="en")
+    return decode_predictions(task, features, logits)
 
 
 # ------------------------------------------------------------------------------ the run

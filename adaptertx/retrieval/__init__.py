@@ -32,7 +32,7 @@ DEFAULT_TOKENS_PER_BATCH = 8192
 
 __all__ = ["BACKENDS", "BuccScore", "MineResult", "SentenceEncoder", "TatoebaScore", "ThresholdResult",
            "default_dtype", "encode", "evaluate_bucc", "evaluate_tatoeba", "knn", "load_encoder", "mine",
-           "optimize_threshold", "retrieval_accuracy", "tatoeba_files"]
+           "optimize_threshold", "retrieval_accuracy", "retrieval_hits", "tatoeba_files"]
 
 
 def default_dtype(device: torch.device | str = "cpu") -> torch.dtype:
@@ -222,7 +222,8 @@ def encode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sentences
 class TatoebaScore:
     """Retrieval accuracy (percent) for one language pair, both directions.
 
-    ``truncated``: sentences (either side) cut to the model's length limit.
+    ``truncated``: sentences (either side) cut to the model's length limit. ``hits``: per
+    pair (file order), whether the x→en search found its translation.
     """
 
     lang: str
@@ -231,10 +232,16 @@ class TatoebaScore:
     en_to_x: float
     low_resource: bool
     truncated: int = 0
+    hits: tuple[bool, ...] = ()
 
 
 def retrieval_accuracy(queries: torch.Tensor, candidates: torch.Tensor, *, block: int = 4096) -> float:
-    """Percent of rows i whose nearest candidate by cosine is row i.
+    """Percent of rows i whose nearest candidate by cosine is row i (see :func:`retrieval_hits`)."""
+    return 100.0 * retrieval_hits(queries, candidates, block=block).float().mean().item()
+
+
+def retrieval_hits(queries: torch.Tensor, candidates: torch.Tensor, *, block: int = 4096) -> torch.Tensor:
+    """(n,) bool: whether row i's nearest candidate by cosine is row i.
 
     Args:
         queries: (n, dim) unit-norm embeddings.
@@ -247,7 +254,7 @@ def retrieval_accuracy(queries: torch.Tensor, candidates: torch.Tensor, *, block
     if queries.shape[0] == 0:
         raise AdaptertxError("retrieval needs at least one pair")
     _, nearest = knn(queries, candidates, 1, block=block)
-    return 100.0 * (nearest[:, 0].cpu() == torch.arange(len(queries))).float().mean().item()
+    return nearest[:, 0].cpu() == torch.arange(len(queries))
 
 
 def load_encoder(model_name: str, adapter: str | os.PathLike | None = None
@@ -403,8 +410,9 @@ def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: 
             low = is_low_resource(code)
         except AdaptertxError:
             low = True  # a language adaptertx has no pretraining size for is taken as low-resource
-        scores.append(TatoebaScore(code, len(rows), retrieval_accuracy(src, tgt), retrieval_accuracy(tgt, src),
-                                   low, encoder.truncated - before))
+        hits = retrieval_hits(src, tgt)
+        scores.append(TatoebaScore(code, len(rows), 100.0 * hits.float().mean().item(), retrieval_accuracy(tgt, src),
+                                   low, encoder.truncated - before, tuple(hits.tolist())))
     return scores
 
 
