@@ -274,7 +274,8 @@ def _train_intermediate(study: Study, task: str, out: Path, progress: bool) -> P
     return run
 
 
-def _merged(study: Study, spec: ConfigSpec, runs: dict[str, Path], out: Path, progress: bool):
+def _merged(study: Study, spec: ConfigSpec, runs: dict[str, Path], errors: dict[str, str], out: Path,
+            progress: bool):
     """The :class:`adaptertx.evaluate.Intermediate` of one configuration (merging if needed)."""
     from adaptertx.evaluate import NONE, fusion_of, load_intermediate
     from adaptertx.merge import MergeOptions, merge
@@ -283,7 +284,8 @@ def _merged(study: Study, spec: ConfigSpec, runs: dict[str, Path], out: Path, pr
         return NONE
     missing = [t for t in spec.tasks if t not in runs]
     if missing:
-        raise AdaptertxError(f"the {', '.join(missing)} adapter(s) failed to train")
+        raise AdaptertxError("; ".join(f"the {t} adapter failed to train: {errors.get(t, 'unknown error')}"
+                                       for t in missing))
     dirs = [runs[t] for t in spec.tasks]
     if spec.method == "single":
         return load_intermediate(dirs[0])
@@ -337,7 +339,7 @@ def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
         try:
             if spec.method not in ("none", "single", "fusion"):
                 echo(f"[merge] {spec.name} ({spec.method} of {', '.join(spec.tasks)})")
-            inters[spec.name] = _merged(study, spec, runs, out, progress)
+            inters[spec.name] = _merged(study, spec, runs, setup_errors, out, progress)
         except Exception as e:  # recorded per cell below; the grid goes on
             inters[spec.name] = e
             echo(f"[merge] {spec.name} failed: {e}")

@@ -1,0 +1,177 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adaptertx.errors import AdaptertxError
+from adaptertx.evaluate import (NONE, EvalConfig, _entity_types, _eval_sets, _restrict, build_target_model, evaluate,
+                                fusion_of, load_intermediate)
+from adaptertx.metrics import score, stats_score
+from adaptertx.tasks import get_task
+from adaptertx.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_xlmr_dir):
+    """Two finished tiny intermediate runs (mrpc, siqa) on one base, one adapter seed."""
+    root = tmp_path_factory.mktemp("inter")
+    out = {}
+    for task in ("mrpc", "siqa"):
+        cfg = TrainConfig(task=task, model=tiny_xlmr_dir, out=str(root / task), epochs=1, batch_size=4,
+                          max_examples=12, max_length=48, max_steps=2, lr=1e-2, quant="none")
+        train(cfg, progress=False)
+        out[task] = root / task
+    return out
+
+
+def tiny(target, model, **kw):
+    base = dict(quant="none", epochs=1, batch_size=4, max_examples=12, max_length=48, max_eval_examples=8, lr=1e-2)
+    base.update(kw)
+    return EvalConfig(target=target, model=model, **base)
+
+
+def trainable(model):
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def test_protocol_trains_only_the_new_target_adapter_and_head(runs, tiny_xlmr_dir):
+    from adapters.composition import Fuse, Stack
+
+    cfg = tiny("xcopa", tiny_xlmr_dir)
+    built = build_target_model(cfg, load_intermediate(runs["siqa"]), get_task("copa"))
+    setup = built.model.active_adapters
+    assert isinstance(setup, Stack) and setup[-1] == "target" and setup[0].startswith("inter0_siqa")
+    names = trainable(built.model)
+    assert names and all(".adapters.target." in n or n.startswith("heads.target.") for n in names)
+
+    fused = build_target_model(cfg, fusion_of([runs["siqa"], runs["mrpc"]]), get_task("copa"))
+    setup = fused.model.active_adapters
+    assert isinstance(setup, Stack) and isinstance(setup[0], Fuse) and setup[-1] == "target"
+    names = trainable(fused.model)
+    assert any("adapter_fusion_layer" in n for n in names)
+    assert not any(".adapters.inter" in n for n in names)
+
+    none = build_target_model(cfg, NONE, get_task("copa"))
+    assert none.model.active_adapters == Stack("target")
+    # The same initialisation of the target adapter under every configuration.
+    a = {n: p for n, p in built.model.named_parameters() if ".adapters.target." in n}
+    b = {n: p for n, p in none.model.named_parameters() if ".adapters.target." in n}
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_zero_shot_scores_match_plain_adapters_reload(runs, tiny_xlmr_dir, tmp_path):
+    """The stored per-language score equals the metric of the saved setup, reloaded with plain
+    ``adapters``, on the same test examples; the intermediate adapter stays frozen."""
+    from adapters import AutoAdapterModel
+
+    from adaptertx import data
+    from adaptertx.features import decode_predictions, encode_examples
+    from adaptertx.models import load_tokenizer
+    from adaptertx.train import _first
+
+    before = load_file(str(runs["siqa"] / "adapter" / "adapter.safetensors"))
+    result = evaluate(tiny("xcopa", tiny_xlmr_dir, languages=("sw", "it")), load_intermediate(runs["siqa"]),
+                      tmp_path / "cell", progress=False)
+    assert set(result.languages) == {"sw", "it"} and result.primary == "accuracy"
+    sw = result.languages["sw"]
+    assert sw.n == 8 and sw.low_resource and not result.languages["it"].low_resource and sw.split == "test"
+    assert stats_score(get_task("xcopa"), [sum(r[0] for r in sw.stats), len(sw.stats)])["accuracy"] == \
+        pytest.approx(sw.scores["accuracy"], abs=1e-3)
+
+    model = AutoAdapterModel.from_pretrained(tiny_xlmr_dir)
+    model.load_adapter_setup(str(tmp_path / "cell" / "adapter"), use_safetensors=True)
+    model.eval()
+    after = {k.replace("inter0_siqa", "siqa"): v for k, v in model.state_dict().items() if ".adapters.inter0_siqa." in k}
+    assert after and all(torch.equal(after[k].cpu(), before[k]) for k in after if k in before)
+    rows = _first(data.load("xcopa", "sw", "test"), 8)
+    feats = encode_examples(get_task("copa"), rows, load_tokenizer(tiny_xlmr_dir), max_length=48)
+    with torch.no_grad():
+        logits = model(**feats.batch(range(len(rows)), labels=False)).logits
+    preds = decode_predictions(get_task("copa"), feats, logits)
+    assert score(get_task("xcopa"), preds, rows)["accuracy"] == pytest.approx(sw.scores["accuracy"], abs=1e-3)
+    record = result.record()
+    assert record["trace"]["checkpoints"][-1]["role"] == "target"
+    assert any(c["role"] == "intermediate" for c in record["trace"]["checkpoints"])
+
+    # A finished cell folder is reused (no training) and gives the same numbers.
+    run_json = (tmp_path / "cell" / "run.json").read_text()
+    again = evaluate(tiny("xcopa", tiny_xlmr_dir, languages=("sw", "it")), load_intermediate(runs["siqa"]),
+                     tmp_path / "cell", progress=False)
+    assert (tmp_path / "cell" / "run.json").read_text() == run_json
+    assert again.languages["sw"].scores == sw.scores and again.languages["sw"].stats == sw.stats
+    with pytest.raises(AdaptertxError, match="another configuration"):
+        evaluate(tiny("xcopa", tiny_xlmr_dir, languages=("sw",)), NONE, tmp_path / "cell", progress=False)
+
+
+def test_missing_languages_are_reported_not_skipped(tiny_xlmr_dir):
+    sets, missing = _eval_sets(get_task("panx"), tiny("panx", tiny_xlmr_dir))
+    assert set(sets) == {"af", "am", "ig", "rw", "sw", "yo"}
+    assert "bn" in missing and "google/xtreme" in missing["bn"] and "--data-file" in missing["bn"]
+    sets, missing = _eval_sets(get_task("udpos"), tiny("udpos", tiny_xlmr_dir, languages=("mr", "de")))
+    assert sets["de"][1] == "validation" and len(sets["de"][0]) == 8 and not missing
+
+
+def test_own_data_file_replaces_the_bundled_language(tmp_path, tiny_xlmr_dir):
+    lines = [json.dumps({"premise": f"P {i}", "choice1": "a", "choice2": "b", "question": "cause", "label": i % 2,
+                         "idx": i}) for i in range(5)]
+    path = tmp_path / "sw.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    sets, _ = _eval_sets(get_task("xcopa"), tiny("xcopa", tiny_xlmr_dir, languages=("sw",),
+                                                 data_files=(("sw", str(path)),)))
+    rows, split, source = sets["sw"]
+    assert len(rows) == 5 and split == "file" and source == str(path)
+
+
+def test_ner_types_outside_the_training_labels_count_as_o():
+    keep = _entity_types(get_task("masakhaner").labels) & _entity_types(get_task("conll03").labels)
+    assert keep == {"PER", "ORG", "LOC"}
+    assert _restrict(["B-DATE", "I-DATE", "B-PER", "B-MISC", "O"], keep) == ["O", "O", "B-PER", "O", "O"]
+
+
+def test_retrieval_under_a_fusion_is_not_applicable(runs, tiny_xlmr_dir):
+    result = evaluate(tiny("tatoeba", tiny_xlmr_dir, languages=("de",)), fusion_of([runs["siqa"], runs["mrpc"]]),
+                      "unused", progress=False)
+    assert not result.languages and result.missing["de"].startswith("not applicable")
+
+
+def test_tatoeba_hits_are_per_pair(runs, tiny_xlmr_dir):
+    from adaptertx.retrieval import evaluate_tatoeba
+
+    result = evaluate(tiny("tatoeba", tiny_xlmr_dir, languages=("de", "kab"), max_eval_examples=20),
+                      load_intermediate(runs["mrpc"]), "unused", progress=False)
+    ref = {s.lang: s for s in evaluate_tatoeba(tiny_xlmr_dir, ["de", "kab"], max_pairs=20, progress=False,
+                                               adapter=str(runs["mrpc"] / "adapter"))}
+    for lang in ("de", "kab"):
+        r = result.languages[lang]
+        assert r.n == 20 and len(r.stats) == 20
+        assert r.scores["accuracy"] == pytest.approx(ref[lang].x_to_en, abs=1e-3)
+        assert 100 * sum(s[0] for s in r.stats) / 20 == pytest.approx(ref[lang].x_to_en)
+    assert result.languages["kab"].low_resource and not result.languages["de"].low_resource
+
+
+def test_bad_input(runs, tiny_xlmr_dir, tmp_path):
+    with pytest.raises(AdaptertxError, match="intermediate task, not a target"):
+        EvalConfig("siqa")
+    with pytest.raises(AdaptertxError, match="unknown task"):
+        EvalConfig("nope")
+    with pytest.raises(AdaptertxError, match="data file for 'sw' not found"):
+        EvalConfig("xcopa", data_files=(("sw", str(tmp_path / "missing.jsonl")),))
+    with pytest.raises(AdaptertxError, match="has no language 'fr'"):
+        _eval_sets(get_task("xcopa"), tiny("xcopa", tiny_xlmr_dir, languages=("fr",)))
+    with pytest.raises(AdaptertxError, match="no such folder"):
+        load_intermediate(tmp_path / "nowhere")
+    with pytest.raises(AdaptertxError, match="at least two"):
+        fusion_of([runs["siqa"]])
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(runs["mrpc"], unfinished)
+    body = json.loads((unfinished / "run.json").read_text())
+    (unfinished / "run.json").write_text(json.dumps(dict(body, status="running")))
+    with pytest.raises(AdaptertxError, match="not finished"):
+        load_intermediate(unfinished)
+    other = tmp_path / "other-base"
+    shutil.copytree(runs["mrpc"], other)
+    (other / "run.json").write_text(json.dumps(dict(body, fingerprint="0123456789abcdef")))
+    with pytest.raises(AdaptertxError, match="another base"):
+        build_target_model(tiny("xcopa", tiny_xlmr_dir), load_intermediate(other), get_task("copa"))

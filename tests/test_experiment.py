@@ -1,0 +1,172 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from adaptertx.errors import AdaptertxError
+from adaptertx.experiment import cell_id, load_study, run_study
+from adaptertx.results import read_store
+
+STUDY = """
+[study]
+name = "tiny"
+model = "{model}"
+quant = "none"
+seeds = [0]
+
+[intermediate]
+epochs = 1
+batch_size = 4
+lr = 1e-2
+max_length = 48
+max_examples = 12
+
+[[configs]]
+name = "none"
+method = "none"
+
+[[configs]]
+name = "mrpc"
+method = "single"
+tasks = ["mrpc"]
+
+[[configs]]
+name = "mnli"
+method = "single"
+tasks = ["mnli"]
+
+[[configs]]
+name = "average"
+method = "average"
+tasks = ["mrpc", "siqa"]
+
+[[configs]]
+name = "fusion"
+method = "fusion"
+tasks = ["mrpc", "siqa"]
+
+[targets]
+tasks = ["xcopa", "tatoeba"]
+epochs = 1
+batch_size = 4
+lr = 1e-2
+max_length = 48
+max_examples = 12
+max_eval_examples = 8
+
+[targets.languages]
+xcopa = ["sw", "it"]
+tatoeba = ["de", "sw"]
+"""
+
+
+def write(tmp_path, text, name="study.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory, tiny_xlmr_dir):
+    root = tmp_path_factory.mktemp("study")
+    config = write(root, STUDY.format(model=tiny_xlmr_dir))
+    study = load_study(config)
+    result = run_study(study, root / "out", progress=False, echo=lambda *_: None)
+    return study, result, root, config
+
+
+def test_grid_runs_records_failures_and_resumes(study_run):
+    study, result, root, _ = study_run
+    header, cells = read_store(root / "out")
+    assert header["study_hash"] == study.study_hash()
+    by_id = {c["cell"]: c for c in cells}
+    assert len(by_id) == 10
+    # mnli has no bundled data: its cells fail with the reason, the grid goes on.
+    for target in ("xcopa", "tatoeba"):
+        failed = by_id[cell_id("mnli", target, 0)]
+        assert failed["status"] == "failed" and "no bundled English data" in failed["error"]
+    assert set(result.failed) == {cell_id("mnli", "xcopa", 0), cell_id("mnli", "tatoeba", 0)}
+    ok = by_id[cell_id("average", "xcopa", 0)]
+    assert ok["status"] == "finished" and set(ok["languages"]) == {"sw", "it"}
+    assert ok["intermediate"]["dir"].endswith("merged/average")
+    assert ok["trace"]["fingerprint"] and ok["trace"]["versions"]["adapters"]
+    assert {c["role"] for c in ok["trace"]["checkpoints"]} == {"intermediate", "target"}
+    fusion_tatoeba = by_id[cell_id("fusion", "tatoeba", 0)]
+    assert fusion_tatoeba["status"] == "finished" and fusion_tatoeba["missing"]["sw"].startswith("not applicable")
+    assert (root / "out" / "merged" / "average" / "recipe.json").is_file()
+
+    # Run again: finished cells are skipped; only the failed ones run (and fail) again.
+    again = run_study(study, root / "out", progress=False, echo=lambda *_: None)
+    assert again.ran == [] and len(again.skipped) == 8 and set(again.failed) == set(result.failed)
+
+
+def test_a_store_of_another_study_is_refused(study_run, tmp_path):
+    study, _, root, _ = study_run
+    import dataclasses
+
+    other = dataclasses.replace(study, seeds=(1,))
+    assert other.study_hash() != study.study_hash()
+    assert dataclasses.replace(study, description="words").study_hash() == study.study_hash()
+    lines_before = (root / "out" / "results.jsonl").read_text()
+    with pytest.raises(AdaptertxError, match="another study"):
+        run_study(other, root / "out", progress=False, echo=lambda *_: None)
+    assert (root / "out" / "results.jsonl").read_text() == lines_before
+
+
+def test_report_from_the_study(study_run):
+    from adaptertx.report import build_report, write_report
+
+    _, _, root, _ = study_run
+    path, report = write_report(root / "out", rounds=200)
+    text = path.read_text()
+    assert report.baseline == "none"
+    assert "## Failed cells" in text and "mnli|xcopa|seed0" in text and "no bundled English data" in text
+    assert "## Verdict" in text and "sw*" in text
+    assert (path.parent / "gains_xcopa.png").read_bytes()[:4] == b"\x89PNG"
+    body = json.loads((path.parent / "report.json").read_text())
+    assert body["baseline"] == "none" and "xcopa" in body["scores"]
+    assert build_report(root / "out", rounds=200).scores == report.scores
+
+
+def test_cli_experiment_resumes_and_exits_1_on_failures(study_run):
+    from adaptertx.cli import main
+
+    _, _, root, config = study_run
+    result = CliRunner().invoke(main, ["experiment", str(config), "--out", str(root / "out")])
+    assert result.exit_code == 1, result.output
+    assert "8 of 10 cells already finished" in result.output
+    assert "failed: mnli|xcopa|seed0" in result.output
+    assert "report:" in result.output
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.replace('tasks = ["mrpc"]\n', 'tasks = ["nope"]\n', 1), "unknown task 'nope'"),
+    (lambda s: s.replace('method = "average"', 'method = "soup"'), "unknown method 'soup'"),
+    (lambda s: s.replace('tasks = ["mnli"]', 'tasks = ["mnli", "mrpc"]'), "takes 1 tasks, got 2"),
+    (lambda s: s.replace('tasks = ["xcopa", "tatoeba"]', 'tasks = ["xcopa", "siqa"]'), "'siqa' is not a target"),
+    (lambda s: s.replace('tatoeba = ["de", "sw"]', 'tatoeba = ["de", "xx"]'), "unknown language code 'xx'"),
+    (lambda s: s.replace('xcopa = ["sw", "it"]', 'xcopa = ["sw", "fr"]'), "no language 'fr'"),
+    (lambda s: s.replace('xcopa = ["sw", "it"]', 'udpos = ["de"]'), "not a target of the study"),
+    (lambda s: s.replace('name = "mnli"', 'name = "mrpc"'), "must be unique"),
+    (lambda s: s.replace("max_eval_examples = 8", "max_eval_examples = 8\nbogus = 1"), "unknown keys bogus"),
+    (lambda s: s.replace('quant = "none"', 'quant = "int4"'), "unknown quant"),
+    (lambda s: s.replace("[study]", "[study\n"), "not valid TOML"),
+    (lambda s: s.replace('name = "tiny"\n', ""), "needs a name"),
+])
+def test_bad_configs(tmp_path, edit, message):
+    with pytest.raises(AdaptertxError, match=message):
+        load_study(write(tmp_path, edit(STUDY.format(model="me5-small"))))
+
+
+def test_shipped_configs_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    studies = {p.stem: load_study(p) for p in sorted(root.glob("*.toml"))}
+    assert {"offline-default", "paper-gpu"} <= set(studies)
+    offline = studies["offline-default"]
+    assert offline.model == "me5-small" and {c.method for c in offline.configs} >= {
+        "none", "single", "average", "fusion", "multitask"}
+    paper = studies["paper-gpu"]
+    assert {"xnli", "xcopa", "udpos", "panx", "xquad", "mlqa", "tydiqa", "tatoeba", "lareqa", "mewsli_x"} <= set(
+        paper.targets)
