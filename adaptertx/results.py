@@ -43,14 +43,14 @@ def now() -> str:
 
 def _lines(path: Path) -> list[dict]:
     records = []
-    with open(path, encoding="utf-8") as f:
-        raw = f.read().split("\n")
+    with open(path, "rb") as f:  # bytes: a torn line may end inside a UTF-8 character
+        raw = f.read().split(b"\n")
     for n, line in enumerate(raw, 1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
             if n == len(raw) or (n == len(raw) - 1 and not raw[-1]):
                 log.warning("%s: ignoring a torn last line (an interrupted write); that cell runs again", path)
                 continue
@@ -105,14 +105,19 @@ class ResultsStore:
             self._append(self.header)
 
     def _repair_tail(self) -> None:
-        """End the file with a newline, so a torn last line never glues onto the next record."""
+        """Drop a torn last line (reading ignored it) and end the file with a newline, so the
+        next record starts a line of its own and the torn one never ends up mid-file."""
         with open(self.path, "rb+") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
+            body = f.read()
+            if not body or body.endswith(b"\n"):
                 return
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
+            start = body.rfind(b"\n") + 1
+            try:
+                json.loads(body[start:])
+            except ValueError:
+                f.truncate(start)
+                return
+            f.write(b"\n")
 
     def _append(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
