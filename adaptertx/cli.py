@@ -274,6 +274,8 @@ def runs_cmd(root: str) -> None:
 @click.option("--langs", help="Comma-separated languages (default: every language with data).")
 @click.option("--data-file", "data_files", multiple=True,
               help="LANG=PATH: your own test file in the target's public release format (repeatable).")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
+              help="A folder of your own test files named LANG.<ext> (one per language).")
 @click.option("--epochs", default=2, show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
@@ -285,8 +287,8 @@ def runs_cmd(root: str) -> None:
               help="Target run folder (a finished one is reused, an interrupted one resumed).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result here as JSON.")
 @_clear_errors
-def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, langs, data_files, epochs, batch_size,
-                 lr, max_length, max_examples, max_eval_examples, seed, out, json_out) -> None:
+def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, langs, data_files, data_dir, epochs,
+                 batch_size, lr, max_length, max_examples, max_eval_examples, seed, out, json_out) -> None:
     """Train TARGET's adapter on English over an intermediate configuration, then score it
     zero-shot on every language (retrieval targets: encode and score directly)."""
     from adaptertx.evaluate import EvalConfig, evaluate, fusion_of, load_intermediate
@@ -298,6 +300,13 @@ def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, 
         if not sep or not lang or not path:
             raise click.UsageError(f"--data-file takes LANG=PATH, got {item!r}")
         files.append((lang.strip(), path.strip()))
+    if data_dir:
+        from pathlib import Path
+
+        found = sorted(p for p in Path(data_dir).iterdir() if p.is_file() and not p.name.startswith("."))
+        if not found:
+            raise click.UsageError(f"--data-dir {data_dir} holds no files")
+        files += [(p.name.split(".")[0], str(p)) for p in found]
     if fusion_runs and intermediate != "none":
         raise click.UsageError("give either --intermediate or --fusion")
     inter = fusion_of(_csv(fusion_runs)) if fusion_runs else load_intermediate(intermediate)

@@ -175,3 +175,28 @@ def test_bad_input(runs, tiny_xlmr_dir, tmp_path):
     (other / "run.json").write_text(json.dumps(dict(body, fingerprint="0123456789abcdef")))
     with pytest.raises(AdaptertxError, match="another base"):
         build_target_model(tiny("xcopa", tiny_xlmr_dir), load_intermediate(other), get_task("copa"))
+
+
+def test_cli_evaluate_with_own_files(runs, tiny_xlmr_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from adaptertx.cli import main
+
+    own = tmp_path / "own"
+    own.mkdir()
+    lines = [json.dumps({"premise": f"Mtu {i} alianguka.", "choice1": "Alijikwaa.", "choice2": "Alicheka.",
+                         "question": "cause", "label": 0, "idx": i}) for i in range(6)]
+    (own / "sw.jsonl").write_text("\n".join(lines) + "\n")
+    args = ["evaluate", "xcopa", "--model", tiny_xlmr_dir, "--quant", "none", "--intermediate", str(runs["mrpc"]),
+            "--epochs", "1", "--batch-size", "4", "--max-examples", "8", "--max-length", "48",
+            "--out", str(tmp_path / "cell"), "--json", str(tmp_path / "cell.json")]
+    result = CliRunner().invoke(main, args + ["--data-dir", str(own), "--langs", "sw"])
+    assert result.exit_code == 0, result.output
+    assert "sw*" in result.output and str(own / "sw.jsonl") in result.output
+    record = json.loads((tmp_path / "cell.json").read_text())
+    assert record["languages"]["sw"]["n"] == 6 and record["languages"]["sw"]["split"] == "file"
+    bad = CliRunner().invoke(main, args + ["--data-file", "sw"])
+    assert bad.exit_code == 2 and "LANG=PATH" in bad.output
+    unknown = CliRunner().invoke(main, ["evaluate", "xcopa", "--intermediate", str(tmp_path / "nowhere"),
+                                        "--out", str(tmp_path / "x")])
+    assert unknown.exit_code == 1 and "no such folder" in unknown.output
