@@ -200,3 +200,36 @@ def test_cli_evaluate_with_own_files(runs, tiny_xlmr_dir, tmp_path):
     unknown = CliRunner().invoke(main, ["evaluate", "xcopa", "--intermediate", str(tmp_path / "nowhere"),
                                         "--out", str(tmp_path / "x")])
     assert unknown.exit_code == 1 and "no such folder" in unknown.output
+
+
+def _text(row):
+    if "tokens" in row:
+        return " ".join(row["tokens"])
+    return row.get("text_a") or row.get("context") or ""
+
+
+TRAINED_TARGETS = ["xnli", "xcopa", "udpos", "panx", "xquad", "mlqa", "tydiqa", "masakhaner", "pawsx"]
+
+
+@pytest.mark.parametrize("target", TRAINED_TARGETS)
+def test_no_training_item_or_its_translation_is_evaluated(target):
+    """What a target trains and selects on (its English source's train and validation splits)
+    shares no item with what it is scored on, in any language, by item id where the source is
+    the same parallel dataset; and no English training text is an English test row. (UD English
+    dev and test share a few sentences of their own; dev only picks the best epoch.)"""
+    from adaptertx.train import _english_splits
+
+    task = get_task(target)
+    source = get_task(task.english_train)
+    train_rows, dev_rows, _ = _english_splits(source, None)
+    seen = train_rows + dev_rows
+    langs = ("en", "de", "mr", "wo") if target == "udpos" else None
+    sets, _ = _eval_sets(task, EvalConfig(target, languages=langs))
+    assert sets
+    seen_ids = {r["id"] for r in seen}
+    seen_text = {_text(r) for r in train_rows if len(_text(r).split()) >= 8}
+    for lang, (rows, _, _) in sets.items():
+        if source.bundled == task.bundled and task.bundled in ("xnli", "pawsx", "xquad"):  # parallel: ids are items
+            assert not seen_ids & {r["id"] for r in rows}, lang
+        if lang == "en":
+            assert not seen_text & {_text(r) for r in rows}, lang

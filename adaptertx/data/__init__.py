@@ -137,6 +137,9 @@ def _build_splits(dataset: str, lang: str, root: Path, files: dict) -> dict[str,
                 add(_splits.intermediate_split(dataset, ex["id"]), ex)
     elif dataset in _PARALLEL:
         key = _splits.parallel_key(dataset)
+        if dataset == "pawsx":  # items sharing an English sentence stay in one split
+            groups = _pawsx_groups(str(root))
+            key = lambda ex: groups.get(ex["id"], ex["id"])  # noqa: E731
         for rows in released.values():
             for ex in rows:
                 split = _splits.parallel_split(dataset, key(ex), lang)
@@ -161,6 +164,18 @@ def _build_splits(dataset: str, lang: str, root: Path, files: dict) -> dict[str,
         if len(set(ids)) != len(ids):
             raise AdaptertxError(f"{dataset}/{lang}/{split}: duplicate example ids in the bundled data")
     return {s: out[s] for s in _splits.SPLITS if s in out}
+
+
+@lru_cache(maxsize=2)
+def _pawsx_groups(root: str) -> dict[str, str]:
+    """PAWS-X item id → the group of English items sharing a sentence with it."""
+    rows = []
+    for orig, entry in _manifest(root)["datasets"]["pawsx"]["files"]["en"].items():
+        parsed = _parse(Path(root), entry)
+        if entry["fmt"] in _NUMBERED:
+            parsed = [dict(ex, id=f"{orig}-{ex['id']}") for ex in parsed]
+        rows += parsed
+    return _splits.sentence_groups(rows)
 
 
 @lru_cache(maxsize=32)

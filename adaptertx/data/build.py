@@ -219,8 +219,9 @@ All hashing is `sha256("<dataset>:<key>")`, first 8 bytes as an integer, mod 100
 * **xcopa**: released val → validation, test → test. Question = the English template
   ("What was the cause?" / "What happened as a result?") in every language.
 * **xnli, pawsx, xquad** (translations of the same English items; leakage rule): key = the
-  item (xnli/pawsx: `dev-<row>`, the same row in every language; xquad: the article title,
-  so articles stay whole). bucket < 30 → **English train only** (these items appear in no
+  item (xnli: `dev-<row>`, the same row in every language; pawsx: the group of rows whose
+  English pairs share a sentence, since PAWS reuses sentences across pairs; xquad: the article
+  title, so articles stay whole). bucket < 30 → **English train only** (these items appear in no
   other language's splits), 30–39 → validation, ≥ 40 → test, in every language. Every
   language's test holds exactly the same items, none of which is in English train.
 * **mlqa**: the English dev set is offered whole as `train` (an English QA source for

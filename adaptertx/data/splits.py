@@ -57,6 +57,32 @@ def carve_split(dataset: str, key: str) -> str:
     return "train" if bucket(dataset, key) < CARVE_TRAIN else "validation"
 
 
+def sentence_groups(rows: list[dict], fields: tuple[str, ...] = ("text_a", "text_b")) -> dict[str, str]:
+    """Item id → group key, where items that share a sentence (in any of ``fields``) are one
+    group (connected components; the key is the group's smallest id). PAWS reuses a sentence
+    in several pairs, so splitting its items by id alone would put a test pair's sentence in
+    training."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent.setdefault(root, root) != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for ex in rows:
+        for f in fields:
+            a, b = find("id:" + ex["id"]), find("text:" + ex[f])
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    groups: dict[str, list[str]] = {}
+    for ex in rows:
+        groups.setdefault(find("id:" + ex["id"]), []).append(ex["id"])
+    return {i: min(ids) for ids in groups.values() for i in ids}
+
+
 def parallel_key(dataset: str) -> Callable[[dict], str]:
     """The grouping key of a parallel dataset's example (xquad: article title)."""
     if dataset == "xquad":

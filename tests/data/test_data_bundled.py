@@ -22,7 +22,7 @@ SLOW = {("udpos", lang) for lang in ("de", "ru", "en", "es", "fr", "it", "ro", "
 EXPECTED = [
     ("xnli", "en", {"train": 735, "validation": 232, "test": 1523}),
     ("xnli", "sw", {"validation": 232, "test": 1523}),
-    ("pawsx", "de", {"validation": 191, "test": 1186}),
+    ("pawsx", "de", {"validation": 190, "test": 1198}),
     ("xquad", "th", {"validation": 115, "test": 779}),
     ("xcopa", "qu", {"validation": 100, "test": 500}),
     ("xcopa", "ht", {"validation": 100, "test": 500}),
@@ -216,3 +216,19 @@ def test_bucc_gold_ids_exist():
     assert all(s in b.source and t in b.target for s, t in b.gold)
     with pytest.raises(AdaptertxError, match="bucc has no language"):
         data.load_bucc("de")
+
+
+def test_sentence_groups_join_items_sharing_a_sentence():
+    from adaptertx.data.splits import sentence_groups
+
+    rows = [{"id": "d-1", "text_a": "A", "text_b": "B"}, {"id": "d-2", "text_a": "C", "text_b": "A"},
+            {"id": "d-3", "text_a": "D", "text_b": "E"}, {"id": "d-4", "text_a": "E", "text_b": "F"},
+            {"id": "d-5", "text_a": "G", "text_b": "H"}]
+    assert sentence_groups(rows) == {"d-1": "d-1", "d-2": "d-1", "d-3": "d-3", "d-4": "d-3", "d-5": "d-5"}
+
+
+def test_pawsx_test_pairs_share_no_sentence_with_english_train():
+    train = data.load("pawsx", "en", "train")
+    seen = {ex["text_a"] for ex in train} | {ex["text_b"] for ex in train}
+    test = data.load("pawsx", "en", "test") + data.load("pawsx", "en", "validation")
+    assert not [ex["id"] for ex in test if ex["text_a"] in seen or ex["text_b"] in seen]
