@@ -498,14 +498,25 @@ def summarize_runs(root: str | Path) -> list[dict]:
         raise AdaptertxError(f"no runs in {root}: expected run folders holding run.json")
     rows = []
     for f in files:
-        run = json.loads(f.read_text())
-        task = get_task(run["config"]["task"])
-        key = PRIMARY[task.metric]
-        rows.append({
-            "run": f.parent.name, "task": task.name, "status": run["status"], "steps": run.get("steps"),
-            "seconds": run.get("seconds"), "metric": key,
-            "validation": (run.get("validation") or {}).get(key),
-            "test": (run.get("test") or {}).get(key),
-            "baseline": run.get("test_majority_baseline"),
-        })
+        try:
+            run = json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise AdaptertxError(f"{f} is not valid JSON ({e})") from None
+        config = run.get("config") or {}
+        if "task" in config:  # one task
+            names, per_task = [config["task"]], None
+        else:  # a joint multi-task run: one row per task
+            names, per_task = list(config.get("tasks") or []), True
+        for name in names:
+            task = get_task(name)
+            key = PRIMARY[task.metric]
+            validation = (run.get("validation") or {}).get(name) if per_task else run.get("validation")
+            test = (run.get("test") or {}).get(name) if per_task else run.get("test")
+            baseline = run.get("test_majority_baseline")
+            rows.append({
+                "run": f.parent.name + (f"[{name}]" if per_task else ""), "task": task.name, "status": run["status"],
+                "steps": run.get("steps"), "seconds": run.get("seconds"), "metric": key,
+                "validation": (validation or {}).get(key), "test": (test or {}).get(key),
+                "baseline": baseline.get(name) if isinstance(baseline, dict) else baseline,
+            })
     return rows

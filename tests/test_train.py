@@ -130,3 +130,20 @@ def test_lora_trains_on_the_int8_base(tmp_path, tiny_xlmr_dir):
     result = train(config(tmp_path, "mrpc", tiny_xlmr_dir, max_steps=2, adapter="lora"), progress=False)
     saved = load_file(str(result.out / "adapter" / "adapter.safetensors"))
     assert any("lora_A" in k for k in saved)
+
+
+def test_summarize_runs_lists_each_task_of_a_multitask_run(tmp_path):
+    import json
+
+    from adaptertx.train import summarize_runs
+
+    (tmp_path / "mt").mkdir()
+    (tmp_path / "mt" / "run.json").write_text(json.dumps({
+        "method": "multitask", "status": "finished", "steps": 30, "seconds": 12.0,
+        "config": {"tasks": ["siqa", "mrpc"]},
+        "validation": {"siqa": {"accuracy": 40.5}, "mrpc": {"accuracy": 68.0}},
+        "test": {"siqa": {"accuracy": 38.0}, "mrpc": {"accuracy": 65.0}},
+        "test_majority_baseline": {"siqa": 33.9, "mrpc": 66.5}}))
+    rows = summarize_runs(tmp_path)
+    assert [(r["run"], r["task"], r["validation"], r["test"], r["baseline"]) for r in rows] == [
+        ("mt[siqa]", "siqa", 40.5, 38.0, 33.9), ("mt[mrpc]", "mrpc", 68.0, 65.0, 66.5)]
