@@ -405,6 +405,9 @@ def build_target_model(config: EvalConfig, inter: Intermediate, train_task: Task
     if block is not None:
         model.active_adapters = Stack(block, TARGET_NAME)
     if isinstance(block, Fuse):
+        from adaptertx.fusion import fast_fusion_attention
+
+        fast_fusion_attention(model)
         for name, p in model.named_parameters():
             if "adapter_fusion_layer" in name:
                 p.requires_grad_(True)

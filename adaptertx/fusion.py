@@ -196,3 +196,64 @@ def enable_fused_fusion(model: nn.Module, setup) -> FusedFusion:
     handle = FusedFusion(model, setup)
     log.debug("fused AdapterFusion %s on %d layers", handle.block.name, handle.layers)
     return handle
+
+
+# ------------------------------------------------------------------------------ fusion attention
+
+
+def _tokens_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear`` over the last dim of ``x`` (B, T, N, D) as one 2-D GEMM. ``nn.Linear`` on this
+    4-D input can fall back to a batched product that copies the weight B·T times."""
+    flat = x.reshape(-1, x.shape[-1])
+    return linear(flat).view(*x.shape[:-1], -1)
+
+
+def _fusion_attention_forward(self, query, key, value, residual, output_attentions: bool = False):
+    """``adapters``' ``BertFusion.forward`` with the two per-token matrix products (query·keys
+    over N adapters, probabilities·values) as broadcast products summed in fp32.
+
+    The library's key and value projections of (B, T, N, D) inputs can run as a batched product
+    that copies the (D, D) weight B·T times (under bf16 autocast on CPU, ~25x the cost of the
+    rest of the model); here they are one 2-D GEMM each, and the per-token products over the N
+    adapters are broadcast products summed in fp32. Shapes: query, residual (B, T, D); key,
+    value (B, T, N, D).
+    """
+    from torch import nn as _nn
+
+    if self.config["residual_before"]:
+        value = value + residual[:, :, None, :]
+    query_layer = self.query(query) if self.config["query"] else query
+    key_layer = _tokens_linear(self.key, key) if self.config["key"] else key
+    if self.config["value"] and self.config["value_before_softmax"]:
+        value_layer = _tokens_linear(self.value, value)
+    else:
+        value_layer = value
+    scores = (query_layer.unsqueeze(2).float() * key_layer.float()).sum(-1)  # (B, T, N)
+    scores = self.dropout(scores)
+    probs = _nn.Softmax(dim=-1)(scores / self.T)
+    self.T = max(self.T - self.reduction, 1.0)
+    context = (probs.unsqueeze(-1) * value_layer.float()).sum(2).to(value_layer.dtype)  # (B, T, D)
+    if self.config["value"] and not self.config["value_before_softmax"]:
+        context = self.value(context)
+    if not self.config["residual_before"]:
+        context = context + residual
+    if output_attentions:
+        return context, probs.detach().cpu().numpy()
+    return context
+
+
+def fast_fusion_attention(model: nn.Module) -> int:
+    """Give every AdapterFusion layer of ``model`` :func:`_fusion_attention_forward` (same
+    computation as the library's, see its doc); returns how many layers were changed.
+    Training and inference both use it; adapters added later keep the library's forward."""
+    from adapters.methods.modeling import BertFusion
+
+    import types
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, BertFusion) and getattr(module, "_adaptertx_fast", False) is False:
+            module.forward = types.MethodType(_fusion_attention_forward, module)
+            module._adaptertx_fast = True
+            changed += 1
+    return changed

@@ -537,6 +537,9 @@ def merge_fusion(inputs, out, options, overwrite, *, resume: bool = False) -> Me
                                  f"trained on ({inputs[0].fingerprint})")
         torch.manual_seed(cfg.adapter_seed)
         model.add_adapter_fusion(fuse, config=options.fusion_config)
+        from adaptertx.fusion import fast_fusion_attention
+
+        fast_fusion_attention(model)
         add_head(model, task_, head)
         model.train_adapter_fusion(fuse)
         for p in model.heads[head].parameters():

@@ -183,3 +183,63 @@ def test_fused_path_refuses_what_it_cannot_run(fusion_model):
         enable_fused_fusion(fusion_model, Fuse("a", "c"))
     with pytest.raises(AdaptertxError, match="needs a Fuse"):
         enable_fused_fusion(fusion_model, Stack("a", "b"))
+
+
+@pytest.fixture(scope="module")
+def stacked_fusion(tiny_xlmr_dir):
+    """Stack(Fuse(a, b, c), t) on a tiny model, random adapter and fusion weights, in train mode."""
+    from adapters import AutoAdapterModel
+    from adapters.composition import Fuse, Stack
+
+    logging.getLogger("adapters").setLevel(logging.ERROR)
+    model = AutoAdapterModel.from_pretrained(tiny_xlmr_dir)
+    for n in ("a", "b", "c", "t"):
+        model.add_adapter(n, config="seq_bn")
+    model.add_adapter_fusion(Fuse("a", "b", "c"), config={"temperature": True, "query": True, "key": True,
+                                                          "value": True, "value_before_softmax": True,
+                                                          "residual_before": False, "value_initialized": False,
+                                                          "regularization": False, "dropout_prob": 0.0,
+                                                          "query_before_ln": False})
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "adapter" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+    model.set_active_adapters(Stack(Fuse("a", "b", "c"), "t"))
+    return model
+
+
+def _forward_and_grads(model, autocast=False):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model.base_model(input_ids=IDS, attention_mask=MASK).last_hidden_state
+    out.float().pow(2).mean().backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
+             if p.grad is not None and "adapter_fusion_layer" in n}
+    temps = [m.T for m in model.modules() if type(m).__name__ == "BertFusion"]
+    return out.detach().float(), grads, temps
+
+
+def test_fast_fusion_attention_equals_the_library_forward_and_backward(stacked_fusion):
+    import copy
+
+    from adaptertx.fusion import fast_fusion_attention
+
+    library_model = copy.deepcopy(stacked_fusion)
+    fast_model = copy.deepcopy(stacked_fusion)
+    assert fast_fusion_attention(fast_model) == fast_model.config.num_hidden_layers
+    ref_out, ref_grads, ref_t = _forward_and_grads(library_model)
+    out, grads, t = _forward_and_grads(fast_model)
+    assert torch.allclose(out, ref_out, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys() and grads
+    for n in grads:
+        assert torch.allclose(grads[n], ref_grads[n], atol=1e-5, rtol=1e-4), n
+    assert t == ref_t and t[0] < 50.0  # the temperature anneals the same way
+
+    # bf16 autocast: error against fp32 at most twice the library's own bf16 error.
+    lib16, _, _ = _forward_and_grads(copy.deepcopy(stacked_fusion), autocast=True)
+    fast16_model = copy.deepcopy(stacked_fusion)
+    fast_fusion_attention(fast16_model)
+    fast16, _, _ = _forward_and_grads(fast16_model, autocast=True)
+    ref32, _, _ = _forward_and_grads(copy.deepcopy(stacked_fusion))
+    assert (fast16 - ref32).abs().max() <= 2 * (lib16 - ref32).abs().max() + 1e-6
