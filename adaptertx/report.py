@@ -269,12 +269,24 @@ def verdict(report: Report) -> str:
                      f"{o['targets']} target(s); its 95% interval lies above zero on {sig_pos}, below zero on "
                      f"{sig_neg}, and includes zero on {len(rows) - sig_pos - sig_neg}.")
     won = best["delta"] > 0
+    best_rows = [c for c in per if c.a == best["config"]]
+    above = sum(1 for c in best_rows if c.low is not None and c.low > 0)
+    below = sum(1 for c in best_rows if c.high is not None and c.high < 0)
+    if above and not below:
+        strength = f"Its 95% interval lies above zero on {above} of {len(best_rows)} target(s)."
+    elif below and not above:
+        strength = f"Its 95% interval lies below zero on {below} of {len(best_rows)} target(s)."
+    elif not above and not below:
+        strength = ("Every one of its 95% intervals includes zero: at this budget the difference is within the "
+                    "noise of the test sets.")
+    else:
+        strength = f"Its 95% interval lies above zero on {above} and below zero on {below} target(s): mixed."
     per_target = "; ".join(f"{t}: vs {b} {d:+.1f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if lo is not None else "")
                            for t, (b, d, lo, hi) in best["per_target"].items())
     head = (f"**Multi-task {'beat' if won else 'did not beat'} the best single task on low-resource languages in "
             f"this run.** The strongest multi-task configuration, `{best['config']}` ({best['method']}), is "
             f"{best['delta']:+.1f} points {'above' if won else 'relative to'} the best single task per target, "
-            f"averaged over {best['targets']} target(s) ({per_target}).")
+            f"averaged over {best['targets']} target(s) ({per_target}). {strength}")
     return head + "\n\n" + "\n".join(lines)
 
 
