@@ -280,7 +280,11 @@ def _subset(rows: list[dict], limit: int | None) -> list[dict]:
 
 
 def _eval_sets(task: Task, config: EvalConfig) -> tuple[dict[str, tuple[list[dict], str, str]], dict[str, str]]:
-    """``{lang: (rows, split, source)}`` to evaluate and ``{lang: why not}`` for the rest."""
+    """``{lang: (rows, split, source)}`` to evaluate and ``{lang: why not}`` for the rest.
+
+    ``source`` is ``"bundled"``, the user's file, or ``"hub:<dataset>/<config>"`` for a language
+    the bundled data lacks, loaded from the Hub when it is reachable.
+    """
     own = {}
     for lang, path in config.data_files:
         try:
@@ -294,6 +298,18 @@ def _eval_sets(task: Task, config: EvalConfig) -> tuple[dict[str, tuple[list[dic
         wanted = list(dict.fromkeys([*task.languages, *own]))
     sets, missing = {}, {}
     hub = task.hub.dataset or task.hub.note
+    from adaptertx.data.remote import hub_source, load_remote, remote_splits
+    from adaptertx.models import hub_reachable
+
+    reachable: list[bool] = []  # asked once, when a language first needs the Hub
+
+    def _remote_ok(task: Task) -> bool:
+        if not task.hub.dataset or not remote_splits(task.name):
+            return False
+        if not reachable:
+            reachable.append(hub_reachable())
+        return reachable[0]
+
     for lang in wanted:
         if lang in own:
             code = lang
@@ -317,6 +333,17 @@ def _eval_sets(task: Task, config: EvalConfig) -> tuple[dict[str, tuple[list[dic
         split = "test" if "test" in splits else "validation" if "validation" in splits else None
         if task.name == "tydiqa" and code == "en":
             split = "test"
+        if split is None and _remote_ok(task):
+            remote = remote_splits(task.name)
+            split = "test" if "test" in remote else "validation" if "validation" in remote else None
+            if split is not None:
+                try:
+                    rows = load_remote(task.name, code, split)
+                except AdaptertxError as e:
+                    missing[code] = str(e)
+                    continue
+                sets[code] = (_subset(rows, config.max_eval_examples), split, f"hub:{hub_source(task.name, code)}")
+                continue
         if split is None:
             where = f"the Hub ({hub})" if task.hub.dataset else (hub or "the public release")
             missing[code] = (f"no bundled {task.name} data for {code}" if task.bundled else

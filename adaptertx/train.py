@@ -121,20 +121,31 @@ class RunResult:
 def _english_splits(task: Task, limit: int | None) -> tuple[list[dict], list[dict], list[dict] | None]:
     """The English train, validation and test examples of ``task``'s bundled data.
 
-    A task without an English validation split gets one carved from its training split (a
-    fixed 10%); one without an English test split gets ``None``. ``limit`` keeps the first
-    ``limit`` examples of each split in a fixed shuffled order.
+    A task without bundled data is loaded from the Hub when it is reachable
+    (:func:`adaptertx.data.remote.load_remote`). A task without an English validation split
+    gets one carved from its training split (a fixed 10%); one without an English test split
+    gets ``None``. ``limit`` keeps the first ``limit`` examples of each split in a fixed
+    shuffled order.
     """
     if not task.bundled:
-        raise AdaptertxError(f"task {task.name!r} has no bundled English data; "
-                             f"{task.hub.note or 'it is on the Hub: ' + str(task.hub.dataset)}")
-    splits = data.available(task.bundled)[task.bundled].get("en", {})
+        from adaptertx.data.remote import load_remote, remote_splits
+        from adaptertx.models import hub_reachable
+
+        if not task.hub.dataset or "train" not in remote_splits(task.name):
+            raise AdaptertxError(f"task {task.name!r} has no bundled English data; "
+                                 f"{task.hub.note or 'adaptertx reads no training split of ' + str(task.hub.dataset)}")
+        if not hub_reachable():
+            raise AdaptertxError(f"task {task.name!r} has no bundled English data and the Hub, where it is "
+                                 f"({task.hub.dataset}), is unreachable")
+        splits = dict.fromkeys(s for s in remote_splits(task.name) if s in ("train", "validation"))
+    else:
+        splits = data.available(task.bundled)[task.bundled].get("en", {})
     if "train" not in splits:
         raise AdaptertxError(f"task {task.name!r} has no English training data (English splits: "
                              f"{', '.join(splits) or 'none'})")
 
     def rows(split: str) -> list[dict]:
-        out = data.load(task.bundled, "en", split)
+        out = data.load(task.bundled, "en", split) if task.bundled else load_remote(task.name, "en", split)
         if not out:
             raise AdaptertxError(f"task {task.name!r}: the English {split!r} split is empty")
         return out

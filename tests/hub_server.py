@@ -14,6 +14,18 @@ Routes (``{repo}`` is ``owner/name``; revisions arrive URL-quoted)::
     POST /api/models/{repo}/commit/{rev}[?create_pr=1]  NDJSON: header, file (base64), lfsFile, deleted*
     GET  /api/models/{repo}[/revision/{rev}]            repository info (id, sha, siblings)
 
+Dataset repositories (added with :meth:`HubServer.add_dataset`) are served read-only, the way
+``datasets.load_dataset`` resolves and downloads them through ``huggingface_hub`` (``{rev}`` is a
+branch or a commit sha)::
+
+    GET  /api/datasets/{repo}[/revision/{rev}]          repository info (id, sha, siblings, cardData)
+    GET  /api/datasets/{repo}/tree/{rev}[/{path}]       listing (``?recursive=true``): type, path, oid, size
+    POST /api/datasets/{repo}/paths-info/{rev}          form ``paths=...``: the same entries for given paths
+    HEAD /datasets/{repo}/resolve/{rev}/{path}          ETag, X-Repo-Commit, Content-Length (404 EntryNotFound)
+    GET  /datasets/{repo}/resolve/{rev}/{path}          the file's bytes (``Range`` honoured)
+
+Dataset reads need no token, like public repositories on the Hub.
+
 Every route except the storage PUT needs ``Authorization: Bearer <token>``. Files named like
 weights (``*.safetensors``, ``*.bin``, ...) or holding NUL bytes go through LFS, as the Hub's
 default ``.gitattributes`` sends them. The preupload answer carries the oid of the file already on
@@ -60,6 +72,13 @@ class Repo:
     pull_requests: list[str] = field(default_factory=list)
 
 
+@dataclass
+class DatasetRepo:
+    repo_id: str
+    sha: str
+    files: dict[str, bytes]
+
+
 class HubError(Exception):
     def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
@@ -78,6 +97,7 @@ class HubServer:
         self.unknown: list[tuple[str, str]] = []
         self.validated_cards: list[str] = []
         self.fail_commits = 0
+        self.datasets: dict[str, DatasetRepo] = {}
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -100,6 +120,9 @@ class HubServer:
 
             def do_PUT(self) -> None:
                 hub._serve(self, "PUT")
+
+            def do_HEAD(self) -> None:
+                hub._serve(self, "HEAD")
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
@@ -158,6 +181,9 @@ class HubServer:
         body = self._body(handler) if method in ("POST", "PUT") else b""
         with self._lock:
             self.requests.append((method, split.path, auth))
+            if self._is_dataset_route(parts):
+                self._serve_dataset(handler, method, parts, query, body)
+                return
             try:
                 if method != "PUT" and auth != f"Bearer {self.token}":
                     raise HubError(401, "Invalid username or password.")
@@ -336,3 +362,141 @@ class HubServer:
                              "operations": [line["key"] for line in lines[1:]]})
         return 200, {"commitUrl": f"{self.url}/{repo.repo_id}/commit/{oid}", "commitOid": oid,
                      "pullRequestUrl": pr_url}
+
+    # ---------------------------------------------------------------- dataset repositories (read-only)
+
+    def add_dataset(self, repo_id: str, files: dict[str, bytes]) -> str:
+        """Publish a dataset repository holding ``files`` (path -> bytes) as one commit; returns its sha."""
+        sha = hashlib.sha1(json.dumps([repo_id, sorted((p, git_blob_sha1(d)) for p, d in files.items())])
+                           .encode()).hexdigest()
+        with self._lock:
+            self.datasets[repo_id] = DatasetRepo(repo_id, sha, dict(files))
+        return sha
+
+    @staticmethod
+    def _is_dataset_route(parts: list[str]) -> bool:
+        return (len(parts) >= 4 and parts[:2] == ["api", "datasets"]) or (len(parts) >= 5 and parts[0] == "datasets"
+                                                                          and parts[3] == "resolve")
+
+    def _dataset(self, repo_id: str, rev: str) -> DatasetRepo:
+        repo = self.datasets.get(repo_id)
+        if repo is None:
+            raise HubError(404, "Repository not found", "RepoNotFound")
+        if rev not in ("main", repo.sha):
+            raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        return repo
+
+    def _entry(self, repo: DatasetRepo, path: str) -> dict:
+        if path in repo.files:
+            data = repo.files[path]
+            entry = {"type": "file", "path": path, "oid": git_blob_sha1(data), "size": len(data)}
+            if self._is_lfs(path, data[:512]) or path.endswith(".parquet"):
+                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+            return entry
+        return {"type": "directory", "path": path, "oid": git_blob_sha1(path.encode()), "size": 0}
+
+    def _listing(self, repo: DatasetRepo, folder: str, recursive: bool) -> list[dict]:
+        prefix = folder.strip("/") + "/" if folder.strip("/") else ""
+        if prefix and not any(p.startswith(prefix) for p in repo.files):
+            raise HubError(404, f"Entry not found: {folder}", "EntryNotFound")
+        seen: dict[str, dict] = {}
+        for path in sorted(repo.files):
+            if not path.startswith(prefix):
+                continue
+            rest = path[len(prefix):].split("/")
+            for depth in range(1, len(rest) + 1):
+                sub = prefix + "/".join(rest[:depth])
+                if sub not in seen:
+                    seen[sub] = self._entry(repo, sub)
+                if not recursive:
+                    break
+        return list(seen.values())
+
+    def _serve_dataset(self, handler: BaseHTTPRequestHandler, method: str, parts: list[str], query: dict,
+                       body: bytes) -> None:
+        try:
+            if parts[0] == "datasets":  # /datasets/{repo}/resolve/{rev}/{path}
+                if method not in ("GET", "HEAD"):
+                    raise HubError(405, f"{method} is not served on resolve")
+                repo = self._dataset("/".join(parts[1:3]), parts[4])
+                path = "/".join(parts[5:])
+                if path not in repo.files:
+                    raise HubError(404, f"Entry not found: {path}", "EntryNotFound")
+                self._send_file(handler, method, repo, path)
+                return
+            repo_id, rest = "/".join(parts[2:4]), parts[4:]
+            if method == "GET" and (rest == [] or (len(rest) == 2 and rest[0] == "revision")):
+                repo = self._dataset(repo_id, rest[1] if rest else "main")
+                self._send(handler, 200, self._dataset_info(repo))
+                return
+            if method == "GET" and len(rest) >= 2 and rest[0] == "tree":
+                repo = self._dataset(repo_id, rest[1])
+                recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
+                self._send_list(handler, self._listing(repo, "/".join(rest[2:]), recursive))
+                return
+            if method == "POST" and len(rest) == 2 and rest[0] == "paths-info":
+                repo = self._dataset(repo_id, rest[1])
+                form = parse_qs(body.decode())
+                paths = form.get("paths", [])
+                if not paths and body.strip().startswith(b"{"):
+                    paths = json.loads(body).get("paths", [])
+                entries = []
+                for path in paths:
+                    path = path.strip("/")
+                    if path in repo.files or any(p.startswith(path + "/") for p in repo.files):
+                        entries.append(self._entry(repo, path))
+                self._send_list(handler, entries)
+                return
+            self.unknown.append((method, "/".join(parts)))
+            raise HubError(404, f"no route {method} /{'/'.join(parts)}")
+        except HubError as e:
+            headers = {"X-Error-Code": e.code, "X-Error-Message": e.message} if e.code else {}
+            if method == "HEAD":
+                handler.send_response(e.status)
+                for key, value in headers.items():
+                    handler.send_header(key, value)
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+            else:
+                self._send(handler, e.status, {"error": e.message}, headers)
+
+    def _dataset_info(self, repo: DatasetRepo) -> dict:
+        card = {}
+        readme = repo.files.get("README.md", b"").decode()
+        if readme.startswith("---"):
+            card = yaml.safe_load(readme.split("---", 2)[1]) or {}
+        return {"id": repo.repo_id, "sha": repo.sha, "private": False, "gated": False, "disabled": False,
+                "downloads": 0, "likes": 0, "tags": [], "cardData": card,
+                "siblings": [{"rfilename": p} for p in sorted(repo.files)]}
+
+    @staticmethod
+    def _send_list(handler: BaseHTTPRequestHandler, body: list) -> None:
+        data = json.dumps(body).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _send_file(self, handler: BaseHTTPRequestHandler, method: str, repo: DatasetRepo, path: str) -> None:
+        data = repo.files[path]
+        etag = self._entry(repo, path).get("lfs", {}).get("oid") or git_blob_sha1(data)
+        status, chunk = 200, data
+        wanted = handler.headers.get("Range", "")
+        if wanted.startswith("bytes=") and method == "GET":
+            start, _, end = wanted[len("bytes="):].partition("-")
+            first = int(start) if start else max(0, len(data) - int(end))
+            last = int(end) if start and end else len(data) - 1
+            chunk = data[first:last + 1]
+            status = 206
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(len(chunk)))
+        handler.send_header("ETag", f'"{etag}"')
+        handler.send_header("X-Repo-Commit", repo.sha)
+        handler.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            handler.send_header("Content-Range", f"bytes {first}-{first + len(chunk) - 1}/{len(data)}")
+        handler.end_headers()
+        if method == "GET":
+            handler.wfile.write(chunk)
