@@ -203,9 +203,10 @@ class EvalConfig:
             if task.english_train is None:
                 raise AdaptertxError(f"target {task.name!r} has no English training data to fine-tune on")
             source = get_task(task.english_train)
-            if not source.bundled or "train" not in data.available(source.bundled)[source.bundled].get("en", {}):
+            bundled = bool(source.bundled) and "train" in data.available(source.bundled)[source.bundled].get("en", {})
+            if not bundled and source.hub.dataset is None:
                 raise AdaptertxError(f"target {task.name!r} trains on {source.name!r}, which has no English "
-                                     f"training data here")
+                                     f"training data here or on the Hub")
         if self.max_eval_examples is not None and self.max_eval_examples < 1:
             raise AdaptertxError("max_eval_examples must be at least 1")
         for lang, path in self.data_files:
@@ -229,7 +230,7 @@ class LanguageResult:
     Attributes:
         scores: the metric's scores in percent (e.g. ``{"accuracy"}``, ``{"f1", "exact_match"}``).
         n: test examples scored. low_resource: the registry's rule.
-        split, source: which split of which data (``bundled`` or a file path).
+        split, source: which split of which data (``bundled``, ``hub:<dataset>/<config>`` or a file path).
         stats: one row of counts per example (``None`` where the metric has none, e.g. BUCC F1).
         ids_sha: SHA-256 of the example ids in order (paired comparisons check it).
     """
