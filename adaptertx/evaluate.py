@@ -17,8 +17,8 @@ so the result saves and loads as a standard AdapterHub setup. A Fusion layer is 
 definition on a target task (Pfeiffer et al., 2021), so it is trained here together with the
 target adapter; a Fusion folder from ``adaptertx merge`` provides the starting weights.
 
-Retrieval targets (Tatoeba, BUCC) have no training: the intermediate adapter (if any) encodes
-directly. A Fusion has no meaning without a target task, so retrieval under a Fusion is
+Retrieval targets (Tatoeba, BUCC, LAReQA from XQuAD-R files) have no training: the
+intermediate adapter (if any) encodes directly. A Fusion has no meaning without a target task, so retrieval under a Fusion is
 reported as not applicable, never silently skipped.
 
 Every language's result holds its per-example counts (:func:`adaptertx.metrics.example_stats`),
