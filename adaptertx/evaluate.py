@@ -41,7 +41,7 @@ import torch
 from adaptertx import data
 from adaptertx.environment import versions
 from adaptertx.errors import AdaptertxError
-from adaptertx.languages import is_low_resource, normalize
+from adaptertx.languages import is_low_resource, normalize, normalize_or_keep
 from adaptertx.metrics import PRIMARY, example_stats, stats_score
 from adaptertx.tasks import Task, get_task
 
@@ -286,13 +286,7 @@ def _eval_sets(task: Task, config: EvalConfig) -> tuple[dict[str, tuple[list[dic
     ``source`` is ``"bundled"``, the user's file, or ``"hub:<dataset>/<config>"`` for a language
     the bundled data lacks, loaded from the Hub when it is reachable.
     """
-    own = {}
-    for lang, path in config.data_files:
-        try:
-            code = normalize(lang)
-        except AdaptertxError:
-            code = lang.lower()
-        own[code] = path
+    own = {normalize_or_keep(lang): path for lang, path in config.data_files}
     wanted = list(config.languages) if config.languages else None
     bundled = data.available(task.bundled)[task.bundled] if task.bundled else {}
     if wanted is None:
@@ -410,16 +404,12 @@ def _load_intermediate(model, inter: Intermediate):
 def build_target_model(config: EvalConfig, inter: Intermediate, train_task: Task):
     """The base with ``inter`` frozen and a new target adapter + head for ``train_task`` on
     top; only the target adapter, the head (and a Fusion layer) train."""
-    from adapters import AdapterConfig
     from adapters.composition import Fuse, Stack
 
-    from adaptertx.modeling import BuiltModel, add_head, load_base
+    from adaptertx.modeling import BuiltModel, add_head, adapter_config, load_base
     from adaptertx.models import fingerprint
 
-    try:
-        adapter_config = AdapterConfig.load(config.adapter)
-    except (ValueError, TypeError, KeyError, OSError):
-        raise AdaptertxError(f"unknown adapter config {config.adapter!r}") from None
+    adapter_cfg = adapter_config(config.adapter)
     model, tokenizer = load_base(config.model, config.quant)
     base_print = fingerprint(model.base_model)
     if inter.fingerprint is not None and inter.fingerprint != base_print:
@@ -427,7 +417,7 @@ def build_target_model(config: EvalConfig, inter: Intermediate, train_task: Task
                              f"another base (fingerprint {inter.fingerprint}) than {config.model!r} ({base_print})")
     block = _load_intermediate(model, inter)
     torch.manual_seed(config.adapter_seed)
-    model.add_adapter(TARGET_NAME, config=adapter_config)
+    model.add_adapter(TARGET_NAME, config=adapter_cfg)
     add_head(model, train_task, TARGET_NAME)
     model.train_adapter(TARGET_NAME)
     if block is not None:
@@ -569,16 +559,12 @@ def _evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, sta
         return EvalResult(task.name, task.metric, PRIMARY.get(task.metric, "f1"), {},
                           {code: why for code in langs}, _trace(config, inter, inter.fingerprint, None, start), [why])
     adapter = str(inter.adapters[0]) if inter.adapters else None
-    if inter.fingerprint is not None:
-        model, _ = load_model(config.model)
-        base_print = fingerprint(model)
-        if base_print != inter.fingerprint:
-            raise AdaptertxError(f"the intermediate adapter in {inter.source} was trained on another base "
-                                 f"(fingerprint {inter.fingerprint}) than {config.model!r} ({base_print})")
-    else:
-        model, _ = load_model(config.model)
-        base_print = fingerprint(model)
+    model, _ = load_model(config.model)
+    base_print = fingerprint(model)
     del model
+    if inter.fingerprint is not None and base_print != inter.fingerprint:
+        raise AdaptertxError(f"the intermediate adapter in {inter.source} was trained on another base "
+                             f"(fingerprint {inter.fingerprint}) than {config.model!r} ({base_print})")
     results, missing = {}, {}
     if task.name == "tatoeba":
         if config.data_files:
@@ -651,20 +637,12 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
     task = get_task("lareqa")
     own = {}
     for lang, path in config.data_files:
-        try:
-            code = normalize(lang)
-        except AdaptertxError:
-            code = lang.lower()
+        code = normalize_or_keep(lang)
         if code in own:
             raise AdaptertxError(f"two lareqa files for {code!r}: {own[code]} and {path}")
         own[code] = path
     if config.languages:
-        wanted = []
-        for lang in config.languages:
-            try:
-                wanted.append(normalize(lang))
-            except AdaptertxError:
-                wanted.append(lang.lower())
+        wanted = [normalize_or_keep(lang) for lang in config.languages]
     else:
         wanted = list(dict.fromkeys([*task.languages, *own]))
     missing = {code: (f"lareqa (XQuAD-R) is not bundled and the Hub copy ({task.hub.dataset}) has no "

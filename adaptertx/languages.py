@@ -45,6 +45,19 @@ def normalize(code: str) -> str:
     return getattr(lang, "alpha_2", None) or lang.alpha_3
 
 
+def normalize_or_keep(code: str) -> str:
+    """:func:`normalize` of ``code``, or ``code`` lowercased when no standard knows it (a
+    language of the user's own files).
+
+    >>> normalize_or_keep("deu"), normalize_or_keep("XX")
+    ('de', 'xx')
+    """
+    try:
+        return normalize(code)
+    except AdaptertxError:
+        return code.strip().lower()
+
+
 def name(code: str) -> str:
     """English name of a language code, e.g. ``name("sw") == "Swahili"``."""
     norm = normalize(code)

@@ -95,6 +95,16 @@ def add_head(model: PreTrainedModel, task: Task, name: str) -> None:
         check_trainable(task)
 
 
+def adapter_config(adapter: str):
+    """The ``adapters`` config called ``adapter`` (``seq_bn``, ``lora``, ...), or a clear error."""
+    from adapters import AdapterConfig
+
+    try:
+        return AdapterConfig.load(adapter)
+    except (ValueError, TypeError, KeyError, OSError):
+        raise AdaptertxError(f"unknown adapter config {adapter!r}; try seq_bn, double_seq_bn, par_bn, lora or ia3") from None
+
+
 def build_adapter_model(model_name: str, task: Task, *, adapter: str = "seq_bn", quant: str = "int8",
                         adapter_seed: int = 42) -> BuiltModel:
     """Load the base, add one adapter and one head for ``task``, and set up adapter training.
@@ -109,13 +119,8 @@ def build_adapter_model(model_name: str, task: Task, *, adapter: str = "seq_bn",
             (the default) gives every task adapter the same initialisation, which weight
             averaging needs.
     """
-    from adapters import AdapterConfig
-
     check_trainable(task)
-    try:
-        config = AdapterConfig.load(adapter)
-    except (ValueError, TypeError, KeyError, OSError):
-        raise AdaptertxError(f"unknown adapter config {adapter!r}; try seq_bn, double_seq_bn, par_bn, lora or ia3") from None
+    config = adapter_config(adapter)
     model, tokenizer = load_base(model_name, quant)
     name = task.name
     torch.manual_seed(adapter_seed)

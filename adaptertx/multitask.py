@@ -61,7 +61,8 @@ from tqdm.auto import tqdm
 from adaptertx.environment import versions
 from adaptertx.errors import AdaptertxError
 from adaptertx.io import atomic_dir, atomic_write_text
-from adaptertx.modeling import BuiltModel, add_head, check_trainable, load_base, load_trainable_state, trainable_state
+from adaptertx.modeling import (BuiltModel, add_head, adapter_config, check_trainable, load_base, load_trainable_state,
+                                trainable_state)
 from adaptertx.tasks import Task, get_task
 from adaptertx.train import (PRIMARY, TrainConfig, _append_log, _encode, _english_splits, _load_checkpoint, _lr_factor,
                              _save_checkpoint, _truncate_log, evaluate, majority_baseline)
@@ -281,16 +282,11 @@ def build_multitask_model(model_name: str, tasks: Sequence[Task], *, adapter: st
     weights as the single-task adapters of that seed. Then sets up adapter training (base
     frozen) and makes every head trainable.
     """
-    from adapters import AdapterConfig
-
     from adaptertx.models import fingerprint
 
     for task in tasks:
         check_trainable(task)
-    try:
-        config = AdapterConfig.load(adapter)
-    except (ValueError, TypeError, KeyError, OSError):
-        raise AdaptertxError(f"unknown adapter config {adapter!r}; try seq_bn, double_seq_bn, par_bn, lora or ia3") from None
+    config = adapter_config(adapter)
     model, tokenizer = load_base(model_name, quant)
     torch.manual_seed(adapter_seed)
     model.add_adapter(name, config=config)

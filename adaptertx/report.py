@@ -290,11 +290,28 @@ def verdict(report: Report) -> str:
     return head + "\n\n" + "\n".join(lines)
 
 
-def _plot_target(report: Report, t: str) -> bytes | None:
+def _pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    """``fig`` as PNG bytes (the figure is closed)."""
+    plt = _pyplot()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plot_target(report: Report, t: str) -> bytes | None:
+    plt = _pyplot()
 
     if report.baseline is None or report.baseline not in report.scores.get(t, {}):
         return None
@@ -321,18 +338,11 @@ def _plot_target(report: Report, t: str) -> bytes | None:
     ax.set_title(f"{t}: zero-shot gain per language")
     ax.legend(fontsize=7, loc="best")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def _plot_summary(report: Report) -> bytes | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     gains = [c for c in report.gains if c.group == "low"]
     if not gains:
@@ -355,11 +365,7 @@ def _plot_summary(report: Report) -> bytes | None:
     ax.set_title("Gain on low-resource languages by intermediate configuration")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def _trace_rows(report: Report) -> list[list[str]]:

@@ -431,12 +431,8 @@ def read_udpos_tsv(path) -> list[dict]:
 # ---------------------------------------------------------------- extractive QA
 
 
-def read_squad_json(path, check_spans: bool = True) -> list[dict]:
-    """SQuAD v1.1 json (XQuAD, MLQA, TyDiQA-GoldP): ``{"data": [{"title", "paragraphs":
-    [{"context", "qas": [{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}``.
-    Answer offsets must lie inside the context (and, with ``check_spans``, the text there
-    must equal the answer). Structure errors name the JSON path (``data[3].paragraphs[0]``)."""
-    what = "SQuAD v1.1 json"
+def _squad_articles(path, what: str) -> list:
+    """The ``data`` list of a SQuAD-style JSON file (clear errors for bad JSON or shape)."""
     text = _read_text(path, what)
     try:
         doc = json.loads(text)
@@ -444,8 +440,18 @@ def read_squad_json(path, check_spans: bool = True) -> list[dict]:
         raise _fail(path, e.lineno, f"invalid JSON ({e.msg}); expected {what}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise _fail(path, None, f"top level must be an object with a 'data' list ({what})")
+    return doc["data"]
+
+
+def read_squad_json(path, check_spans: bool = True) -> list[dict]:
+    """SQuAD v1.1 json (XQuAD, MLQA, TyDiQA-GoldP): ``{"data": [{"title", "paragraphs":
+    [{"context", "qas": [{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}``.
+    Answer offsets must lie inside the context (and, with ``check_spans``, the text there
+    must equal the answer). Structure errors name the JSON path (``data[3].paragraphs[0]``)."""
+    what = "SQuAD v1.1 json"
+    articles = _squad_articles(path, what)
     out = []
-    for ai, art in enumerate(doc["data"]):
+    for ai, art in enumerate(articles):
         where = f"data[{ai}]"
         if not isinstance(art, dict) or not isinstance(art.get("paragraphs"), list):
             raise _fail(path, None, f"{where}: expected an object with a 'paragraphs' list")
@@ -499,15 +505,9 @@ def read_xquadr_json(path) -> dict[str, list[dict]]:
     sentences are never guessed.
     """
     what = "XQuAD-R json (SQuAD v1.1 with 'sentences' and 'sentence_breaks' per paragraph)"
-    text = _read_text(path, what)
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _fail(path, e.lineno, f"invalid JSON ({e.msg}); expected {what}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise _fail(path, None, f"top level must be an object with a 'data' list ({what})")
+    articles = _squad_articles(path, what)
     candidates, questions = [], []
-    for ai, art in enumerate(doc["data"]):
+    for ai, art in enumerate(articles):
         where = f"data[{ai}]"
         if not isinstance(art, dict) or not isinstance(art.get("paragraphs"), list):
             raise _fail(path, None, f"{where}: expected an object with a 'paragraphs' list")

@@ -311,7 +311,7 @@ def tatoeba_files(data_dir: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
     ``.en`` English file works too). Returns {language code: (source file, English file)},
     codes normalised where :mod:`adaptertx.languages` knows them.
     """
-    from adaptertx.languages import normalize
+    from adaptertx.languages import normalize_or_keep
 
     root = Path(data_dir).expanduser()
     if not root.is_dir():
@@ -323,11 +323,7 @@ def tatoeba_files(data_dir: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
             m = _TATOEBA_SUFFIX.match(src.name)
             if src == eng or not m or m.group("lang") in ("eng", "en", "gold"):
                 continue
-            raw = m.group("lang")
-            try:
-                code = normalize(raw)
-            except AdaptertxError:
-                code = raw.lower()
+            code = normalize_or_keep(m.group("lang"))
             if code in found:
                 raise AdaptertxError(f"{root}: two file pairs for language {code!r}: {found[code][0].name} and {src.name}")
             found[code] = (src, eng)
@@ -368,7 +364,7 @@ def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: 
         backend, int8, batch_size, tokens_per_batch: see :class:`SentenceEncoder`.
     """
     from adaptertx import data
-    from adaptertx.languages import is_low_resource, normalize
+    from adaptertx.languages import is_low_resource, normalize_or_keep
     from adaptertx.tasks import get_task
 
     if max_pairs is not None and max_pairs < 1:
@@ -376,12 +372,7 @@ def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: 
     if data_dir is not None:
         files = tatoeba_files(data_dir)
         if langs:
-            wanted = []
-            for code in langs:
-                try:
-                    wanted.append(normalize(code))
-                except AdaptertxError:
-                    wanted.append(code.lower())
+            wanted = [normalize_or_keep(code) for code in langs]
             missing = [c for c in wanted if c not in files]
             if missing:
                 raise AdaptertxError(f"no pairs for {', '.join(missing)} in {data_dir}; found {', '.join(sorted(files))}")
@@ -435,7 +426,7 @@ class BuccScore:
 
 def _bucc_data(lang: str, data_dir: str | os.PathLike | None, split: str):
     from adaptertx import data
-    from adaptertx.languages import normalize
+    from adaptertx.languages import normalize_or_keep
 
     if data_dir is None:
         if split != "dev":
@@ -443,10 +434,7 @@ def _bucc_data(lang: str, data_dir: str | os.PathLike | None, split: str):
         return data.load_bucc(lang)
     root = Path(data_dir).expanduser()
     raw = lang.strip()
-    try:
-        code = normalize(raw)
-    except AdaptertxError:
-        code = raw.lower()
+    code = normalize_or_keep(raw)
     paths = {}
     for key, suffix in (("source", raw), ("target", "en"), ("gold", "gold")):
         candidates = [root / f"{name}-en.{split}.{suffix if key != 'source' else name}" for name in dict.fromkeys((raw, code))]
