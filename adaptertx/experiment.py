@@ -9,6 +9,7 @@ A study is a TOML file (see ``configs/``)::
     [targets]          tasks, the target training budget, max_eval_examples
     [targets.languages]   optional per-target language lists
     [targets.overrides.<target>]  optional per-target budget changes
+    [targets.data]        optional per-target folders of your own test files (as --data-dir)
 
 :func:`run_study` trains each intermediate task adapter once (``STUDY/intermediate/<task>``,
 adapter-init seed shared, so adapters average), builds the merged configurations
@@ -88,6 +89,9 @@ class Study:
         target_budget: target training; overrides: per-target changes to it.
         languages: per-target language lists (default: all the target has).
         max_eval_examples: at most this many test examples per language.
+        data: per-target folders of the user's own test files (``adaptertx evaluate
+            --data-dir``; relative paths from the directory the study runs in).
+        max_candidates: Mewsli-X's candidate pool limit (:class:`adaptertx.evaluate.EvalConfig`).
     """
 
     name: str
@@ -103,12 +107,17 @@ class Study:
     overrides: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
     languages: tuple[tuple[str, tuple[str, ...]], ...] = ()
     max_eval_examples: int | None = None
+    data: tuple[tuple[str, str], ...] = ()
+    max_candidates: int | None = None
     description: str = field(default="", compare=False)
 
     def study_hash(self) -> str:
         """A hash of everything that decides the results (not the description)."""
         body = dataclasses.asdict(self)
         body.pop("description")
+        for key in ("data", "max_candidates"):  # added later: unset, they leave older studies' hashes alone
+            if not body[key]:
+                body.pop(key)
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def intermediate_tasks(self) -> list[str]:
@@ -123,6 +132,13 @@ class Study:
     def languages_for(self, target: str) -> tuple[str, ...] | None:
         return dict(self.languages).get(target)
 
+    def data_files_for(self, target: str) -> tuple[tuple[str, str], ...]:
+        """The user's own test files of ``target`` (from its ``[targets.data]`` folder)."""
+        from adaptertx.evaluate import data_dir_files
+
+        folder = dict(self.data).get(target)
+        return data_dir_files(Path(folder).resolve()) if folder else ()
+
 
 # ------------------------------------------------------------------------------ loading a config
 
@@ -135,7 +151,8 @@ def _table(raw: dict, key: str, path: Path) -> dict:
 
 
 def _budget(raw: dict, where: str, base: Budget | None = None) -> Budget:
-    unknown = set(raw) - set(_BUDGET_KEYS) - {"tasks", "languages", "overrides", "max_eval_examples"}
+    unknown = set(raw) - set(_BUDGET_KEYS) - {"tasks", "languages", "overrides", "max_eval_examples", "data",
+                                              "max_candidates"}
     if unknown:
         raise AdaptertxError(f"{where}: unknown keys {', '.join(sorted(unknown))}; budget keys are {', '.join(_BUDGET_KEYS)}")
     values = {k: raw[k] for k in _BUDGET_KEYS if k in raw}
@@ -216,6 +233,14 @@ def load_study(path: str | os.PathLike) -> Study:
             raise AdaptertxError(f"{path}: [targets.languages] names {t!r}, which is not a target of the study")
         task = get_task(t)
         languages.append((t, tuple(task.check_language(code) for code in langs)))
+    data = []
+    for t, folder in _table(targets, "data", path).items():
+        if t not in target_names:
+            raise AdaptertxError(f"{path}: [targets.data] names {t!r}, which is not a target of the study")
+        if not isinstance(folder, str) or not Path(folder).is_dir():
+            raise AdaptertxError(f"{path}: [targets.data] {t} = {folder!r} is not a folder (relative paths are "
+                                 f"taken from the directory the study runs in)")
+        data.append((t, folder))
     target_budget = _budget(targets, f"{path}: [targets]")
     overrides = []
     for t, changes in _table(targets, "overrides", path).items():
@@ -236,7 +261,8 @@ def load_study(path: str | os.PathLike) -> Study:
                  intermediate=_budget({k: v for k, v in inter.items() if k != "tasks"}, f"{path}: [intermediate]"),
                  configs=tuple(configs), targets=target_names, target_budget=target_budget,
                  overrides=tuple(overrides), languages=tuple(languages),
-                 max_eval_examples=targets.get("max_eval_examples"), description=head.get("description", ""))
+                 max_eval_examples=targets.get("max_eval_examples"), data=tuple(data),
+                 max_candidates=targets.get("max_candidates"), description=head.get("description", ""))
 
 
 # ------------------------------------------------------------------------------ running it
@@ -361,7 +387,8 @@ def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
                                 languages=study.languages_for(target), epochs=b.epochs, batch_size=b.batch_size,
                                 lr=b.lr, max_length=b.max_length, max_examples=b.max_examples,
                                 max_eval_examples=study.max_eval_examples, seed=seed,
-                                adapter_seed=study.adapter_seed)
+                                adapter_seed=study.adapter_seed, data_files=study.data_files_for(target),
+                                max_candidates=study.max_candidates)
             result = evaluate(config, inter, out / "cells" / spec.name / target / f"seed{seed}", progress=progress)
         except KeyboardInterrupt:
             raise

@@ -170,3 +170,29 @@ def test_shipped_configs_parse():
     paper = studies["paper-gpu"]
     assert {"xnli", "xcopa", "udpos", "panx", "xquad", "mlqa", "tydiqa", "tatoeba", "lareqa", "mewsli_x"} <= set(
         paper.targets)
+
+
+def test_target_data_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    own = tmp_path / "xcopa-own"
+    own.mkdir()
+    (own / "qu.jsonl").write_text("{}\n", encoding="utf-8")
+    (own / ".hidden").write_text("", encoding="utf-8")
+    base = STUDY.format(model="me5-small")
+    plain = load_study(write(tmp_path, base))
+    study = load_study(write(tmp_path, base + '\n[targets.data]\nxcopa = "xcopa-own"\n'))
+    assert study.data_files_for("xcopa") == (("qu", str(own / "qu.jsonl")),)
+    assert study.data_files_for("tatoeba") == () and plain.data_files_for("xcopa") == ()
+    # Own data is part of the study's identity; unset, the hash is what it was before the option existed.
+    assert study.study_hash() != plain.study_hash()
+    import dataclasses
+    import hashlib
+
+    old = dataclasses.asdict(plain)
+    for key in ("description", "data", "max_candidates"):
+        old.pop(key)
+    assert plain.study_hash() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    with pytest.raises(AdaptertxError, match=r"\[targets.data\] xcopa = 'nowhere' is not a folder"):
+        load_study(write(tmp_path, base + '\n[targets.data]\nxcopa = "nowhere"\n'))
+    with pytest.raises(AdaptertxError, match=r"\[targets.data\] names 'xnli', which is not a target"):
+        load_study(write(tmp_path, base + '\n[targets.data]\nxnli = "xcopa-own"\n'))

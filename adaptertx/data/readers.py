@@ -607,6 +607,77 @@ def read_bucc_gold(path) -> list[tuple[str, str]]:
     return out
 
 
+def _span(path, lineno, value, limit: int, where: str) -> tuple[int, int]:
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+            or not 0 <= value[0] <= value[1] <= limit):
+        raise _fail(path, lineno, f"{where}: expected [start, end] with 0 <= start <= end <= {limit} (text length), "
+                                  f"got {value!r}")
+    return value[0], value[1]
+
+
+def read_mewsli_candidates(path) -> list[dict]:
+    """Mewsli-X candidate set (``candidate_set_entities.jsonl``): one entity per line with
+    ``entity_id`` (WikiData QID), ``description`` (up to three sentences of its Wikipedia page)
+    and ``description_language``; ``title``, ``description_url`` and ``sentence_spans`` are not
+    needed. Returns ``[{"id", "text", "language"}]`` in file order; ids must be unique.
+    """
+    what = "Mewsli-X candidate jsonl (entity_id, description, description_language per line)"
+    out = []
+    for lineno, obj in _jsonl(path, what):
+        out.append({"id": _nonempty(path, lineno, _field(path, lineno, obj, "entity_id", what), "entity_id"),
+                    "text": _nonempty(path, lineno, _field(path, lineno, obj, "description", what), "description"),
+                    "language": str(obj.get("description_language") or "")})
+    if not out:
+        raise _fail(path, None, f"no entities found ({what})")
+    return _check_unique(path, out)
+
+
+def read_mewsli_mentions(path) -> list[dict]:
+    """Mewsli-X WikiNews mentions (``wikinews_mentions-{dev,test}.jsonl``): one article per line,
+    ``{"context": {"document_id", "language", "text", "sentence_spans": [[start, end], ...]},
+    "mentions": [{"example_id", "entity_id", "mention_span": {"text", "start", "end"}}]}``
+    (character offsets into ``context.text``).
+
+    Returns one row per mention: ``{"id", "language", "entity_id", "mention", "sentence"}``, where
+    ``sentence`` is the sentence of the article that holds the mention (the sentence span that
+    contains its start). The released ``wikinews_mentions_no_text-*.jsonl`` files have empty
+    article text; they are refused with the step that restores it.
+    """
+    what = "Mewsli-X wikinews_mentions jsonl ({context: {language, text, sentence_spans}, mentions: [...]} per line)"
+    out = []
+    for lineno, obj in _jsonl(path, what):
+        ctx = _field(path, lineno, obj, "context", what)
+        mentions = _field(path, lineno, obj, "mentions", what)
+        if not isinstance(ctx, dict) or not isinstance(mentions, list):
+            raise _fail(path, lineno, f"'context' must be an object and 'mentions' a list ({what})")
+        text = ctx.get("text")
+        if not isinstance(text, str) or not text:
+            raise _fail(path, lineno, "context.text is empty: the released wikinews_mentions_no_text-*.jsonl files "
+                                      "leave the article text out; run the release's get-mewsli-x.sh to restore it "
+                                      "into wikinews_mentions-*.jsonl")
+        lang = _nonempty(path, lineno, _field(path, lineno, ctx, "language", what), "context.language")
+        spans = [_span(path, lineno, s, len(text), f"context.sentence_spans[{i}]")
+                 for i, s in enumerate(_field(path, lineno, ctx, "sentence_spans", what) or [])]
+        for mi, m in enumerate(mentions):
+            where = f"mentions[{mi}]"
+            if not isinstance(m, dict) or not isinstance(m.get("mention_span"), dict):
+                raise _fail(path, lineno, f"{where}: expected an object with 'mention_span'")
+            ms = m["mention_span"]
+            start, end = _span(path, lineno, [ms.get("start"), ms.get("end")], len(text), f"{where}.mention_span")
+            surface = _nonempty(path, lineno, ms.get("text"), f"{where}.mention_span.text")
+            if text[start:end] != surface:
+                raise _fail(path, lineno, f"{where}: the article text at [{start}, {end}] is {text[start:end]!r}, "
+                                          f"not the mention {surface!r}")
+            a, b = next(((a, b) for a, b in spans if a <= start < b), (start, end))
+            out.append({"id": _nonempty(path, lineno, m.get("example_id"), f"{where}.example_id"), "language": lang,
+                        "entity_id": _nonempty(path, lineno, m.get("entity_id"), f"{where}.entity_id"),
+                        "mention": surface, "sentence": text[a:max(b, end)].strip()})
+    if not out:
+        raise _fail(path, None, f"no mentions found ({what})")
+    return _check_unique(path, out)
+
+
 READERS: dict[str, Callable[..., Any]] = {
     "xnli_tsv": read_xnli_tsv,
     "pawsx_tsv": read_pawsx_tsv,
@@ -627,4 +698,6 @@ READERS: dict[str, Callable[..., Any]] = {
     "bucc_sentences": read_bucc_sentences,
     "bucc_gold": read_bucc_gold,
     "xquadr_json": read_xquadr_json,
+    "mewsli_candidates": read_mewsli_candidates,
+    "mewsli_mentions": read_mewsli_mentions,
 }
