@@ -648,8 +648,9 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
     model: e5 (``"passage: "`` recorded in its spec) takes ``"query: "`` for questions and
     ``"passage: "`` for candidates; other models take their prefix (usually none) on both.
 
-    Data: the user's files (``--data-file LANG=xquad-r/LANG.json``); XQuAD-R is not bundled
-    and the Hub copy has no converter here, so a language without a file is listed as missing.
+    Data: the user's files (``--data-file LANG=xquad-r/LANG.json``); XQuAD-R is not bundled,
+    and its Hub copy keeps only SQuAD's fields (id, context, question, answers), without the
+    sentence breaks the candidates are, so a language without a file is listed as missing.
 
     Returns:
         ({lang: result}, {lang: why not scored}).
@@ -668,8 +669,9 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
         wanted = [normalize_or_keep(lang) for lang in config.languages]
     else:
         wanted = list(dict.fromkeys([*task.languages, *own]))
-    missing = {code: (f"lareqa (XQuAD-R) is not bundled and the Hub copy ({task.hub.dataset}) has no "
-                      f"converter here; pass --data-file {code}=xquad-r/{code}.json") for code in wanted if code not in own}
+    missing = {code: (f"lareqa (XQuAD-R) is not bundled, and the Hub copy ({task.hub.dataset}) drops the "
+                      f"sentence breaks its candidates are made of; pass --data-file {code}=xquad-r/{code}.json")
+               for code in wanted if code not in own}
     langs = [code for code in wanted if code in own]
     if not langs:
         return {}, missing

@@ -306,7 +306,29 @@ def build_multitask_model(model_name: str, tasks: Sequence[Task], *, adapter: st
 # ------------------------------------------------------------------------------ the run
 
 
-def _prepare_out(out: Path, config: MultitaskConfig, resume: bool, overwrite: bool) -> None:
+@dataclass(frozen=True)
+class MultitaskHooks:
+    """What a run built on :func:`train_multitask`'s loop does differently (AdapterFusion on a
+    mixture of the tasks' data uses this).
+
+    Attributes:
+        method: the method name written into ``run.json`` and ``recipe.json``.
+        build: returns the model to train, with one head per task named by the task; called as
+            ``build(config, tasks)``. Its trainable parameters are optimised and checkpointed.
+        save: writes the final model into ``out`` (``adapter/``, ``heads/<task>/``) and returns
+            ``{task: head folder relative to out}``; called as ``save(model, config, out)``.
+        extra_loss: an extra loss term added to every training step, or ``None``.
+        recipe: extra fields of ``recipe.json``.
+    """
+
+    method: str
+    build: Callable[[MultitaskConfig, list[Task]], BuiltModel]
+    save: Callable[[torch.nn.Module, MultitaskConfig, Path], dict[str, str]]
+    extra_loss: Callable[[torch.nn.Module], torch.Tensor | None] | None = None
+    recipe: dict = dataclasses.field(default_factory=dict)
+
+
+def _prepare_out(out: Path, config: MultitaskConfig, resume: bool, overwrite: bool, method: str = "multitask") -> None:
     run_file = out / "run.json"
     if out.exists() and not out.is_dir():
         raise AdaptertxError(f"{out} exists and is not a folder; choose another --out")
@@ -314,8 +336,8 @@ def _prepare_out(out: Path, config: MultitaskConfig, resume: bool, overwrite: bo
         if not run_file.exists():
             raise AdaptertxError(f"nothing to resume in {out}: it holds no run")
         saved = json.loads(run_file.read_text())
-        if saved.get("method") != "multitask":
-            raise AdaptertxError(f"{out} holds no multi-task run; nothing to resume")
+        if saved.get("method") != method:
+            raise AdaptertxError(f"{out} holds no {method} run; nothing to resume")
         if saved.get("status") == "finished" or (out / "recipe.json").exists():
             raise AdaptertxError(f"{out} holds a finished merge; nothing to resume (use --overwrite to train again)")
         if saved.get("config") != config.to_json():
@@ -330,8 +352,8 @@ def _prepare_out(out: Path, config: MultitaskConfig, resume: bool, overwrite: bo
         raise AdaptertxError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
 
 
-def _write_run(out: Path, config: MultitaskConfig, status: str, **extra) -> None:
-    body = {"method": "multitask", "config": config.to_json(), "status": status, "versions": versions(), **extra}
+def _write_run(out: Path, config: MultitaskConfig, status: str, method: str = "multitask", **extra) -> None:
+    body = {"method": method, "config": config.to_json(), "status": status, "versions": versions(), **extra}
     atomic_write_text(out / "run.json", json.dumps(body, indent=2) + "\n")
 
 
@@ -373,7 +395,7 @@ def _save_outputs(model, config: MultitaskConfig, out: Path) -> dict[str, str]:
 def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = False, overwrite: bool = False,
                     progress: bool = True, on_step: Callable[[int, dict], None] | None = None,
                     runs: list[dict] | None = None, base_fingerprint: str | None = None,
-                    **settings) -> MultitaskResult:
+                    hooks: MultitaskHooks | None = None, **settings) -> MultitaskResult:
     """Train one adapter on the English data of ``tasks`` jointly, one head per task.
 
     Args:
@@ -385,6 +407,8 @@ def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = Fal
         on_step: called after every optimiser step with ``(step, {"loss", "lr", "tasks", ...})``.
         runs: the training runs the tasks came from (recorded in the recipe as its inputs).
         base_fingerprint: refuse a base whose fingerprint differs (the runs' base).
+        hooks: build, save and regularise another model with this loop (:class:`MultitaskHooks`);
+            ``None`` trains one new adapter with one head per task.
         **settings: any other :class:`MultitaskConfig` field (model, quant, adapter, adapter_seed,
             sampling, temperature, target, name, epochs, batch_size, lr, max_examples, ...).
 
@@ -401,14 +425,18 @@ def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = Fal
     config = MultitaskConfig(tasks=tasks if isinstance(tasks, str) else tuple(tasks), out=str(out), **settings)
     task_list = [get_task(t) for t in config.tasks]
     out = Path(config.out)
-    _prepare_out(out, config, resume, overwrite)
+    method = hooks.method if hooks is not None else "multitask"
+    _prepare_out(out, config, resume, overwrite, method)
     splits = {t.name: _english_splits(t, config.max_examples) for t in task_list}
     sizes = [len(splits[t.name][0]) for t in task_list]
     probs = sampling_probabilities(sizes, config.sampling, config.temperature)
 
     set_seed(config.seed)
-    built = build_multitask_model(config.model, task_list, adapter=config.adapter, quant=config.quant,
-                                  adapter_seed=config.adapter_seed, name=config.name)
+    if hooks is None:
+        built = build_multitask_model(config.model, task_list, adapter=config.adapter, quant=config.quant,
+                                      adapter_seed=config.adapter_seed, name=config.name)
+    else:
+        built = hooks.build(config, task_list)
     if base_fingerprint is not None and built.fingerprint != base_fingerprint:
         raise AdaptertxError(f"base {config.model!r} (fingerprint {built.fingerprint}) is not the base the runs were "
                              f"trained on ({base_fingerprint})")
@@ -453,7 +481,7 @@ def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = Fal
         if overwrite and out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
-        _write_run(out, config, "running", **run_info)
+        _write_run(out, config, "running", method, **run_info)
         (out / "metrics.jsonl").unlink(missing_ok=True)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
@@ -473,7 +501,12 @@ def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = Fal
                 seen_tokens += int(batch["attention_mask"].sum())
                 try:
                     with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=built.autocast):
-                        loss = model(**batch, head=task.name).loss / config.grad_accum
+                        loss = model(**batch, head=task.name).loss
+                        if hooks is not None and hooks.extra_loss is not None:
+                            extra = hooks.extra_loss(accelerator.unwrap_model(model))
+                            if extra is not None:
+                                loss = loss + extra
+                        loss = loss / config.grad_accum
                     accelerator.backward(loss)
                 except torch.OutOfMemoryError:
                     raise AdaptertxError(f"out of memory at batch size {config.batch_size}: try --batch-size "
@@ -539,23 +572,24 @@ def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = Fal
     seconds = time.time() - start
     recipe: dict = {}
     if accelerator.is_main_process:
-        heads = _save_outputs(unwrapped, config, out)
+        heads = _save_outputs(unwrapped, config, out) if hooks is None else hooks.save(unwrapped, config, out)
         _append_log(out / "metrics.jsonl", {"step": state["step"], "test": test_scores})
         results = {"best_epoch": state["best_epoch"], "validation": state["best"],
                    "mean_validation": state["best_mean"], "test": test_scores, "batches": state["drawn"],
                    "steps": state["step"], "seconds": round(seconds, 1)}
-        _write_run(out, config, "finished", **run_info, **results, test_majority_baseline=baselines,
+        _write_run(out, config, "finished", method, **run_info, **results, test_majority_baseline=baselines,
                    trainable_params=sum(p.numel() for p in params),
                    total_params=sum(p.numel() for p in unwrapped.parameters()))
         recipe = {
-            "method": "multitask", "name": config.name, "tasks": list(config.tasks), "inputs": runs or [],
+            "method": method, "name": config.name, "tasks": list(config.tasks), "inputs": runs or [],
             "weights": None, "weights_given": None, "sampling": config.sampling,
             "temperature": config.temperature if config.sampling == "temperature" else None,
             "sizes": run_info["sizes"], "probabilities": probabilities, "seed": config.seed,
             "adapter_seed": config.adapter_seed, "train": config.to_json(), "target": config.target,
             "heads": heads, **results, "fingerprint": built.fingerprint, "versions": versions(),
+            **(hooks.recipe if hooks is not None else {}),
         }
         atomic_write_text(out / "recipe.json", json.dumps(recipe, indent=2) + "\n")
-        log.info("multitask adapter over %s written to %s", ", ".join(config.tasks), out)
+        log.info("%s over %s written to %s", method, ", ".join(config.tasks), out)
     return MultitaskResult(out, config.name, recipe, state["best_epoch"], state["best"], test_scores,
                            state["best_mean"], probabilities, state["step"], seconds)
