@@ -183,7 +183,13 @@ def train_cmd(task, model_name, adapter, quant, out, epochs, batch_size, grad_ac
 @click.option("--sampling", type=click.Choice(["proportional", "temperature", "uniform"]),
               help="Multitask: how each batch's task is drawn (default proportional to the task's size).")
 @click.option("--temperature", type=float, help="Multitask: T of temperature sampling, p ∝ n^(1/T) (default 2).")
-@click.option("--weights", help="Comma-separated weights, one per run (normalised; default uniform).")
+@click.option("--weights", help="Comma-separated weights, one per run (normalised; default uniform), or 'dev': "
+                               "chosen on the English dev sets of --dev-tasks (average, task_arithmetic, ties).")
+@click.option("--dev-tasks", help="--weights dev: comma-separated tasks scored (default: the runs' tasks).")
+@click.option("--dev-examples", type=int, help="--weights dev: at most N dev examples per task (default 200).")
+@click.option("--grid-step", type=int, help="--weights dev: search the simplex grid with step 1/K (default 4).")
+@click.option("--dev-search", type=click.Choice(["auto", "grid", "greedy_soup"]),
+              help="--weights dev: the grid, greedy soup, or auto (grid up to 50 points; the default).")
 @click.option("--target", help="Fusion: the task to train it on. Others: the task whose head goes into adapter/.")
 @click.option("--name", help="Name of the merged adapter (fusion: of its head).")
 @click.option("--density", default=0.2, show_default=True, help="TIES: kept fraction of each task vector.")
@@ -201,8 +207,9 @@ def train_cmd(task, model_name, adapter, quant, out, epochs, batch_size, grad_ac
 @click.option("--resume", is_flag=True, help="Fusion / multitask: continue the unfinished training in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
 @_clear_errors
-def merge_cmd(run_dirs, method, out, tasks, sampling, temperature, weights, target, name, density, scale, fusion_config,
-              epochs, lr, batch_size, max_examples, max_steps, max_length, quant, model_name, resume, overwrite):
+def merge_cmd(run_dirs, method, out, tasks, sampling, temperature, weights, dev_tasks, dev_examples, grid_step,
+              dev_search, target, name, density, scale, fusion_config, epochs, lr, batch_size, max_examples, max_steps,
+              max_length, quant, model_name, resume, overwrite):
     """Merge the task adapters of the training runs RUN_DIRS (one base) into one model.
 
     --method multitask trains one new adapter on the runs' tasks jointly (or on --tasks, with no
@@ -210,9 +217,11 @@ def merge_cmd(run_dirs, method, out, tasks, sampling, temperature, weights, targ
     from adaptertx.merge import MergeOptions, merge
 
     try:
-        weight_list = [float(w) for w in _csv(weights)] if weights else None
+        weight_list = "dev" if weights and weights.strip().lower() == "dev" else (
+            [float(w) for w in _csv(weights)] if weights else None)
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {weights!r}", param_hint="--weights") from None
+        raise click.BadParameter(f"expected comma-separated numbers or 'dev', got {weights!r}",
+                                 param_hint="--weights") from None
     train_kw = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, max_examples=max_examples,
                                       max_steps=max_steps, max_length=max_length, quant=quant,
                                       model=model_name).items() if v is not None}
@@ -226,7 +235,8 @@ def merge_cmd(run_dirs, method, out, tasks, sampling, temperature, weights, targ
         raise click.UsageError("--model applies to --method multitask with --tasks (runs bring their own base)")
     options = MergeOptions(weights=weight_list, target=target, name=name, density=density, scale=scale,
                            fusion_config=fusion_config, train=train_kw, tasks=_csv(tasks) if tasks else None,
-                           **sample_kw)
+                           dev_tasks=_csv(dev_tasks) if dev_tasks is not None else None, dev_examples=dev_examples,
+                           grid_step=grid_step, dev_search=dev_search or "auto", **sample_kw)
     result = merge(method, list(run_dirs), out, options, overwrite=overwrite, resume=resume)
     if result.recipe.get("tasks"):
         click.echo(f"{method}: one adapter trained on {', '.join(result.recipe['tasks'])} -> {result.out} "
@@ -241,8 +251,30 @@ def merge_cmd(run_dirs, method, out, tasks, sampling, temperature, weights, targ
     if result.recipe.get("weights"):
         click.echo("weights: " + ", ".join(f"{i['task']} {w:.3f}" for i, w in zip(result.recipe["inputs"],
                                                                                  result.recipe["weights"])))
+    if result.recipe.get("weights_from") == "dev":
+        _print_dev_search(result.recipe)
     for warning in result.recipe.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
+
+
+def _print_dev_search(recipe: dict, top: int = 5) -> None:
+    """How ``--weights dev`` chose: the dev tasks and the best candidates by mean dev score."""
+    dev = recipe["dev"]
+    sizes = ", ".join(f"{t} {dev['examples'][t]} ({dev['metrics'][t]})" for t in dev["tasks"])
+    if dev["search"] == "none":
+        click.echo(f"weights chosen on English dev sets: one input, nothing to search (dev tasks: {sizes})")
+        return
+    how = f"grid, step 1/{dev['grid_step']}" if dev["search"] == "grid" else "greedy soup"
+    click.echo(f"weights chosen on English {dev['split']} sets of {sizes}: {len(dev['candidates'])} candidates "
+               f"({how}), mean {dev['chosen_mean']:.2f}")
+    labels = [i["task"] for i in recipe["inputs"]]
+    n = len(labels)  # best first; equal means: closest to uniform first, as the search breaks ties
+    rows = sorted(dev["candidates"], key=lambda c: (-c["mean"], sum((w - 1 / n) ** 2 for w in c["weights"])))[:top]
+    table = [[*(f"{w:.3f}" for w in c["weights"]), *(f"{c['scores'][t]:.2f}" for t in dev["tasks"]),
+              f"{c['mean']:.2f}", "*" if c["weights"] == recipe["weights"] else ""] for c in rows]
+    headers = [f"w:{t}" for t in labels] + [f"dev:{t}" for t in dev["tasks"]] + ["mean", "chosen"]
+    click.echo(f"top {len(rows)} of {len(dev['candidates'])} candidates by mean dev score:")
+    click.echo(tabulate(table, headers=headers, disable_numparse=True))
 
 
 @main.command("runs")
@@ -282,16 +314,19 @@ def runs_cmd(root: str) -> None:
 @click.option("--max-length", default=128, show_default=True)
 @click.option("--max-examples", type=int, help="Target training: at most N English examples per split.")
 @click.option("--max-eval-examples", type=int, help="At most N test examples per language.")
+@click.option("--max-candidates", type=int,
+              help="Mewsli-X: score against every gold entity plus a sample, N candidates in all (default: all).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Target run folder (a finished one is reused, an interrupted one resumed).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result here as JSON.")
 @_clear_errors
 def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, langs, data_files, data_dir, epochs,
-                 batch_size, lr, max_length, max_examples, max_eval_examples, seed, out, json_out) -> None:
+                 batch_size, lr, max_length, max_examples, max_eval_examples, max_candidates, seed, out,
+                 json_out) -> None:
     """Train TARGET's adapter on English over an intermediate configuration, then score it
     zero-shot on every language (retrieval targets: encode and score directly)."""
-    from adaptertx.evaluate import EvalConfig, evaluate, fusion_of, load_intermediate
+    from adaptertx.evaluate import EvalConfig, data_dir_files, evaluate, fusion_of, load_intermediate
     from adaptertx.io import atomic_write_text
 
     files = []
@@ -301,19 +336,14 @@ def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, 
             raise click.UsageError(f"--data-file takes LANG=PATH, got {item!r}")
         files.append((lang.strip(), path.strip()))
     if data_dir:
-        from pathlib import Path
-
-        found = sorted(p for p in Path(data_dir).iterdir() if p.is_file() and not p.name.startswith("."))
-        if not found:
-            raise click.UsageError(f"--data-dir {data_dir} holds no files")
-        files += [(p.name.split(".")[0], str(p)) for p in found]
+        files += data_dir_files(data_dir)
     if fusion_runs and intermediate != "none":
         raise click.UsageError("give either --intermediate or --fusion")
     inter = fusion_of(_csv(fusion_runs)) if fusion_runs else load_intermediate(intermediate)
     config = EvalConfig(target=target, model=model_name, quant=quant, adapter=adapter,
                         languages=tuple(_csv(langs)) if langs else None, epochs=epochs, batch_size=batch_size, lr=lr,
                         max_length=max_length, max_examples=max_examples, max_eval_examples=max_eval_examples,
-                        seed=seed, data_files=tuple(files))
+                        seed=seed, data_files=tuple(files), max_candidates=max_candidates)
     result = evaluate(config, inter, out)
     key = result.primary
     rows = [[lang + ("*" if r.low_resource else ""), f"{r.scores[key]:.1f}", r.n, r.split, r.source]

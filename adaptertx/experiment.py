@@ -63,14 +63,15 @@ class ConfigSpec:
     Attributes:
         name: its label in tables. method: one of :data:`METHODS`.
         tasks: the intermediate tasks (one for ``single``; two or more for merges).
-        weights: weighted averaging (``average``/``task_arithmetic``/``ties``), normalised.
+        weights: weighted averaging (``average``/``task_arithmetic``/``ties``), normalised; or
+            ``"dev"``: chosen on the tasks' English dev sets (:mod:`adaptertx.merge_weights`).
         sampling, temperature: ``multitask``'s task sampling.
     """
 
     name: str
     method: str
     tasks: tuple[str, ...] = ()
-    weights: tuple[float, ...] | None = None
+    weights: tuple[float, ...] | str | None = None
     sampling: str = "proportional"
     temperature: float = 2.0
 
@@ -207,8 +208,15 @@ def load_study(path: str | os.PathLike) -> Study:
         extra = set(c) - {"name", "method", "tasks", "weights", "sampling", "temperature"}
         if extra:
             raise AdaptertxError(f"{where}: unknown keys {', '.join(sorted(extra))}")
-        weights = tuple(float(w) for w in c["weights"]) if "weights" in c else None
-        if weights is not None and len(weights) != len(tasks):
+        weights = c.get("weights")
+        if weights == "dev":
+            if method not in ("average", "task_arithmetic", "ties"):
+                raise AdaptertxError(f"{where}: weights = \"dev\" applies to average, task_arithmetic and ties")
+        elif weights is not None:
+            if isinstance(weights, str) or not isinstance(weights, list):
+                raise AdaptertxError(f"{where}: weights is a list of numbers, one per task, or \"dev\"")
+            weights = tuple(float(w) for w in weights)
+        if isinstance(weights, tuple) and len(weights) != len(tasks):
             raise AdaptertxError(f"{where}: {len(weights)} weights for {len(tasks)} tasks")
         configs.append(ConfigSpec(c["name"], method, tasks, weights, c.get("sampling", "proportional"),
                                   float(c.get("temperature", 2.0))))
@@ -322,7 +330,8 @@ def _merged(study: Study, spec: ConfigSpec, runs: dict[str, Path], errors: dict[
         b = study.intermediate
         train = {"epochs": b.epochs, "batch_size": b.batch_size, "lr": b.lr, "max_length": b.max_length,
                  "max_examples": b.max_examples, "seed": study.seeds[0]}
-        options = MergeOptions(weights=list(spec.weights) if spec.weights else None,
+        options = MergeOptions(weights=spec.weights if spec.weights == "dev" else
+                               list(spec.weights) if spec.weights else None,
                                train=train if spec.method == "multitask" else {}, progress=progress,
                                sampling=spec.sampling, temperature=spec.temperature)
         resume = spec.method == "multitask" and (folder / "run.json").is_file()

@@ -26,9 +26,22 @@ Methods (:data:`METHODS`, :func:`merge`):
 ``theta_0`` is re-created, not stored: the base's architecture, the adapter config and the
 run's ``adapter_seed`` give the initial adapter weights ``train`` started from.
 
+Weights chosen on English dev sets (``MergeOptions(weights="dev")``, ``--weights dev``; the
+weight-space methods only): :func:`adaptertx.merge_weights.choose_weights` scores candidate
+weights — the simplex grid with step ``1/k`` (``grid_step``, default 4: ``C(n+k-1, n-1)``
+points, 15 for three inputs) when it has at most 50 points, else a greedy soup (Wortsman et al.,
+2022) — by the merged adapter's mean primary metric on the English validation split of each
+``dev_tasks`` task (default: the inputs' tasks; at most ``dev_examples`` examples each, default
+200, a fixed subset; a task without one: the part of its training split ``adaptertx train`` holds
+out as validation), each scored through the head its run saved, with the evaluation
+``adaptertx train`` runs every epoch. The best mean wins (ties: the weights closest to uniform);
+the method then merges with those weights.
+
 Every merged folder holds ``recipe.json`` (method, inputs with their run folders and base
-fingerprints, normalised and given weights, seeds, parameters) and AdapterHub files in
-safetensors. For the weight-space methods::
+fingerprints, normalised and given weights and where they came from — ``weights_from``:
+``given``, ``uniform`` or ``dev``, the last with a ``dev`` block naming the dev tasks, split,
+examples per task, search method and every candidate's weights, per-task scores and mean —
+seeds, parameters) and AdapterHub files in safetensors. For the weight-space methods::
 
     OUT/recipe.json
     OUT/adapter/          the merged adapter: adapter_config.json, adapter.safetensors
@@ -161,6 +174,9 @@ def normalise_weights(weights: list[float] | None, n: int) -> list[float]:
         raise AdaptertxError("nothing to merge: give at least one run folder")
     if weights is None:
         return [1.0 / n] * n
+    if isinstance(weights, str):
+        raise AdaptertxError(f"weights are numbers, one per run folder, or 'dev' (chosen on English dev sets); "
+                             f"got {weights!r}")
     weights = [float(w) for w in weights]
     if len(weights) != n:
         raise AdaptertxError(f"{len(weights)} weights for {n} adapters: give one weight per run folder")
@@ -288,7 +304,13 @@ class MergeOptions:
     """Options of :func:`merge` beyond the inputs and the method.
 
     Attributes:
-        weights: one weight per input (normalised; uniform when ``None``); weight-space methods.
+        weights: one weight per input (normalised; uniform when ``None``), or ``"dev"``: chosen on
+            English dev sets (:func:`adaptertx.merge_weights.choose_weights`); weight-space methods.
+        dev_tasks: ``weights="dev"``: the tasks scored (default: the inputs' tasks).
+        dev_examples: ``weights="dev"``: at most this many dev examples per task (default 200).
+        grid_step: ``weights="dev"``: ``k`` of the grid step ``1/k`` (default 4).
+        dev_search: ``weights="dev"``: ``auto`` (the grid up to 50 points, else greedy soup),
+            ``grid`` or ``greedy_soup``.
         target: the task whose head goes into ``adapter/`` (weight-space methods, optional), or
             the task AdapterFusion is trained on (required for fusion).
         name: the merged adapter's name (default: the method and the tasks).
@@ -303,7 +325,7 @@ class MergeOptions:
         temperature: multitask: ``T`` of temperature sampling.
     """
 
-    weights: list[float] | None = None
+    weights: list[float] | str | None = None
     target: str | None = None
     name: str | None = None
     density: float = 0.2
@@ -314,6 +336,17 @@ class MergeOptions:
     tasks: list[str] | None = None
     sampling: str = "proportional"
     temperature: float = 2.0
+    dev_tasks: list[str] | None = None
+    dev_examples: int | None = None
+    grid_step: int | None = None
+    dev_search: str = "auto"
+
+    @property
+    def from_dev(self) -> bool:
+        return isinstance(self.weights, str) and self.weights == "dev"
+
+
+WEIGHT_SPACE = ("average", "task_arithmetic", "ties")
 
 
 @dataclass(frozen=True)
@@ -412,10 +445,23 @@ def _target_input(inputs: list[MergeInput], target: str | None) -> MergeInput | 
     raise AdaptertxError(f"--target {target!r} is none of the inputs' tasks ({', '.join(i.task for i in inputs)})")
 
 
+def _weights_from(options: MergeOptions) -> str:
+    return "dev" if options.from_dev else "uniform" if options.weights is None else "given"
+
+
+def _search_weights(inputs: list[MergeInput], options: MergeOptions, combine=None):
+    """:func:`adaptertx.merge_weights.choose_weights` with the options' dev settings."""
+    from adaptertx.merge_weights import choose_weights
+
+    return choose_weights(inputs, dev_tasks=options.dev_tasks, grid_step=options.grid_step,
+                          dev_examples=options.dev_examples, search=options.dev_search, combine=combine,
+                          progress=options.progress)
+
+
 def _weight_space(method: str, inputs: list[MergeInput], out: Path, options: MergeOptions, overwrite: bool,
                   combine: Callable[[list[dict], list[float], str], dict], **extra) -> MergeResult:
-    given = options.weights
-    weights = normalise_weights(given, len(inputs))
+    given = None if options.from_dev else options.weights
+    weights = None if options.from_dev else normalise_weights(given, len(inputs))
     check_same_base(inputs)
     check_same_adapter_config(inputs)
     head_from = _target_input(inputs, options.target)
@@ -429,8 +475,13 @@ def _weight_space(method: str, inputs: list[MergeInput], out: Path, options: Mer
     _prepare_out(out, overwrite)
     states = [adapter_state(i, name) for i in inputs]
     _check_keys(states, inputs)
+    if options.from_dev:
+        search = _search_weights(inputs, options, combine)
+        weights = search.weights
+        extra["dev"] = search.record()
     merged = combine(states, weights, name)
-    recipe = _recipe(method, inputs, weights, given, name, warnings=warnings, **extra)
+    recipe = _recipe(method, inputs, weights, given, name, warnings=warnings, weights_from=_weights_from(options),
+                     **extra)
     with atomic_dir(out) as tmp:
         _write_adapter(tmp, inputs[0], merged, name, head_from)
         recipe["heads"] = _copy_heads(inputs, tmp)
@@ -453,13 +504,27 @@ def _check_shared_init(inputs: list[MergeInput], method: str) -> None:
                              f"({', '.join(str(i.adapter_seed) for i in inputs)}); use --method average or fusion")
 
 
+def _init_cache(inp: MergeInput) -> Callable[[str], dict[str, torch.Tensor]]:
+    """:func:`initial_adapter_state` of ``inp`` per name, re-created once (a dev weight search
+    merges many times)."""
+    cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    def get(name: str) -> dict[str, torch.Tensor]:
+        if name not in cache:
+            cache[name] = initial_adapter_state(inp, name)
+        return cache[name]
+
+    return get
+
+
 @register("task_arithmetic")
 def merge_task_arithmetic(inputs, out, options, overwrite) -> MergeResult:
     """Task arithmetic (Ilharco et al., 2023) relative to the shared initialisation."""
     _check_shared_init(inputs, "task_arithmetic")
+    init = _init_cache(inputs[0])
     return _weight_space("task_arithmetic", inputs, out, options, overwrite,
                          lambda states, weights, name: task_arithmetic_state(
-                             initial_adapter_state(inputs[0], name), states, weights, options.scale),
+                             init(name), states, weights, options.scale),
                          scale=options.scale, seed=inputs[0].adapter_seed)
 
 
@@ -469,9 +534,10 @@ def merge_ties(inputs, out, options, overwrite) -> MergeResult:
     if not 0 < options.density <= 1:
         raise AdaptertxError(f"density is the kept fraction of each task vector, in (0, 1]; got {options.density}")
     _check_shared_init(inputs, "ties")
+    init = _init_cache(inputs[0])
     return _weight_space("ties", inputs, out, options, overwrite,
                          lambda states, weights, name: ties_state(
-                             initial_adapter_state(inputs[0], name), states, weights, options.density, options.scale),
+                             init(name), states, weights, options.density, options.scale),
                          density=options.density, scale=options.scale, seed=inputs[0].adapter_seed)
 
 
@@ -616,6 +682,15 @@ def merge(method: str, run_dirs: list[str | Path], out: str | Path, options: Mer
     options = options or MergeOptions()
     if method not in METHODS:
         raise AdaptertxError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
+    if options.from_dev and method not in WEIGHT_SPACE:
+        raise AdaptertxError(f"--weights dev chooses the weights of a weight-space merge ({', '.join(WEIGHT_SPACE)}) "
+                             f"on English dev sets; it does not apply to --method {method}")
+    dev_only = [flag for flag, value in (("--dev-tasks", options.dev_tasks), ("--dev-examples", options.dev_examples),
+                                         ("--grid-step", options.grid_step),
+                                         ("--dev-search", None if options.dev_search == "auto" else options.dev_search))
+                if value is not None]
+    if dev_only and not options.from_dev:
+        raise AdaptertxError(f"{', '.join(dev_only)} apply with --weights dev only")
     if options.tasks is not None:
         if method != "multitask":
             raise AdaptertxError("--tasks applies to --method multitask only")
@@ -631,7 +706,8 @@ def merge(method: str, run_dirs: list[str | Path], out: str | Path, options: Mer
     if out.resolve() in outs:
         raise AdaptertxError(f"--out {out} is one of the inputs")
     if len(inputs) == 1:
-        normalise_weights(options.weights, 1)
+        if not options.from_dev:
+            normalise_weights(options.weights, 1)
         return _single(method, inputs[0], out, options, overwrite)
     if method == "fusion":
         return merge_fusion(inputs, out, options, overwrite, resume=resume)
@@ -645,8 +721,13 @@ def merge(method: str, run_dirs: list[str | Path], out: str | Path, options: Mer
 def _single(method: str, inp: MergeInput, out: Path, options: MergeOptions, overwrite: bool) -> MergeResult:
     """One input: its adapter folder unchanged, its head, and a recipe saying so."""
     _prepare_out(out, overwrite)
-    recipe = _recipe(method, [inp], [1.0], options.weights, inp.adapter_name,
-                     note="a single input is returned unchanged")
+    extra = {}
+    if options.from_dev and method in WEIGHT_SPACE:  # checks the dev tasks; nothing to search
+        extra = {"weights_from": "dev", "dev": _search_weights([inp], options).record()}
+    elif method in WEIGHT_SPACE:
+        extra = {"weights_from": _weights_from(options)}
+    recipe = _recipe(method, [inp], [1.0], None if options.from_dev else options.weights, inp.adapter_name,
+                     note="a single input is returned unchanged", **extra)
     with atomic_dir(out) as tmp:
         shutil.copytree(inp.adapter_dir, tmp / "adapter")
         recipe["heads"] = _copy_heads([inp], tmp)

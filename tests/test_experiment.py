@@ -196,3 +196,13 @@ def test_target_data_folders(tmp_path, monkeypatch):
         load_study(write(tmp_path, base + '\n[targets.data]\nxcopa = "nowhere"\n'))
     with pytest.raises(AdaptertxError, match=r"\[targets.data\] names 'xnli', which is not a target"):
         load_study(write(tmp_path, base + '\n[targets.data]\nxnli = "xcopa-own"\n'))
+
+
+def test_dev_chosen_weights_in_a_study(tmp_path):
+    base = STUDY.format(model="me5-small")
+    study = load_study(write(tmp_path, base.replace('method = "average"\n', 'method = "average"\nweights = "dev"\n')))
+    assert next(c for c in study.configs if c.name == "average").weights == "dev"
+    with pytest.raises(AdaptertxError, match='weights = "dev" applies to average, task_arithmetic and ties'):
+        load_study(write(tmp_path, base.replace('method = "fusion"\n', 'method = "fusion"\nweights = "dev"\n')))
+    with pytest.raises(AdaptertxError, match='weights is a list of numbers, one per task, or "dev"'):
+        load_study(write(tmp_path, base.replace('method = "average"\n', 'method = "average"\nweights = "best"\n')))
