@@ -190,7 +190,8 @@ def train_cmd(task, model_name, adapter, quant, out, epochs, batch_size, grad_ac
 @click.option("--grid-step", type=int, help="--weights dev: search the simplex grid with step 1/K (default 4).")
 @click.option("--dev-search", type=click.Choice(["auto", "grid", "greedy_soup"]),
               help="--weights dev: the grid, greedy soup, or auto (grid up to 50 points; the default).")
-@click.option("--target", help="Fusion: the task to train it on. Others: the task whose head goes into adapter/.")
+@click.option("--target", help="Fusion: the task to train it on, or 'mixture' (the inputs' own tasks). "
+                               "Others: the task whose head goes into adapter/.")
 @click.option("--name", help="Name of the merged adapter (fusion: of its head).")
 @click.option("--density", default=0.2, show_default=True, help="TIES: kept fraction of each task vector.")
 @click.option("--scale", default=1.0, show_default=True, help="TIES / task arithmetic: factor on the merged task vector.")

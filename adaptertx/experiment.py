@@ -5,7 +5,8 @@ A study is a TOML file (see ``configs/``)::
     [study]            name, model, quant, adapter, seeds
     [intermediate]     tasks and the training budget of each task adapter
     [[configs]]        one per intermediate configuration: name, method
-                       (none | single | average | task_arithmetic | ties | multitask | fusion), tasks
+                       (none | single | average | task_arithmetic | ties | multitask | fusion), tasks,
+                       optional weights (numbers or "dev"), sampling, temperature, fusion_data
     [targets]          tasks, the target training budget, max_eval_examples
     [targets.languages]   optional per-target language lists
     [targets.overrides.<target>]  optional per-target budget changes
@@ -65,7 +66,12 @@ class ConfigSpec:
         tasks: the intermediate tasks (one for ``single``; two or more for merges).
         weights: weighted averaging (``average``/``task_arithmetic``/``ties``), normalised; or
             ``"dev"``: chosen on the tasks' English dev sets (:mod:`adaptertx.merge_weights`).
-        sampling, temperature: ``multitask``'s task sampling.
+        sampling, temperature: ``multitask``'s task sampling (and a ``fusion_data = "mixture"``
+            Fusion's).
+        fusion_data: ``fusion``: ``"target"`` (the Fusion layer starts fresh and trains with
+            each target adapter) or ``"mixture"`` (it is first trained on the mixture of its
+            tasks' English data, ``adaptertx merge --method fusion --target mixture``, and each
+            cell starts from it).
     """
 
     name: str
@@ -74,6 +80,7 @@ class ConfigSpec:
     weights: tuple[float, ...] | str | None = None
     sampling: str = "proportional"
     temperature: float = 2.0
+    fusion_data: str = "target"
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,9 @@ class Study:
         for key in ("data", "max_candidates"):  # added later: unset, they leave older studies' hashes alone
             if not body[key]:
                 body.pop(key)
+        for c in body["configs"]:
+            if c["fusion_data"] == "target":
+                c.pop("fusion_data")
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def intermediate_tasks(self) -> list[str]:
@@ -205,7 +215,7 @@ def load_study(path: str | os.PathLike) -> Study:
             raise AdaptertxError(f"{where}: method {method!r} takes {need[0]}" +
                                  (f"-{need[1]}" if need[1] != need[0] and need[1] < 99 else "+" if need[1] == 99 else "") +
                                  f" tasks, got {len(tasks)}")
-        extra = set(c) - {"name", "method", "tasks", "weights", "sampling", "temperature"}
+        extra = set(c) - {"name", "method", "tasks", "weights", "sampling", "temperature", "fusion_data"}
         if extra:
             raise AdaptertxError(f"{where}: unknown keys {', '.join(sorted(extra))}")
         weights = c.get("weights")
@@ -218,8 +228,11 @@ def load_study(path: str | os.PathLike) -> Study:
             weights = tuple(float(w) for w in weights)
         if isinstance(weights, tuple) and len(weights) != len(tasks):
             raise AdaptertxError(f"{where}: {len(weights)} weights for {len(tasks)} tasks")
+        fusion_data = c.get("fusion_data", "target")
+        if fusion_data not in ("target", "mixture") or (method != "fusion" and "fusion_data" in c):
+            raise AdaptertxError(f"{where}: fusion_data is \"target\" or \"mixture\", for method \"fusion\" only")
         configs.append(ConfigSpec(c["name"], method, tasks, weights, c.get("sampling", "proportional"),
-                                  float(c.get("temperature", 2.0))))
+                                  float(c.get("temperature", 2.0)), fusion_data))
     if not configs:
         raise AdaptertxError(f"{path}: no [[configs]]")
     names = [c.name for c in configs]
@@ -323,18 +336,20 @@ def _merged(study: Study, spec: ConfigSpec, runs: dict[str, Path], errors: dict[
     dirs = [runs[t] for t in spec.tasks]
     if spec.method == "single":
         return load_intermediate(dirs[0])
-    if spec.method == "fusion":
+    if spec.method == "fusion" and spec.fusion_data == "target":
         return fusion_of(dirs)
     folder = out / "merged" / spec.name
     if not (folder / "recipe.json").is_file():
         b = study.intermediate
         train = {"epochs": b.epochs, "batch_size": b.batch_size, "lr": b.lr, "max_length": b.max_length,
                  "max_examples": b.max_examples, "seed": study.seeds[0]}
+        trained = spec.method in ("multitask", "fusion")
         options = MergeOptions(weights=spec.weights if spec.weights == "dev" else
                                list(spec.weights) if spec.weights else None,
-                               train=train if spec.method == "multitask" else {}, progress=progress,
+                               target="mixture" if spec.method == "fusion" else None,
+                               train=train if trained else {}, progress=progress,
                                sampling=spec.sampling, temperature=spec.temperature)
-        resume = spec.method == "multitask" and (folder / "run.json").is_file()
+        resume = trained and (folder / "run.json").is_file()
         merge(spec.method, dirs, folder, options, overwrite=not resume and folder.exists(), resume=resume)
     return load_intermediate(folder)
 
@@ -372,7 +387,7 @@ def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
     inters = {}
     for spec in dict.fromkeys(c for c, _, _ in todo):
         try:
-            if spec.method not in ("none", "single", "fusion"):
+            if spec.method not in ("none", "single", "fusion") or spec.fusion_data == "mixture":
                 echo(f"[merge] {spec.name} ({spec.method} of {', '.join(spec.tasks)})")
             inters[spec.name] = _merged(study, spec, runs, setup_errors, out, progress)
         except Exception as e:  # recorded per cell below; the grid goes on

@@ -53,7 +53,12 @@ same layout plus its training run's files (run.json, metrics.jsonl, checkpoints/
 training run folder (run.json, metrics.jsonl, checkpoints/) plus ``recipe.json``; its
 ``adapter/`` holds the whole setup as ``adapters``' ``save_adapter_setup`` writes it (one folder
 per task adapter, the fusion, the target head, ``adapter_setup.json``; reload with
-``model.load_adapter_setup(OUT/adapter, use_safetensors=True)``).
+``model.load_adapter_setup(OUT/adapter, use_safetensors=True)``). With ``target="mixture"``
+(``--target mixture``) the Fusion is trained on a mixture of the inputs' own English tasks
+instead (:func:`adaptertx.multitask.train_multitask`'s loop and task sampling), each task
+through its run's head (trained on with the Fusion); then ``adapter/`` holds the adapters, each
+with its task's head as trained under the Fusion, and the Fusion (no active head), and
+``heads/<task>/`` every task's head as for the other methods.
 
 A single input is returned unchanged (its adapter folder copied byte for byte) by every method.
 """
@@ -568,10 +573,13 @@ def merge_fusion(inputs, out, options, overwrite, *, resume: bool = False) -> Me
     if options.weights is not None:
         raise AdaptertxError("--weights applies to weight-space merges; AdapterFusion learns its own weighting")
     if options.target is None:
-        raise AdaptertxError("AdapterFusion needs --target TASK: the task whose English data trains the fusion")
+        raise AdaptertxError("AdapterFusion needs --target TASK (the task whose English data trains the fusion) "
+                             "or --target mixture (the inputs' own tasks)")
     if options.fusion_config not in ("dynamic", "static"):
         raise AdaptertxError(f"unknown fusion config {options.fusion_config!r}; choose dynamic or static")
     check_same_base(inputs)
+    if options.target == MIXTURE:
+        return _fusion_on_mixture(inputs, out, options, overwrite, resume)
     task = get_task(options.target)
     names = _unique_names(inputs)
     fuse = Fuse(*names)
@@ -628,6 +636,84 @@ def merge_fusion(inputs, out, options, overwrite, *, resume: bool = False) -> Me
                             "model.load_adapter_setup(<out>/adapter, use_safetensors=True)")
     atomic_write_text(out / "recipe.json", json.dumps(recipe, indent=2) + "\n")
     return MergeResult(out, recipe, head)
+
+
+#: ``MergeOptions.target`` that trains a Fusion on the mixture of its inputs' tasks.
+MIXTURE = "mixture"
+
+
+def _fusion_on_mixture(inputs: list[MergeInput], out: Path, options: MergeOptions, overwrite: bool,
+                       resume: bool) -> MergeResult:
+    """AdapterFusion trained on the inputs' own English tasks at once, each batch through the
+    head its run saved (:func:`adaptertx.multitask.train_multitask` with hooks)."""
+    from adapters.composition import Fuse
+
+    from adaptertx.fusion import fast_fusion_attention
+    from adaptertx.modeling import BuiltModel, load_base
+    from adaptertx.models import fingerprint
+    from adaptertx.multitask import MultitaskHooks, train_multitask
+
+    tasks = [i.task for i in inputs]
+    twice = sorted({t for t in tasks if tasks.count(t) > 1})
+    if twice:
+        raise AdaptertxError(f"a Fusion on the task mixture takes one run per task; {', '.join(twice)} "
+                             f"{'is' if len(twice) == 1 else 'are'} given twice")
+    for i in inputs:
+        if not all((i.adapter_dir / f).is_file() for f in HEAD_FILES):
+            raise AdaptertxError(f"the {i.task} run in {i.run_dir} saved no head; a Fusion on the task mixture "
+                                 f"scores every task through its own head")
+    names = _unique_names(inputs)
+    fuse = Fuse(*names)
+    name = options.name or "fusion_mixture"
+    if name in names:
+        raise AdaptertxError(f"the fusion's name {name!r} is also an adapter's name; pass another --name")
+    runs = _recipe("fusion", inputs, None, None, name)["inputs"]
+    if resume and (out / "run.json").exists():
+        saved = json.loads((out / "run.json").read_text()).get("inputs")
+        if saved is not None and [r["run_dir"] for r in saved] != [r["run_dir"] for r in runs]:
+            raise AdaptertxError(f"cannot resume {out} with other fusion inputs")
+    settings = {"model": inputs[0].model, "quant": inputs[0].quant,
+                "adapter": inputs[0].config.get("adapter", "seq_bn"),
+                "adapter_seed": inputs[0].adapter_seed if inputs[0].adapter_seed is not None else 42, "lr": 5e-5,
+                "sampling": options.sampling, "temperature": options.temperature, "name": name}
+    settings.update(options.train)
+
+    def build(config, task_list) -> BuiltModel:
+        model, tokenizer = load_base(config.model, config.quant)
+        for inp, adapter_name in zip(inputs, names):
+            model.load_adapter(str(inp.adapter_dir), load_as=adapter_name, with_head=False, use_safetensors=True)
+            model.load_head(str(inp.adapter_dir), load_as=inp.task, use_safetensors=True)
+        base_print = fingerprint(model.base_model)
+        if base_print != inputs[0].fingerprint:
+            raise AdaptertxError(f"base {config.model!r} (fingerprint {base_print}) is not the base the adapters were "
+                                 f"trained on ({inputs[0].fingerprint})")
+        torch.manual_seed(config.adapter_seed)
+        model.add_adapter_fusion(fuse, config=options.fusion_config)
+        fast_fusion_attention(model)
+        model.train_adapter_fusion(fuse)
+        for task in task_list:
+            for p in model.heads[task.name].parameters():
+                p.requires_grad_(True)
+        return BuiltModel(model, tokenizer, name, base_print, autocast=config.quant != "none")
+
+    def save(model, config, folder: Path) -> dict[str, str]:
+        with atomic_dir(folder / "heads") as tmp:
+            for task in config.tasks:
+                model.save_head(str(tmp / task), task, use_safetensors=True)
+        with atomic_dir(folder / "adapter") as tmp:
+            model.save_adapter_setup(str(tmp), fuse, use_safetensors=True)
+        return {task: f"heads/{task}" for task in config.tasks}
+
+    def regularise(model):
+        return model.get_fusion_regularization_loss() if options.fusion_config == "dynamic" else None
+
+    hooks = MultitaskHooks("fusion", build, save, regularise,
+                           recipe={"target": MIXTURE, "adapters": names, "fusion_config": options.fusion_config,
+                                   "layout": "adapter/ holds the adapters (each with its task's head) and the Fusion "
+                                             "(save_adapter_setup, no active head); heads/<task>/ each task's head"})
+    result = train_multitask(tasks, out, resume=resume, overwrite=overwrite, progress=options.progress,
+                             runs=runs, base_fingerprint=inputs[0].fingerprint, hooks=hooks, **settings)
+    return MergeResult(out, result.recipe, name)
 
 
 # ------------------------------------------------------------------------------ multi-task training

@@ -191,6 +191,8 @@ def test_target_data_folders(tmp_path, monkeypatch):
     old = dataclasses.asdict(plain)
     for key in ("description", "data", "max_candidates"):
         old.pop(key)
+    for c in old["configs"]:
+        c.pop("fusion_data")
     assert plain.study_hash() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     with pytest.raises(AdaptertxError, match=r"\[targets.data\] xcopa = 'nowhere' is not a folder"):
         load_study(write(tmp_path, base + '\n[targets.data]\nxcopa = "nowhere"\n'))
@@ -206,3 +208,53 @@ def test_dev_chosen_weights_in_a_study(tmp_path):
         load_study(write(tmp_path, base.replace('method = "fusion"\n', 'method = "fusion"\nweights = "dev"\n')))
     with pytest.raises(AdaptertxError, match='weights is a list of numbers, one per task, or "dev"'):
         load_study(write(tmp_path, base.replace('method = "average"\n', 'method = "average"\nweights = "best"\n')))
+
+
+MIXTURE_STUDY = """
+[study]
+name = "mix"
+model = "{model}"
+quant = "none"
+
+[intermediate]
+epochs = 1
+batch_size = 4
+lr = 1e-2
+max_length = 48
+max_examples = 12
+
+[[configs]]
+name = "fusion_mix"
+method = "fusion"
+fusion_data = "mixture"
+tasks = ["mrpc", "siqa"]
+
+[targets]
+tasks = ["xcopa"]
+epochs = 1
+batch_size = 4
+max_length = 48
+max_examples = 12
+max_eval_examples = 8
+
+[targets.languages]
+xcopa = ["sw"]
+"""
+
+
+def test_fusion_trained_on_the_task_mixture_in_a_study(tmp_path, tiny_xlmr_dir):
+    study = load_study(write(tmp_path, MIXTURE_STUDY.format(model=tiny_xlmr_dir)))
+    assert study.configs[0].fusion_data == "mixture"
+    result = run_study(study, tmp_path / "out", progress=False, echo=lambda *_: None)
+    assert not result.failed
+    recipe = json.loads((tmp_path / "out" / "merged" / "fusion_mix" / "recipe.json").read_text())
+    assert recipe["method"] == "fusion" and recipe["target"] == "mixture" and recipe["tasks"] == ["mrpc", "siqa"]
+    _, cells = read_store(tmp_path / "out")
+    cell = cells[0]
+    assert cell["status"] == "finished" and cell["method"] == "fusion" and set(cell["languages"]) == {"sw"}
+    assert cell["trace"]["intermediate"]["fusion_dir"].endswith("merged/fusion_mix/adapter")
+    bad = MIXTURE_STUDY.format(model=tiny_xlmr_dir)
+    with pytest.raises(AdaptertxError, match='fusion_data is "target" or "mixture", for method "fusion" only'):
+        load_study(write(tmp_path, bad.replace('fusion_data = "mixture"', 'fusion_data = "both"')))
+    with pytest.raises(AdaptertxError, match='for method "fusion" only'):
+        load_study(write(tmp_path, bad.replace('method = "fusion"', 'method = "average"')))

@@ -251,6 +251,56 @@ def test_fusion_trains_saves_a_standard_setup_and_fused_inference_matches(runs, 
         merge("fusion", [runs["mrpc"], runs["copa"]], tmp_path / "fusion", opts)
 
 
+def test_fusion_on_the_task_mixture_round_trips(runs, tmp_path, tiny_xlmr_dir):
+    from adapters import AutoAdapterModel
+    from transformers import AutoTokenizer
+
+    from adaptertx.evaluate import load_intermediate
+    from adaptertx.modeling import BuiltModel
+    from adaptertx.tasks import get_task
+    from adaptertx.train import _encode, _english_splits, evaluate
+
+    train_kw = dict(max_steps=3, max_examples=16, batch_size=4, max_length=48, lr=1e-2, epochs=1)
+    opts = MergeOptions(target="mixture", progress=False, train=train_kw)
+    result = merge("fusion", [runs["mrpc"], runs["copa"]], tmp_path / "mix", opts)
+    recipe = json.loads((result.out / "recipe.json").read_text())
+    assert recipe["method"] == "fusion" and recipe["target"] == "mixture" and recipe["tasks"] == ["mrpc", "copa"]
+    assert [i["task"] for i in recipe["inputs"]] == ["mrpc", "copa"] and recipe["adapters"] == ["mrpc", "copa"]
+    assert set(recipe["validation"]) == {"mrpc", "copa"} and recipe["heads"] == {"mrpc": "heads/mrpc",
+                                                                                 "copa": "heads/copa"}
+    files = {p.relative_to(result.out).as_posix() for p in result.out.rglob("*.safetensors")}
+    assert "adapter/mrpc,copa/model_adapter_fusion.safetensors" in files
+    assert {"heads/mrpc/model_head.safetensors", "heads/copa/model_head.safetensors"} <= files
+    # Each adapter folder carries its task's head as trained under the Fusion (= heads/<task>/).
+    for name in ("mrpc", "copa"):
+        assert tensors(result.out / "adapter" / name, "model_head.safetensors").keys() == \
+            tensors(result.out / "heads" / name, "model_head.safetensors").keys()
+        assert all(torch.equal(v, tensors(result.out / "heads" / name, "model_head.safetensors")[k])
+                   for k, v in tensors(result.out / "adapter" / name, "model_head.safetensors").items())
+
+    # Reloaded with plain `adapters`, each head reproduces its recorded validation score.
+    model = AutoAdapterModel.from_pretrained(tiny_xlmr_dir)
+    model.load_adapter_setup(str(result.out / "adapter"), use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_xlmr_dir)
+    model.eval()
+    for name in ("mrpc", "copa"):
+        model.load_head(str(result.out / "heads" / name), load_as=name, use_safetensors=True)
+        model.active_head = name
+        task = get_task(name)
+        rows = _english_splits(task, 16)[1]
+        built = BuiltModel(model, tokenizer, name, "", autocast=False)
+        scores = evaluate(built, task, _encode(task, rows, tokenizer, 48, "validation"), rows)
+        assert scores["accuracy"] == pytest.approx(recipe["validation"][name]["accuracy"])
+    # The frozen task adapters are the runs' own; evaluation starts the Fusion from these weights.
+    saved = tensors(result.out / "adapter" / "mrpc", "adapter.safetensors")
+    assert all(torch.equal(v, tensors(runs["mrpc"] / "adapter")[k]) for k, v in saved.items())
+    inter = load_intermediate(result.out)
+    assert inter.method == "fusion" and inter.tasks == ("mrpc", "copa") and inter.fusion_dir == result.out / "adapter"
+
+    with pytest.raises(AdaptertxError, match="takes one run per task; mrpc is given twice"):
+        merge("fusion", [runs["mrpc"], runs["mrpc"]], tmp_path / "twice", opts)
+
+
 def test_cli_merge(runs, tmp_path):
     from adaptertx.cli import main
 
