@@ -481,10 +481,14 @@ def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathL
         notes.append(f"entity types scored: {', '.join(sorted(keep))} (those of both {train_task.name} and "
                      f"{task.name}; other types count as O in gold and predictions)")
     results = {}
-    for lang, (rows, split, source) in _progress(sets.items(), progress, f"zero-shot {task.name}"):
-        encodable = [_placeholder_labels(train_task, r) for r in rows]
-        features = _encode(train_task, encodable, built.tokenizer, config.max_length, f"{lang} test")
-        preds = predict(built, train_task, features, batch_size=config.batch_size * 4)
+    with _fused_inference(built.model):
+        preds_by_lang = {}
+        for lang, (rows, _, _) in _progress(sets.items(), progress, f"zero-shot {task.name}"):
+            encodable = [_placeholder_labels(train_task, r) for r in rows]
+            features = _encode(train_task, encodable, built.tokenizer, config.max_length, f"{lang} test")
+            preds_by_lang[lang] = predict(built, train_task, features, batch_size=config.batch_size * 4)
+    for lang, (rows, split, source) in sets.items():
+        preds = preds_by_lang[lang]
         gold = rows
         if keep is not None:
             preds = [_restrict(p, keep) for p in preds]
@@ -494,6 +498,28 @@ def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathL
         results[lang] = LanguageResult(_round(scores), len(rows), _low(lang), split, source, stats, _ids_sha(rows))
     trace = _trace(config, inter, built.fingerprint, Path(out), start)
     return EvalResult(task.name, task.metric, PRIMARY[task.metric], results, missing, trace, notes)
+
+
+def _fused_inference(model):
+    """:func:`adaptertx.fusion.enable_fused_fusion` for the Fuse of the model's active setup
+    (``Stack(Fuse(...), target)``): all task adapters of a layer in one GEMM at inference,
+    outputs equal to the library's. A no-op context without a Fuse (or one the fused path
+    cannot run, said in the log)."""
+    import contextlib
+
+    from adapters.composition import Fuse
+
+    from adaptertx.fusion import enable_fused_fusion
+
+    setup = model.active_adapters
+    fuse = next((c for c in getattr(setup, "children", ()) if isinstance(c, Fuse)), None)
+    if fuse is None:
+        return contextlib.nullcontext()
+    try:
+        return enable_fused_fusion(model, fuse)
+    except AdaptertxError as e:
+        log.info("zero-shot predictions run the adapters library's Fusion forward: %s", e)
+        return contextlib.nullcontext()
 
 
 def _progress(items, progress: bool, desc: str):

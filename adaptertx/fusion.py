@@ -7,16 +7,20 @@ in one GEMM, the fusion attention folded into it, one GEMM out). Outputs equal t
 (same dtype rules as the kernels); the cost per adapter is a bottleneck adapter's, not two
 ``d x d`` products.
 
-The fused path serves inference only: a layer uses it when the fusion is the active setup,
-the layer is in eval mode, and no gradient of its adapter or fusion weights is being
-recorded; otherwise (training, another active setup, fusion attentions requested) the
-library's forward runs. The folded weights are taken when the path is enabled: call
+The fused path serves inference only. It replaces each layer's ``compose_fuse`` for that
+fusion, so it serves the fusion wherever the active setup applies it: alone (``Fuse(a, b)``)
+or inside a composition, e.g. ``Stack(Fuse(a, b), target)`` (the zero-shot protocol's target
+adapter over a Fusion, :mod:`adaptertx.evaluate`). A layer uses it in eval mode when no
+gradient of its adapter or fusion weights is being recorded; otherwise (training, fusion
+attentions requested) the library's forward runs. The folded weights are taken when the path is enabled: call
 :meth:`FusedFusion.refresh` after changing the adapter or fusion weights.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -79,20 +83,19 @@ _REGISTRY = "_adaptertx_fused_fusions"
 
 
 def _dispatcher(layer, registry: dict):
-    """A layer's forward: the fused path of the active fusion when it is enabled and usable,
+    """A layer's ``compose_fuse``: the fused path of that fusion when it is enabled and usable,
     else the library's."""
-    library_forward = type(layer).bottleneck_layer_forward.__get__(layer)
+    library_compose_fuse = type(layer).compose_fuse.__get__(layer)
 
-    def forward(hidden_states, residual_input, layer_norm):
-        setup = layer.get_active_setup()
-        fused = registry.get(getattr(setup, "name", None)) if setup is not None else None
+    def compose_fuse(adapter_setup, state, lvl: int = 0):
+        fused = registry.get(adapter_setup.name)
         if fused is not None:
-            out = fused(hidden_states, residual_input, layer_norm)
+            out = fused(state)
             if out is not None:
                 return out
-        return library_forward(hidden_states, residual_input, layer_norm)
+        return library_compose_fuse(adapter_setup, state, lvl)
 
-    return forward
+    return compose_fuse
 
 
 class FusedFusion:
@@ -117,7 +120,7 @@ class FusedFusion:
             if registry is None:
                 registry = {}
                 layer.__dict__[_REGISTRY] = registry
-                layer.__dict__["bottleneck_layer_forward"] = _dispatcher(layer, registry)
+                layer.__dict__["compose_fuse"] = _dispatcher(layer, registry)
             registry[self.block.name] = self._forward_for(layer)
 
     @property
@@ -139,11 +142,9 @@ class FusedFusion:
         return packed
 
     def _usable(self, layer) -> bool:
-        from adapters.composition import Fuse
         from adapters.context import ForwardContext
 
-        setup = layer.get_active_setup()
-        if not isinstance(setup, Fuse) or setup.name != self.block.name or layer.training:
+        if layer.training:
             return False
         context = ForwardContext.get_context()
         if context is not None and getattr(context, "output_adapter_fusion_attentions", False):
@@ -158,18 +159,19 @@ class FusedFusion:
     def _forward_for(self, layer):
         block = self.block
 
-        def forward(hidden_states, residual_input, layer_norm):
+        def forward(state):
+            """``compose_fuse`` of ``block`` on the composition state, or ``None`` (library)."""
             if not self._usable(layer):
                 return None
             fusion_config, _ = layer.adapters_config.get_fusion(block.name)
-            last = layer.adapters[block.last()]
-            x, query, residual = last.pre_forward(hidden_states, residual_input, layer_norm,
-                                                  fusion_config=fusion_config)
+            last = block.last()
+            x, query, residual = layer.adapters[last].pre_forward(state.hidden_states, state.input_tensor,
+                                                                  state.layer_norm, fusion_config=fusion_config)
             fusion = layer.adapter_fusion_layer[block.name]
             temperature = fusion.T
             fusion.T = max(fusion.T - fusion.reduction, 1.0)  # the library anneals on every forward
             out = adapter_fusion(x, query, residual, self._packed_for(layer, x), temperature)
-            return last.post_forward(out, hidden_states, residual_input, layer_norm)
+            return state._replace(hidden_states=out, adapter_residual=residual, last=last)
 
         return forward
 
@@ -180,7 +182,7 @@ class FusedFusion:
             registry.pop(self.block.name, None)
             if not registry:
                 layer.__dict__.pop(_REGISTRY, None)
-                layer.__dict__.pop("bottleneck_layer_forward", None)
+                layer.__dict__.pop("compose_fuse", None)
         self._layers = []
 
     def __enter__(self) -> "FusedFusion":
@@ -188,6 +190,18 @@ class FusedFusion:
 
     def __exit__(self, *exc) -> None:
         self.disable()
+
+
+@contextlib.contextmanager
+def library_fusion_forward(model: nn.Module) -> Iterator[None]:
+    """Within the block, every fusion of ``model`` runs the ``adapters`` library's forward;
+    the fused paths enabled before are back afterwards (for side-by-side comparisons)."""
+    saved = [(m, m.__dict__.pop("compose_fuse")) for m in model.modules() if _REGISTRY in m.__dict__]
+    try:
+        yield
+    finally:
+        for m, fn in saved:
+            m.__dict__["compose_fuse"] = fn
 
 
 def enable_fused_fusion(model: nn.Module, setup) -> FusedFusion:

@@ -105,6 +105,40 @@ def test_zero_shot_scores_match_plain_adapters_reload(runs, tiny_xlmr_dir, tmp_p
         evaluate(tiny("xcopa", tiny_xlmr_dir, languages=("sw",)), NONE, tmp_path / "cell", progress=False)
 
 
+def test_fusion_cell_scores_come_from_the_fused_path_and_match_the_library(runs, tiny_xlmr_dir, tmp_path,
+                                                                            monkeypatch):
+    """Under Stack(Fuse, target) the test predictions run the fused N-adapter path; the saved
+    setup, reloaded with plain ``adapters`` (the library's Fusion forward), predicts the same."""
+    from adapters import AutoAdapterModel
+
+    from adaptertx import data, fusion
+    from adaptertx.features import decode_predictions, encode_examples
+    from adaptertx.models import load_tokenizer
+    from adaptertx.train import _first
+
+    served = []
+    original = fusion.FusedFusion._forward_for
+
+    def counting(self, layer):
+        forward = original(self, layer)
+        return lambda state: served.append(1) or forward(state)
+
+    monkeypatch.setattr(fusion.FusedFusion, "_forward_for", counting)
+    result = evaluate(tiny("xcopa", tiny_xlmr_dir, languages=("sw",)), fusion_of([runs["siqa"], runs["mrpc"]]),
+                      tmp_path / "cell", progress=False)
+    assert served  # the fused path computed the Fuse layers of the test predictions
+
+    model = AutoAdapterModel.from_pretrained(tiny_xlmr_dir)
+    model.load_adapter_setup(str(tmp_path / "cell" / "adapter"), use_safetensors=True)
+    model.eval()
+    rows = _first(data.load("xcopa", "sw", "test"), 8)
+    feats = encode_examples(get_task("copa"), rows, load_tokenizer(tiny_xlmr_dir), max_length=48)
+    with torch.no_grad():
+        logits = model(**feats.batch(range(len(rows)), labels=False)).logits
+    preds = decode_predictions(get_task("copa"), feats, logits)
+    assert [[float(p == r["label"])] for p, r in zip(preds, rows)] == result.languages["sw"].stats
+
+
 def test_missing_languages_are_reported_not_skipped(tiny_xlmr_dir):
     sets, missing = _eval_sets(get_task("panx"), tiny("panx", tiny_xlmr_dir))
     assert set(sets) == {"af", "am", "ig", "rw", "sw", "yo"}

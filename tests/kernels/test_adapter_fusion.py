@@ -106,8 +106,6 @@ MASK = torch.tensor([[1] * 8, [1] * 7 + [0]])
 
 
 def hidden(model, setup):
-    from adaptertx.fusion import _REGISTRY
-
     model.set_active_adapters(setup)
     with torch.no_grad():
         out = model.base_model(input_ids=IDS, attention_mask=MASK).last_hidden_state
@@ -116,14 +114,10 @@ def hidden(model, setup):
 
 def library(model, setup):
     """The library's forward with any fused path switched off for the call."""
-    from adaptertx.fusion import _REGISTRY
+    from adaptertx.fusion import library_fusion_forward
 
-    saved = [(m, m.__dict__.pop("bottleneck_layer_forward")) for m in model.modules() if _REGISTRY in m.__dict__]
-    try:
+    with library_fusion_forward(model):
         return hidden(model, setup)
-    finally:
-        for m, fn in saved:
-            m.__dict__["bottleneck_layer_forward"] = fn
 
 
 def test_fused_model_forward_equals_the_library(fusion_model):
@@ -154,7 +148,7 @@ def test_fused_model_forward_equals_the_library(fusion_model):
             for p in fusion_model.parameters():
                 p.requires_grad_(False)
             fusion_model.eval()
-    assert not any("bottleneck_layer_forward" in m.__dict__ for m in fusion_model.modules())
+    assert not any("compose_fuse" in m.__dict__ for m in fusion_model.modules())
 
 
 def test_fused_model_bf16_within_twice_the_librarys_error(fusion_model):
@@ -243,3 +237,36 @@ def test_fast_fusion_attention_equals_the_library_forward_and_backward(stacked_f
     fast16, _, _ = _forward_and_grads(fast16_model, autocast=True)
     ref32, _, _ = _forward_and_grads(copy.deepcopy(stacked_fusion))
     assert (fast16 - ref32).abs().max() <= 2 * (lib16 - ref32).abs().max() + 1e-6
+
+
+def test_fused_inference_serves_a_fusion_inside_a_stack(stacked_fusion):
+    """Stack(Fuse(a, b, c), t), the zero-shot protocol's setup: the fused path computes the
+    Fuse, the library the target adapter on top; outputs equal the library's, in eval mode."""
+    import copy
+
+    from adapters.composition import Fuse, Stack
+
+    from adaptertx.fusion import enable_fused_fusion
+
+    model = copy.deepcopy(stacked_fusion).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    calls = []
+    setup = Stack(Fuse("a", "b", "c"), "t")
+    fusions = [m for m in model.modules() if type(m).__name__ == "BertFusion"]
+    temps = [m.T for m in fusions]  # this fusion anneals its softmax temperature on every forward
+    ref = library(model, setup)
+    after = [m.T for m in fusions]
+    for m, t in zip(fusions, temps):
+        m.T = t
+    with enable_fused_fusion(model, Fuse("a", "b", "c")) as handle:
+        for m in model.modules():
+            if "compose_fuse" in m.__dict__:
+                fused = m.__dict__["_adaptertx_fused_fusions"]["a,b,c"]
+                m.__dict__["_adaptertx_fused_fusions"]["a,b,c"] = lambda state, f=fused: calls.append(1) or f(state)
+        ours = hidden(model, setup)
+        assert len(calls) == handle.layers == model.config.num_hidden_layers
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert [m.T for m in fusions] == after
+    # Without the target adapter on top the result differs: the stack really ran it.
+    assert not torch.allclose(library(model, Fuse("a", "b", "c")), ref, atol=1e-3)
