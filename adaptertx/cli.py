@@ -427,7 +427,8 @@ def _encoder_options(fn):
     options = [
         click.option("--model", "model_name", default="me5-small", show_default=True, help="Model name, folder or Hub id."),
         click.option("--adapter", type=click.Path(exists=True, file_okay=False),
-                     help="AdapterHub adapter folder to apply (seq_bn), e.g. RUN/adapter from `adaptertx train`."),
+                     help="Adapter to apply (seq_bn): a run or merged folder (or its adapter/), including an "
+                          "AdapterFusion from `adaptertx merge --method fusion` (its adapters and Fusion)."),
         click.option("--layer", type=int, help="Hidden layer to pool (default: the model's XTREME layer)."),
         click.option("--data-dir", type=click.Path(exists=True, file_okay=False), help="Score your own files instead "
                      "of the bundled data (Tatoeba: tatoeba.xxx-eng.xxx + .eng line-aligned pairs; BUCC: "

@@ -18,8 +18,10 @@ definition on a target task (Pfeiffer et al., 2021), so it is trained here toget
 target adapter; a Fusion folder from ``adaptertx merge`` provides the starting weights.
 
 Retrieval targets (Tatoeba, BUCC, LAReQA from XQuAD-R files, Mewsli-X from its release files)
-have no training: the intermediate adapter (if any) encodes directly. A Fusion has no meaning
-without a target task, so retrieval under a Fusion is reported as not applicable, never
+have no training: the intermediate adapter (if any) encodes directly, and so does a trained
+Fusion (a ``merge --method fusion`` folder, e.g. one trained on the intermediate tasks'
+mixture). A Fusion that is only learnt with each target's adapter (``--fusion RUN,RUN``) is
+untrained without a target, so retrieval under it is reported as not applicable, never
 silently skipped.
 
 Every language's result holds its per-example counts (:func:`adaptertx.metrics.example_stats`),
@@ -601,12 +603,16 @@ def _evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, sta
     from adaptertx.models import fingerprint, load_model
     from adaptertx.retrieval import evaluate_bucc, evaluate_tatoeba
 
-    if inter.method == "fusion":
-        why = "not applicable: a Fusion layer is learnt on a target task, and retrieval has no target training"
+    if inter.method == "fusion" and inter.fusion_dir is None:
+        why = ("not applicable: this Fusion layer is untrained (it is learnt with each target's adapter), and "
+               "retrieval has no target training; a trained Fusion (adaptertx merge --method fusion) encodes")
         langs = config.languages or task.languages
         return EvalResult(task.name, task.metric, PRIMARY.get(task.metric, "f1"), {},
                           {code: why for code in langs}, _trace(config, inter, inter.fingerprint, None, start), [why])
-    adapter = str(inter.adapters[0]) if inter.adapters else None
+    if inter.method == "fusion":
+        adapter = str(inter.fusion_dir)  # the trained Fusion's setup: its task adapters and the Fusion
+    else:
+        adapter = str(inter.adapters[0]) if inter.adapters else None
     model, _ = load_model(config.model)
     base_print = fingerprint(model)
     del model

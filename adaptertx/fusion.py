@@ -50,7 +50,8 @@ def _layer_weights(layer, block) -> FusionWeights:
 
     fusion = layer.adapter_fusion_layer[block.name]
     down_w, down_b, up_w, up_b, scaling, acts = [], [], [], [], [], []
-    for name in block.children:
+    # An adapter left out of this layer (leave_out) is skipped, as the library's compose_fuse does.
+    for name in [n for n in block.children if n in layer.adapters]:
         adapter = layer.adapters[name]
         seq = list(adapter.adapter_down)
         if (len(seq) != 2 or not isinstance(seq[0], nn.Linear) or not isinstance(seq[1], Activation_Function_Class)

@@ -170,6 +170,25 @@ def test_retrieval_under_a_fusion_is_not_applicable(runs, tiny_xlmr_dir):
     assert not result.languages and result.missing["de"].startswith("not applicable")
 
 
+def test_retrieval_under_a_trained_fusion_encodes_with_it(runs, tiny_xlmr_dir, tmp_path):
+    from adaptertx.merge import MergeOptions, merge
+    from adaptertx.retrieval import evaluate_tatoeba
+
+    opts = MergeOptions(target="mixture", progress=False,
+                        train=dict(max_steps=2, max_examples=12, batch_size=4, max_length=48, lr=1e-2, epochs=1))
+    folder = merge("fusion", [runs["siqa"], runs["mrpc"]], tmp_path / "mix", opts).out
+    result = evaluate(tiny("tatoeba", tiny_xlmr_dir, languages=("de",)), load_intermediate(folder), "unused",
+                      progress=False)
+    assert set(result.languages) == {"de"} and not result.missing
+    direct = evaluate_tatoeba(tiny_xlmr_dir, ["de"], max_pairs=8, adapter=str(folder / "adapter"), progress=False)[0]
+    assert [s[0] for s in result.languages["de"].stats] == [float(h) for h in direct.hits]
+    assert any("fusion" in c["path"] for c in result.trace["checkpoints"])
+    from adaptertx.retrieval import load_encoder
+
+    model, _, name = load_encoder(tiny_xlmr_dir, folder)
+    assert name == "siqa,mrpc" and str(model.adapters_config.active_setup) == "Fuse[siqa, mrpc]"
+
+
 def test_tatoeba_hits_are_per_pair(runs, tiny_xlmr_dir):
     from adaptertx.retrieval import evaluate_tatoeba
 

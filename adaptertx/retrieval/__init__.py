@@ -259,15 +259,19 @@ def retrieval_hits(queries: torch.Tensor, candidates: torch.Tensor, *, block: in
 
 def load_encoder(model_name: str, adapter: str | os.PathLike | None = None
                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str | None]:
-    """Load a model (and optionally an AdapterHub adapter folder, activated) for encoding.
+    """Load a model (and optionally an AdapterHub adapter or AdapterFusion setup, activated) for
+    encoding.
 
     Args:
         model_name: a model name, folder or Hub id (see :func:`adaptertx.models.load_model`).
         adapter: a folder written by ``adapters``' ``save_adapter`` (e.g. the ``adapter/``
-            folder of an ``adaptertx train`` run), loaded with ``use_safetensors=True``.
+            folder of an ``adaptertx train`` run or a weight-space merge), one written by
+            ``save_adapter_setup`` for a Fusion (``adapter/`` of ``adaptertx merge --method
+            fusion``: its task adapters and the Fusion, heads ignored), or a run or merged
+            folder holding either as ``adapter/``; loaded with ``use_safetensors=True``.
 
     Returns:
-        (model, tokenizer, adapter name or None).
+        (model, tokenizer, the active adapter's or Fusion's name, or None).
     """
     from adaptertx.models import load_model
 
@@ -275,19 +279,47 @@ def load_encoder(model_name: str, adapter: str | os.PathLike | None = None
     if adapter is None:
         return model, tokenizer, None
     path = Path(adapter).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        raise AdaptertxError(f"{path} is not an adapter folder (no adapter_config.json); pass the adapter/ "
-                             f"folder an `adaptertx train` run writes")
+    if not any((path / f).is_file() for f in ("adapter_config.json", "adapter_setup.json")) and (
+            (path / "adapter").is_dir()):
+        path = path / "adapter"
     import adapters
 
     adapters.init(model)
     try:
-        name = model.load_adapter(str(path), use_safetensors=True)
+        if (path / "adapter_setup.json").is_file():
+            name = _load_fusion_setup(model, path)
+        elif (path / "adapter_config.json").is_file():
+            name = model.load_adapter(str(path), use_safetensors=True)
+            model.set_active_adapters(name)
+        else:
+            raise AdaptertxError(f"{path} is not an adapter folder (no adapter_config.json) nor a Fusion setup (no "
+                                 f"adapter_setup.json); pass the adapter/ folder of an `adaptertx train` run or "
+                                 f"`adaptertx merge` folder")
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise AdaptertxError(f"could not load the adapter in {path}: {str(e).splitlines()[0]}") from None
-    model.set_active_adapters(name)
     model.eval()
     return model, tokenizer, name
+
+
+def _load_fusion_setup(model, path: Path) -> str:
+    """The task adapters and the Fusion of a ``save_adapter_setup`` folder, the Fusion active
+    (a head in the setup is not loaded: encoding needs none)."""
+    import logging
+
+    from adapters.composition import Fuse
+
+    quiet = logging.getLogger("adapters.model_mixin")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "head setup not supported by the current model": expected here
+    try:
+        setup, _ = model.load_adapter_setup(str(path), use_safetensors=True)
+    finally:
+        quiet.setLevel(level)
+    if not isinstance(setup, Fuse) or not all(isinstance(c, str) for c in setup.children):
+        raise AdaptertxError(f"{path} holds the adapter setup {setup}; encoding takes one adapter or one Fuse of "
+                             f"adapters (the adapter/ folder of `adaptertx merge --method fusion`)")
+    model.set_active_adapters(setup)
+    return setup.name
 
 
 def _resolve_layer_prefix(model, layer, prefix):

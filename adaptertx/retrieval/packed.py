@@ -12,8 +12,11 @@ whose ``base_model`` is one) with absolute position embeddings. Linear weights a
 the compute dtype, or kept as int8 rows + scales (``int8=True``, or a model already holding
 :class:`adaptertx.quantize.Int8Linear` layers) and dequantised just in time for each matmul.
 An active ``adapters`` bottleneck adapter in the sequential ``seq_bn`` (Pfeiffer) placement
-is applied after each layer's FFN with :func:`adaptertx.kernels.bottleneck_adapter`; other
-adapter setups (Fusion, parallel, stacks, LoRA, ...) are refused with a clear error.
+is applied after each layer's FFN with :func:`adaptertx.kernels.bottleneck_adapter` (an
+averaged or otherwise merged adapter is one such adapter); an active AdapterFusion of such
+adapters (``Fuse(a, b, ...)``) with :func:`adaptertx.kernels.adapter_fusion` (all the
+layer's adapters in one GEMM, the fusion attention folded in) at the fusion's current softmax
+temperature; other setups (parallel, stacks, LoRA, ...) are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from transformers.activations import ACT2FN
 
 from adaptertx.errors import AdaptertxError
 from adaptertx.kernels import add_layernorm, bias_gelu, bottleneck_adapter, segment_mean_pool_normalize, varlen_attention
+from adaptertx.kernels.adapter_fusion import adapter_fusion, pack_fusion
 from adaptertx.quantize import Int8Linear, dequantize_rows, quantize_rows
 
 # The adapters-library bottleneck settings the packed forward implements (``seq_bn``).
@@ -109,8 +113,9 @@ def _read_linears(modules: Sequence[torch.nn.Module], dtype: torch.dtype, int8: 
     return _Linear(weight, bias, dtype)
 
 
-def _active_adapter(base: torch.nn.Module, adapter: str | None) -> str | None:
-    """The one bottleneck adapter to apply: ``adapter`` if named, else the model's active one."""
+def _active_adapter(base: torch.nn.Module, adapter: str | None):
+    """The one bottleneck adapter (its name) or ``Fuse`` to apply: ``adapter`` if named, else
+    the model's active setup."""
     config = getattr(base, "adapters_config", None)
     if config is None:
         if adapter is not None:
@@ -123,15 +128,19 @@ def _active_adapter(base: torch.nn.Module, adapter: str | None) -> str | None:
     setup = config.active_setup
     if setup is None:
         return None
-    from adapters.composition import AdapterCompositionBlock, Stack
+    from adapters.composition import AdapterCompositionBlock, Fuse, Stack
 
     if isinstance(setup, str):
         return setup
-    if isinstance(setup, Stack) and len(setup.children) == 1 and isinstance(setup.children[0], str):
-        return setup.children[0]
+    if isinstance(setup, Stack) and len(setup.children) == 1 and isinstance(setup.children[0], (str, Fuse)):
+        setup = setup.children[0]
+        if isinstance(setup, str):
+            return setup
+    if isinstance(setup, Fuse) and all(isinstance(c, str) for c in setup.children):
+        return setup
     kind = type(setup).__name__ if isinstance(setup, AdapterCompositionBlock) else repr(setup)
-    raise AdaptertxError(f"PackedEncoder applies one bottleneck adapter; the active setup is a {kind} "
-                         f"({setup}); Fusion, averaged and stacked setups are not supported yet")
+    raise AdaptertxError(f"PackedEncoder applies one bottleneck adapter or one Fuse of them; the active setup is a "
+                         f"{kind} ({setup}); stacked, parallel and nested setups are not supported")
 
 
 def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype) -> tuple[list, str]:
@@ -167,6 +176,28 @@ def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype) -> tu
     return per_layer, str(cfg.non_linearity).lower()
 
 
+def _fusion_weights(base: torch.nn.Module, fuse, dtype: torch.dtype) -> tuple[list, list]:
+    """Per layer: the packed Fusion (:func:`adaptertx.kernels.adapter_fusion.pack_fusion`) of
+    ``fuse`` in its FFN adapter layer, or None, and (softmax temperature, query before LN)."""
+    from adaptertx.fusion import _layer_weights
+
+    for name in fuse.children:
+        _adapter_weights(base, name, dtype)  # each one a seq_bn bottleneck adapter (clear error if not)
+    packed, settings = [], []
+    for layer in base.encoder.layer:
+        bank = layer.output
+        if fuse.name not in getattr(bank, "adapter_fusion_layer", {}):
+            packed.append(None)
+            settings.append(None)
+            continue
+        packed.append(pack_fusion(_layer_weights(bank, fuse)).to(dtype=dtype))
+        fusion = bank.adapter_fusion_layer[fuse.name]
+        settings.append((float(fusion.T), bool(fusion.config["query_before_ln"])))
+    if all(p is None for p in packed):
+        raise AdaptertxError(f"the model has no AdapterFusion {fuse.name!r} in any layer")
+    return packed, settings
+
+
 class PackedEncoder:
     """Packed inference forward of a BERT/XLM-R encoder, up to a chosen layer.
 
@@ -177,8 +208,8 @@ class PackedEncoder:
         and dequantise them just in time for each matmul. Default: int8 exactly when the model
         holds :class:`~adaptertx.quantize.Int8Linear` layers (``int8=False`` then dequantises
         them once).
-    adapter: the bottleneck adapter to apply (default: the model's active adapter, if any;
-        ``""`` applies none).
+    adapter: the bottleneck adapter to apply (default: the model's active adapter or Fusion,
+        if any; ``""`` applies none).
     """
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None, int8: bool | None = None,
@@ -210,10 +241,13 @@ class PackedEncoder:
         self.int8 = has_int8 if int8 is None else bool(int8)
         self.adapter = _active_adapter(base, adapter or None) if adapter != "" else None
         adapters, self.adapter_act = ([None] * self.num_layers, "relu")
-        if self.adapter is not None:
+        fusions, settings = [None] * self.num_layers, [None] * self.num_layers
+        if isinstance(self.adapter, str):
             adapters, self.adapter_act = _adapter_weights(base, self.adapter, self.dtype)
+        elif self.adapter is not None:
+            fusions, settings = _fusion_weights(base, self.adapter, self.dtype)
         self.layers = []
-        for layer, ad in zip(base.encoder.layer, adapters):
+        for layer, ad, fu, st in zip(base.encoder.layer, adapters, fusions, settings):
             att = layer.attention
             lin = lambda *ms: _read_linears(ms, self.dtype, self.int8)  # noqa: E731
             self.layers.append({
@@ -224,6 +258,8 @@ class PackedEncoder:
                 "out": lin(layer.output.dense),
                 "ln2": (w(layer.output.LayerNorm.weight), w(layer.output.LayerNorm.bias)),
                 "adapter": ad,
+                "fusion": fu,
+                "fusion_settings": st,
             })
 
     def _w(self, t: torch.Tensor) -> torch.Tensor:
@@ -266,6 +302,12 @@ class PackedEncoder:
                 down_w, down_b, up_w, up_b, scaling = p["adapter"]
                 h = add_layernorm(ffn, x, *p["ln2"], self.eps)
                 ffn = bottleneck_adapter(h, ffn, down_w, down_b, up_w, up_b, self.adapter_act, scaling)
+            elif p["fusion"] is not None:
+                # seq_bn's pre_forward: residual = FFN output, input = LN(FFN + x), the query
+                # one of the two (query_before_ln); then the library's post_forward LN below.
+                temperature, query_before_ln = p["fusion_settings"]
+                h = add_layernorm(ffn, x, *p["ln2"], self.eps)
+                ffn = adapter_fusion(h, ffn if query_before_ln else h, ffn, p["fusion"], temperature)
             x = add_layernorm(ffn, x, *p["ln2"], self.eps)
         return x
 
