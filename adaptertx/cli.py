@@ -71,7 +71,7 @@ def models() -> None:
              s.params_m, s.retrieval_layer, s.note) for s in MODELS.values()]
     click.echo(tabulate(rows, headers=["name", "source", "layers", "hidden", "params (M)",
                                        "retrieval layer", "note"]))
-    click.echo(f"\n* default. Also accepted: a local folder with a saved Hugging Face encoder, or a Hub id.")
+    click.echo("\n* default. Also accepted: a local folder with a saved Hugging Face encoder, or a Hub id.")
 
 
 @main.command("tasks")

@@ -566,8 +566,7 @@ def merge_fusion(inputs, out, options, overwrite, *, resume: bool = False) -> Me
     from adapters.composition import Fuse
 
     from adaptertx import train as train_mod
-    from adaptertx.modeling import BuiltModel, add_head, load_base
-    from adaptertx.models import fingerprint
+    from adaptertx.modeling import BuiltModel, add_head
     from adaptertx.tasks import get_task
 
     if options.weights is not None:
@@ -602,18 +601,7 @@ def merge_fusion(inputs, out, options, overwrite, *, resume: bool = False) -> Me
         raise AdaptertxError(f"{out} already holds a merged model; pass --overwrite to replace it")
 
     def build(cfg, task_):
-        model, tokenizer = load_base(cfg.model, cfg.quant)
-        for inp, name in zip(inputs, names):
-            model.load_adapter(str(inp.adapter_dir), load_as=name, with_head=False, use_safetensors=True)
-        base_print = fingerprint(model.base_model)
-        if base_print != inputs[0].fingerprint:
-            raise AdaptertxError(f"base {cfg.model!r} (fingerprint {base_print}) is not the base the adapters were "
-                                 f"trained on ({inputs[0].fingerprint})")
-        torch.manual_seed(cfg.adapter_seed)
-        model.add_adapter_fusion(fuse, config=options.fusion_config)
-        from adaptertx.fusion import fast_fusion_attention
-
-        fast_fusion_attention(model)
+        model, tokenizer, base_print = _fusion_model(cfg, inputs, names, fuse, options.fusion_config)
         add_head(model, task_, head)
         model.train_adapter_fusion(fuse)
         for p in model.heads[head].parameters():
@@ -624,10 +612,8 @@ def merge_fusion(inputs, out, options, overwrite, *, resume: bool = False) -> Me
     def save(model, built, folder: Path) -> None:
         model.save_adapter_setup(str(folder), fuse, head_setup=head, use_safetensors=True)
 
-    def regularise(model):
-        return model.get_fusion_regularization_loss() if options.fusion_config == "dynamic" else None
-
-    hooks = train_mod.TrainHooks(build=build, save=save, extra_loss=regularise, run_info=info)
+    hooks = train_mod.TrainHooks(build=build, save=save, extra_loss=_fusion_regulariser(options.fusion_config),
+                                 run_info=info)
     result = train_mod.train(config, resume=resume, overwrite=overwrite, progress=options.progress, hooks=hooks)
     recipe = _recipe("fusion", inputs, None, None, head, target=task.name, adapters=names,
                      fusion_config=options.fusion_config, seed=config.seed, adapter_seed=config.adapter_seed,
@@ -636,6 +622,38 @@ def merge_fusion(inputs, out, options, overwrite, *, resume: bool = False) -> Me
                             "model.load_adapter_setup(<out>/adapter, use_safetensors=True)")
     atomic_write_text(out / "recipe.json", json.dumps(recipe, indent=2) + "\n")
     return MergeResult(out, recipe, head)
+
+
+def _fusion_model(config, inputs: list[MergeInput], names: list[str], fuse, fusion_config: str, heads: bool = False):
+    """(model, tokenizer, base fingerprint): the base with the inputs' adapters as ``names``
+    (and, with ``heads``, each run's head named by its task) and a new AdapterFusion ``fuse``
+    (initialised from ``config.adapter_seed``, with the one-GEMM fusion attention), on the
+    base the adapters were trained on (refused otherwise)."""
+    from adaptertx.fusion import fast_fusion_attention
+    from adaptertx.modeling import load_base
+    from adaptertx.models import fingerprint
+
+    model, tokenizer = load_base(config.model, config.quant)
+    for inp, name in zip(inputs, names):
+        model.load_adapter(str(inp.adapter_dir), load_as=name, with_head=False, use_safetensors=True)
+        if heads:
+            model.load_head(str(inp.adapter_dir), load_as=inp.task, use_safetensors=True)
+    base_print = fingerprint(model.base_model)
+    if base_print != inputs[0].fingerprint:
+        raise AdaptertxError(f"base {config.model!r} (fingerprint {base_print}) is not the base the adapters were "
+                             f"trained on ({inputs[0].fingerprint})")
+    torch.manual_seed(config.adapter_seed)
+    model.add_adapter_fusion(fuse, config=fusion_config)
+    fast_fusion_attention(model)
+    return model, tokenizer, base_print
+
+
+def _fusion_regulariser(fusion_config: str):
+    """The extra loss of a Fusion's training: ``adapters``' value-matrix regularisation
+    (dynamic Fusion), none for a static one."""
+    if fusion_config != "dynamic":
+        return None
+    return lambda model: model.get_fusion_regularization_loss()
 
 
 #: ``MergeOptions.target`` that trains a Fusion on the mixture of its inputs' tasks.
@@ -648,9 +666,7 @@ def _fusion_on_mixture(inputs: list[MergeInput], out: Path, options: MergeOption
     head its run saved (:func:`adaptertx.multitask.train_multitask` with hooks)."""
     from adapters.composition import Fuse
 
-    from adaptertx.fusion import fast_fusion_attention
-    from adaptertx.modeling import BuiltModel, load_base
-    from adaptertx.models import fingerprint
+    from adaptertx.modeling import BuiltModel
     from adaptertx.multitask import MultitaskHooks, train_multitask
 
     tasks = [i.task for i in inputs]
@@ -679,17 +695,7 @@ def _fusion_on_mixture(inputs: list[MergeInput], out: Path, options: MergeOption
     settings.update(options.train)
 
     def build(config, task_list) -> BuiltModel:
-        model, tokenizer = load_base(config.model, config.quant)
-        for inp, adapter_name in zip(inputs, names):
-            model.load_adapter(str(inp.adapter_dir), load_as=adapter_name, with_head=False, use_safetensors=True)
-            model.load_head(str(inp.adapter_dir), load_as=inp.task, use_safetensors=True)
-        base_print = fingerprint(model.base_model)
-        if base_print != inputs[0].fingerprint:
-            raise AdaptertxError(f"base {config.model!r} (fingerprint {base_print}) is not the base the adapters were "
-                                 f"trained on ({inputs[0].fingerprint})")
-        torch.manual_seed(config.adapter_seed)
-        model.add_adapter_fusion(fuse, config=options.fusion_config)
-        fast_fusion_attention(model)
+        model, tokenizer, base_print = _fusion_model(config, inputs, names, fuse, options.fusion_config, heads=True)
         model.train_adapter_fusion(fuse)
         for task in task_list:
             for p in model.heads[task.name].parameters():
@@ -704,10 +710,7 @@ def _fusion_on_mixture(inputs: list[MergeInput], out: Path, options: MergeOption
             model.save_adapter_setup(str(tmp), fuse, use_safetensors=True)
         return {task: f"heads/{task}" for task in config.tasks}
 
-    def regularise(model):
-        return model.get_fusion_regularization_loss() if options.fusion_config == "dynamic" else None
-
-    hooks = MultitaskHooks("fusion", build, save, regularise,
+    hooks = MultitaskHooks("fusion", build, save, _fusion_regulariser(options.fusion_config),
                            recipe={"target": MIXTURE, "adapters": names, "fusion_config": options.fusion_config,
                                    "layout": "adapter/ holds the adapters (each with its task's head) and the Fusion "
                                              "(save_adapter_setup, no active head); heads/<task>/ each task's head"})
