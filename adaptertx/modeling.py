@@ -14,6 +14,7 @@ bf16 autocast whenever the base computes in bf16, so no dtype mismatch reaches u
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -105,28 +106,40 @@ def adapter_config(adapter: str):
         raise AdaptertxError(f"unknown adapter config {adapter!r}; try seq_bn, double_seq_bn, par_bn, lora or ia3") from None
 
 
-def build_adapter_model(model_name: str, task: Task, *, adapter: str = "seq_bn", quant: str = "int8",
-                        adapter_seed: int = 42) -> BuiltModel:
-    """Load the base, add one adapter and one head for ``task``, and set up adapter training.
+def build_adapter_model(model_name: str, task: Task | Sequence[Task], *, adapter: str = "seq_bn",
+                        quant: str = "int8", adapter_seed: int = 42, name: str | None = None) -> BuiltModel:
+    """Load the base, add one adapter and one head per task, and set up adapter training (base
+    frozen; the adapter and every head trainable).
 
     Args:
         model_name: a model name, folder or Hub id.
-        task: the task to train.
+        task: the task to train, or several (multi-task training: one head per task, each
+            named by its task, picked per batch with ``model(**batch, head=task)``).
         adapter: an ``adapters`` config name (``seq_bn``, ``double_seq_bn``, ``par_bn``, ``lora``,
             ``ia3``, …).
         quant: one of :data:`QUANT_MODES`.
-        adapter_seed: seeds the adapter's and the head's initial weights. One seed per base
+        adapter_seed: seeds the adapter's and the heads' initial weights. One seed per base
             (the default) gives every task adapter the same initialisation, which weight
             averaging needs.
+        name: the adapter's name (default: the task's name; required for several tasks).
     """
-    check_trainable(task)
+    tasks = [task] if isinstance(task, Task) else list(task)
+    if name is None:
+        if len(tasks) != 1:
+            raise AdaptertxError("an adapter for several tasks needs a name")
+        name = tasks[0].name
+    for t in tasks:
+        check_trainable(t)
     config = adapter_config(adapter)
     model, tokenizer = load_base(model_name, quant)
-    name = task.name
     torch.manual_seed(adapter_seed)
     model.add_adapter(name, config=config)
-    add_head(model, task, name)
+    for t in tasks:
+        add_head(model, t, t.name)
     model.train_adapter(name)
+    for t in tasks:
+        for p in model.heads[t.name].parameters():
+            p.requires_grad_(True)
     adapter_params = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "heads." not in n)
     if adapter_params == 0:
         raise AdaptertxError(f"adapter {adapter!r} added no trainable parameters on the {quant} base "

@@ -61,8 +61,7 @@ from tqdm.auto import tqdm
 from adaptertx.environment import versions
 from adaptertx.errors import AdaptertxError
 from adaptertx.io import atomic_dir, atomic_write_text
-from adaptertx.modeling import (BuiltModel, add_head, adapter_config, check_trainable, load_base, load_trainable_state,
-                                trainable_state)
+from adaptertx.modeling import BuiltModel, build_adapter_model, check_trainable, load_trainable_state, trainable_state
 from adaptertx.tasks import Task, get_task
 from adaptertx.train import (PRIMARY, TrainConfig, _append_log, _encode, _english_splits, _load_checkpoint, _lr_factor,
                              _save_checkpoint, _truncate_log, evaluate, majority_baseline)
@@ -270,39 +269,6 @@ def epoch_plan(rows: Sequence[int], batch_size: int, probabilities: Sequence[flo
     return plan
 
 
-# ------------------------------------------------------------------------------ model
-
-
-def build_multitask_model(model_name: str, tasks: Sequence[Task], *, adapter: str = "seq_bn", quant: str = "int8",
-                          adapter_seed: int = 42, name: str = "multitask") -> BuiltModel:
-    """Load the base, add one adapter named ``name`` and one head per task (named by the task).
-
-    Seeds ``adapter_seed`` before adding the adapter, exactly as
-    :func:`adaptertx.modeling.build_adapter_model` does, so the adapter starts from the same
-    weights as the single-task adapters of that seed. Then sets up adapter training (base
-    frozen) and makes every head trainable.
-    """
-    from adaptertx.models import fingerprint
-
-    for task in tasks:
-        check_trainable(task)
-    config = adapter_config(adapter)
-    model, tokenizer = load_base(model_name, quant)
-    torch.manual_seed(adapter_seed)
-    model.add_adapter(name, config=config)
-    for task in tasks:
-        add_head(model, task, task.name)
-    model.train_adapter(name)
-    for task in tasks:
-        for p in model.heads[task.name].parameters():
-            p.requires_grad_(True)
-    adapter_params = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "heads." not in n)
-    if adapter_params == 0:
-        raise AdaptertxError(f"adapter {adapter!r} added no trainable parameters on the {quant} base "
-                             f"(the adapters library cannot wrap these layers); use --quant int8 or bf16")
-    return BuiltModel(model, tokenizer, name, fingerprint(model.base_model), autocast=quant != "none")
-
-
 # ------------------------------------------------------------------------------ the run
 
 
@@ -433,8 +399,9 @@ def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = Fal
 
     set_seed(config.seed)
     if hooks is None:
-        built = build_multitask_model(config.model, task_list, adapter=config.adapter, quant=config.quant,
-                                      adapter_seed=config.adapter_seed, name=config.name)
+        # The same builder and seed as single-task runs: the adapter starts from their weights.
+        built = build_adapter_model(config.model, task_list, adapter=config.adapter, quant=config.quant,
+                                    adapter_seed=config.adapter_seed, name=config.name)
     else:
         built = hooks.build(config, task_list)
     if base_fingerprint is not None and built.fingerprint != base_fingerprint:

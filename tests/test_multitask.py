@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from adaptertx.errors import AdaptertxError
 from adaptertx.merge import MergeOptions, merge
-from adaptertx.multitask import (build_multitask_model, epoch_plan, sampling_probabilities, task_schedule,
+from adaptertx.modeling import build_adapter_model
+from adaptertx.multitask import (epoch_plan, sampling_probabilities, task_schedule,
                                  train_multitask)
 from adaptertx.tasks import get_task
 
@@ -99,7 +100,7 @@ def test_each_head_gets_gradient_only_from_its_tasks_batches(tiny_xlmr_dir, tmp_
     from adaptertx.train import _encode
 
     tasks = [get_task("mrpc"), get_task("copa")]
-    built = build_multitask_model(tiny_xlmr_dir, tasks, quant="none")
+    built = build_adapter_model(tiny_xlmr_dir, tasks, quant="none", name="multitask")
     model = built.model
     assert model.active_adapters is not None and "multitask" in str(model.active_adapters)
     rows = [{"id": "a", "text_a": "A cat sat.", "text_b": "A cat was sitting.", "label": "1"},
@@ -112,9 +113,11 @@ def test_each_head_gets_gradient_only_from_its_tasks_batches(tiny_xlmr_dir, tmp_
     adapter = [p for n, p in model.named_parameters() if ".adapters.multitask." in n]
     assert adapter and all(p.requires_grad for p in adapter) and any(p.grad.abs().sum() > 0 for p in adapter)
     assert not any(p.requires_grad for n, p in model.named_parameters() if ".adapters." not in n and "heads." not in n)
+    with pytest.raises(AdaptertxError, match="an adapter for several tasks needs a name"):
+        build_adapter_model(tiny_xlmr_dir, tasks, quant="none")
 
     # In the training loop: after one optimiser step only the drawn task's head has moved.
-    init = {n: p.detach().clone() for n, p in build_multitask_model(tiny_xlmr_dir, tasks, quant="none").model
+    init = {n: p.detach().clone() for n, p in build_adapter_model(tiny_xlmr_dir, tasks, quant="none", name="multitask").model
             .named_parameters() if n.startswith("heads.")}
     result = train_multitask(["mrpc", "copa"], tmp_path / "one", model=tiny_xlmr_dir, max_steps=1, progress=False,
                              **TINY)
@@ -156,7 +159,7 @@ def test_output_layout_loads_in_plain_adapters_with_the_trained_logits(trained, 
     assert [s["step"] for s in steps if "loss" in s] == [1, 2, 3]
 
     # The trained model: the same construction with the best checkpoint's tensors.
-    ref = build_multitask_model(tiny_xlmr_dir, [get_task("mrpc"), get_task("copa")], quant="none").model
+    ref = build_adapter_model(tiny_xlmr_dir, [get_task("mrpc"), get_task("copa")], quant="none", name="multitask").model
     load_trainable_state(ref, load_file(str(out / "checkpoints" / "best.safetensors")))
     ref.eval()
     plain = AutoAdapterModel.from_pretrained(tiny_xlmr_dir)
