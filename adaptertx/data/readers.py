@@ -116,6 +116,16 @@ def _field(path, lineno, obj: dict, key: str, expected: str) -> Any:
     return obj[key]
 
 
+def _span(path, lineno, value, limit: int, where: str, of: str = "text") -> tuple[int, int]:
+    """``value`` as a ``[start, end]`` pair of character offsets into a text of ``limit`` characters."""
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+            or not 0 <= value[0] <= value[1] <= limit):
+        raise _fail(path, lineno, f"{where}: expected [start, end] with 0 <= start <= end <= {limit} ({of} length), "
+                                  f"got {value!r}")
+    return value[0], value[1]
+
+
 def _check_unique(path, examples: list[dict]) -> list[dict]:
     seen: set[str] = set()
     for ex in examples:
@@ -431,8 +441,10 @@ def read_udpos_tsv(path) -> list[dict]:
 # ---------------------------------------------------------------- extractive QA
 
 
-def _squad_articles(path, what: str) -> list:
-    """The ``data`` list of a SQuAD-style JSON file (clear errors for bad JSON or shape)."""
+def _squad_paragraphs(path, what: str) -> Iterator[tuple[int, int, str, str, dict]]:
+    """Every paragraph of a SQuAD-style JSON file as ``(article index, paragraph index, article
+    title, JSON path, paragraph)``, its ``context`` a string and ``qas`` a list (clear errors
+    naming the JSON path otherwise)."""
     text = _read_text(path, what)
     try:
         doc = json.loads(text)
@@ -440,7 +452,27 @@ def _squad_articles(path, what: str) -> list:
         raise _fail(path, e.lineno, f"invalid JSON ({e.msg}); expected {what}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise _fail(path, None, f"top level must be an object with a 'data' list ({what})")
-    return doc["data"]
+    for ai, art in enumerate(doc["data"]):
+        where = f"data[{ai}]"
+        if not isinstance(art, dict) or not isinstance(art.get("paragraphs"), list):
+            raise _fail(path, None, f"{where}: expected an object with a 'paragraphs' list")
+        for pi, par in enumerate(art["paragraphs"]):
+            pw = f"{where}.paragraphs[{pi}]"
+            if not isinstance(par, dict) or not isinstance(par.get("context"), str) or not isinstance(par.get("qas"), list):
+                raise _fail(path, None, f"{pw}: expected an object with 'context' (string) and 'qas' (list)")
+            yield ai, pi, art.get("title") or "", pw, par
+
+
+def _squad_qas(path, pw: str, par: dict) -> Iterator[tuple[str, dict]]:
+    """Every question of a paragraph as ``(JSON path, qa)``, with ``id``, ``question`` and ``answers``."""
+    for qi, qa in enumerate(par["qas"]):
+        qw = f"{pw}.qas[{qi}]"
+        if not isinstance(qa, dict):
+            raise _fail(path, None, f"{qw}: expected an object")
+        for k in ("id", "question", "answers"):
+            if k not in qa:
+                raise _fail(path, None, f"{qw}: missing field {k!r}; expected id, question, answers")
+        yield qw, qa
 
 
 def read_squad_json(path, check_spans: bool = True) -> list[dict]:
@@ -449,44 +481,29 @@ def read_squad_json(path, check_spans: bool = True) -> list[dict]:
     Answer offsets must lie inside the context (and, with ``check_spans``, the text there
     must equal the answer). Structure errors name the JSON path (``data[3].paragraphs[0]``)."""
     what = "SQuAD v1.1 json"
-    articles = _squad_articles(path, what)
     out = []
-    for ai, art in enumerate(articles):
-        where = f"data[{ai}]"
-        if not isinstance(art, dict) or not isinstance(art.get("paragraphs"), list):
-            raise _fail(path, None, f"{where}: expected an object with a 'paragraphs' list")
-        title = art.get("title") or ""
-        for pi, par in enumerate(art["paragraphs"]):
-            pw = f"{where}.paragraphs[{pi}]"
-            if not isinstance(par, dict) or not isinstance(par.get("context"), str) or not isinstance(par.get("qas"), list):
-                raise _fail(path, None, f"{pw}: expected an object with 'context' (string) and 'qas' (list)")
-            ctx = par["context"]
-            for qi, qa in enumerate(par["qas"]):
-                qw = f"{pw}.qas[{qi}]"
-                if not isinstance(qa, dict):
-                    raise _fail(path, None, f"{qw}: expected an object")
-                for k in ("id", "question", "answers"):
-                    if k not in qa:
-                        raise _fail(path, None, f"{qw}: missing field {k!r}; expected id, question, answers")
-                if not isinstance(qa["answers"], list) or not qa["answers"]:
-                    raise _fail(path, None, f"{qw}: 'answers' must be a non-empty list")
-                texts, starts = [], []
-                for ni, ans in enumerate(qa["answers"]):
-                    aw = f"{qw}.answers[{ni}]"
-                    if not isinstance(ans, dict) or not isinstance(ans.get("text"), str) or not isinstance(ans.get("answer_start"), int):
-                        raise _fail(path, None, f"{aw}: expected {{'text': str, 'answer_start': int}}")
-                    s, t = ans["answer_start"], ans["text"]
-                    if s < 0 or s + len(t) > len(ctx):
-                        raise _fail(path, None, f"{aw}: answer_start {s} (+{len(t)} chars) lies outside the context ({len(ctx)} chars)")
-                    if check_spans and ctx[s : s + len(t)] != t:
-                        raise _fail(path, None, f"{aw}: context at answer_start {s} is {ctx[s:s + len(t)]!r}, not the answer {t!r}")
-                    texts.append(t)
-                    starts.append(s)
-                out.append({
-                    "id": str(qa["id"]), "title": title, "context": ctx,
-                    "question": _nonempty(path, None, qa["question"], f"{qw}.question"),
-                    "answers": {"text": texts, "answer_start": starts},
-                })
+    for _, _, title, pw, par in _squad_paragraphs(path, what):
+        ctx = par["context"]
+        for qw, qa in _squad_qas(path, pw, par):
+            if not isinstance(qa["answers"], list) or not qa["answers"]:
+                raise _fail(path, None, f"{qw}: 'answers' must be a non-empty list")
+            texts, starts = [], []
+            for ni, ans in enumerate(qa["answers"]):
+                aw = f"{qw}.answers[{ni}]"
+                if not isinstance(ans, dict) or not isinstance(ans.get("text"), str) or not isinstance(ans.get("answer_start"), int):
+                    raise _fail(path, None, f"{aw}: expected {{'text': str, 'answer_start': int}}")
+                s, t = ans["answer_start"], ans["text"]
+                if s < 0 or s + len(t) > len(ctx):
+                    raise _fail(path, None, f"{aw}: answer_start {s} (+{len(t)} chars) lies outside the context ({len(ctx)} chars)")
+                if check_spans and ctx[s : s + len(t)] != t:
+                    raise _fail(path, None, f"{aw}: context at answer_start {s} is {ctx[s:s + len(t)]!r}, not the answer {t!r}")
+                texts.append(t)
+                starts.append(s)
+            out.append({
+                "id": str(qa["id"]), "title": title, "context": ctx,
+                "question": _nonempty(path, None, qa["question"], f"{qw}.question"),
+                "answers": {"text": texts, "answer_start": starts},
+            })
     if not out:
         raise _fail(path, None, f"no questions found ({what})")
     return _check_unique(path, out)
@@ -505,54 +522,35 @@ def read_xquadr_json(path) -> dict[str, list[dict]]:
     sentences are never guessed.
     """
     what = "XQuAD-R json (SQuAD v1.1 with 'sentences' and 'sentence_breaks' per paragraph)"
-    articles = _squad_articles(path, what)
     candidates, questions = [], []
-    for ai, art in enumerate(articles):
-        where = f"data[{ai}]"
-        if not isinstance(art, dict) or not isinstance(art.get("paragraphs"), list):
-            raise _fail(path, None, f"{where}: expected an object with a 'paragraphs' list")
-        for pi, par in enumerate(art["paragraphs"]):
-            pw = f"{where}.paragraphs[{pi}]"
-            if not isinstance(par, dict) or not isinstance(par.get("context"), str) or not isinstance(par.get("qas"), list):
-                raise _fail(path, None, f"{pw}: expected an object with 'context' (string) and 'qas' (list)")
-            ctx = par["context"]
-            sents, breaks = par.get("sentences"), par.get("sentence_breaks")
-            if not isinstance(sents, list) or not isinstance(breaks, list):
-                raise _fail(path, None, f"{pw}: no 'sentences' and 'sentence_breaks' lists; XQuAD-R (LAReQA's "
-                                        f"release) has them, plain SQuAD/XQuAD files do not")
-            if len(sents) != len(breaks) or not sents:
-                raise _fail(path, None, f"{pw}: {len(sents)} sentences but {len(breaks)} sentence breaks; "
-                                        f"expected one [start, end] per sentence, at least one")
-            spans = []
-            for si, (sent, br) in enumerate(zip(sents, breaks)):
-                _nonempty(path, None, sent, f"{pw}.sentences[{si}]")
-                if (not isinstance(br, list) or len(br) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
-                                                                        for x in br)
-                        or not 0 <= br[0] <= br[1] <= len(ctx)):
-                    raise _fail(path, None, f"{pw}.sentence_breaks[{si}]: expected [start, end] with "
-                                            f"0 <= start <= end <= {len(ctx)} (context length), got {br!r}")
-                spans.append((br[0], br[1]))
-                candidates.append({"id": f"{ai}.{pi}.{si}", "text": sent, "context": ctx})
-            for qi, qa in enumerate(par["qas"]):
-                qw = f"{pw}.qas[{qi}]"
-                if not isinstance(qa, dict):
-                    raise _fail(path, None, f"{qw}: expected an object")
-                for k in ("id", "question", "answers"):
-                    if k not in qa:
-                        raise _fail(path, None, f"{qw}: missing field {k!r}; expected id, question, answers")
-                answers = qa["answers"]
-                if not isinstance(answers, list) or not answers or not isinstance(answers[0], dict) \
-                        or not isinstance(answers[0].get("answer_start"), int):
-                    raise _fail(path, None, f"{qw}: 'answers' must be a non-empty list of {{'text', 'answer_start': int}}")
-                start = answers[0]["answer_start"]
-                # End offsets exclusive first; an inclusive end is accepted where no range holds the start.
-                hit = next((si for si, (a, b) in enumerate(spans) if a <= start < b), None)
-                if hit is None:
-                    hit = next((si for si, (a, b) in enumerate(spans) if a <= start <= b), None)
-                if hit is None:
-                    raise _fail(path, None, f"{qw}: answer_start {start} lies in no sentence break range")
-                questions.append({"id": str(qa["id"]), "question": _nonempty(path, None, qa["question"], f"{qw}.question"),
-                                  "answer_sentence": f"{ai}.{pi}.{hit}"})
+    for ai, pi, _, pw, par in _squad_paragraphs(path, what):
+        ctx = par["context"]
+        sents, breaks = par.get("sentences"), par.get("sentence_breaks")
+        if not isinstance(sents, list) or not isinstance(breaks, list):
+            raise _fail(path, None, f"{pw}: no 'sentences' and 'sentence_breaks' lists; XQuAD-R (LAReQA's "
+                                    f"release) has them, plain SQuAD/XQuAD files do not")
+        if len(sents) != len(breaks) or not sents:
+            raise _fail(path, None, f"{pw}: {len(sents)} sentences but {len(breaks)} sentence breaks; "
+                                    f"expected one [start, end] per sentence, at least one")
+        spans = []
+        for si, (sent, br) in enumerate(zip(sents, breaks)):
+            _nonempty(path, None, sent, f"{pw}.sentences[{si}]")
+            spans.append(_span(path, None, br, len(ctx), f"{pw}.sentence_breaks[{si}]", of="context"))
+            candidates.append({"id": f"{ai}.{pi}.{si}", "text": sent, "context": ctx})
+        for qw, qa in _squad_qas(path, pw, par):
+            answers = qa["answers"]
+            if not isinstance(answers, list) or not answers or not isinstance(answers[0], dict) \
+                    or not isinstance(answers[0].get("answer_start"), int):
+                raise _fail(path, None, f"{qw}: 'answers' must be a non-empty list of {{'text', 'answer_start': int}}")
+            start = answers[0]["answer_start"]
+            # End offsets exclusive first; an inclusive end is accepted where no range holds the start.
+            hit = next((si for si, (a, b) in enumerate(spans) if a <= start < b), None)
+            if hit is None:
+                hit = next((si for si, (a, b) in enumerate(spans) if a <= start <= b), None)
+            if hit is None:
+                raise _fail(path, None, f"{qw}: answer_start {start} lies in no sentence break range")
+            questions.append({"id": str(qa["id"]), "question": _nonempty(path, None, qa["question"], f"{qw}.question"),
+                              "answer_sentence": f"{ai}.{pi}.{hit}"})
     if not questions:
         raise _fail(path, None, f"no questions found ({what})")
     _check_unique(path, questions)
@@ -605,15 +603,6 @@ def read_bucc_gold(path) -> list[tuple[str, str]]:
         _nonempty(path, lineno, b, "English id")
         out.append((a, b))
     return out
-
-
-def _span(path, lineno, value, limit: int, where: str) -> tuple[int, int]:
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)
-            or not 0 <= value[0] <= value[1] <= limit):
-        raise _fail(path, lineno, f"{where}: expected [start, end] with 0 <= start <= end <= {limit} (text length), "
-                                  f"got {value!r}")
-    return value[0], value[1]
 
 
 def read_mewsli_candidates(path) -> list[dict]:
