@@ -376,15 +376,34 @@ def register(name: str) -> Callable[[MergeFn], MergeFn]:
     return add
 
 
+def _input_records(inputs: list[MergeInput], weights: list[float] | None = None) -> list[dict]:
+    """The recipe's ``inputs``: each run's folder, task, adapter name, base and seed (and weight)."""
+    return [{"run_dir": str(i.run_dir.resolve()), "task": i.task, "adapter_name": i.adapter_name,
+             "fingerprint": i.fingerprint, "model": i.model, "quant": i.quant, "adapter_seed": i.adapter_seed,
+             **({"weight": w} if weights is not None else {})}
+            for i, w in zip(inputs, weights or [None] * len(inputs))]
+
+
+def load_inputs_base(inputs: list[MergeInput], model_name: str, quant: str):
+    """(model, tokenizer, fingerprint): the base ``model_name`` stored as ``quant``, refused
+    unless it is the base the inputs' adapters were trained on."""
+    from adaptertx.modeling import load_base
+    from adaptertx.models import fingerprint
+
+    model, tokenizer = load_base(model_name, quant)
+    base_print = fingerprint(model.base_model)
+    if base_print != inputs[0].fingerprint:
+        raise AdaptertxError(f"base {model_name!r} (fingerprint {base_print}) is not the base the adapters were "
+                             f"trained on ({inputs[0].fingerprint})")
+    return model, tokenizer, base_print
+
+
 def _recipe(method: str, inputs: list[MergeInput], weights: list[float] | None, given: list[float] | None,
             name: str, **extra) -> dict:
     return {
         "method": method,
         "name": name,
-        "inputs": [{"run_dir": str(i.run_dir.resolve()), "task": i.task, "adapter_name": i.adapter_name,
-                    "fingerprint": i.fingerprint, "model": i.model, "quant": i.quant, "adapter_seed": i.adapter_seed,
-                    **({"weight": w} if weights is not None else {})}
-                   for i, w in zip(inputs, weights or [None] * len(inputs))],
+        "inputs": _input_records(inputs, weights),
         "weights": weights,
         "weights_given": given,
         "fingerprint": inputs[0].fingerprint,
@@ -630,18 +649,12 @@ def _fusion_model(config, inputs: list[MergeInput], names: list[str], fuse, fusi
     (initialised from ``config.adapter_seed``, with the one-GEMM fusion attention), on the
     base the adapters were trained on (refused otherwise)."""
     from adaptertx.fusion import fast_fusion_attention
-    from adaptertx.modeling import load_base
-    from adaptertx.models import fingerprint
 
-    model, tokenizer = load_base(config.model, config.quant)
+    model, tokenizer, base_print = load_inputs_base(inputs, config.model, config.quant)
     for inp, name in zip(inputs, names):
         model.load_adapter(str(inp.adapter_dir), load_as=name, with_head=False, use_safetensors=True)
         if heads:
             model.load_head(str(inp.adapter_dir), load_as=inp.task, use_safetensors=True)
-    base_print = fingerprint(model.base_model)
-    if base_print != inputs[0].fingerprint:
-        raise AdaptertxError(f"base {config.model!r} (fingerprint {base_print}) is not the base the adapters were "
-                             f"trained on ({inputs[0].fingerprint})")
     torch.manual_seed(config.adapter_seed)
     model.add_adapter_fusion(fuse, config=fusion_config)
     fast_fusion_attention(model)
@@ -683,7 +696,7 @@ def _fusion_on_mixture(inputs: list[MergeInput], out: Path, options: MergeOption
     name = options.name or "fusion_mixture"
     if name in names:
         raise AdaptertxError(f"the fusion's name {name!r} is also an adapter's name; pass another --name")
-    runs = _recipe("fusion", inputs, None, None, name)["inputs"]
+    runs = _input_records(inputs)
     if resume and (out / "run.json").exists():
         saved = json.loads((out / "run.json").read_text()).get("inputs")
         if saved is not None and [r["run_dir"] for r in saved] != [r["run_dir"] for r in runs]:

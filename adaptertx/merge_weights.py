@@ -185,20 +185,15 @@ class _Scorer:
     """The base loaded once with one adapter slot and every dev task's head; scores weights."""
 
     def __init__(self, inputs: list, tasks: list[DevTask], combine, progress: bool):
-        from adaptertx.merge import _check_keys, adapter_state
-        from adaptertx.modeling import BuiltModel, load_base
-        from adaptertx.models import fingerprint
+        from adaptertx.merge import _check_keys, adapter_state, load_inputs_base
+        from adaptertx.modeling import BuiltModel
         from adaptertx.train import _encode
 
         self.inputs, self.tasks, self.combine = inputs, tasks, combine
         self.states = [adapter_state(i, _NAME) for i in inputs]
         _check_keys(self.states, inputs)
         first = inputs[0]
-        model, tokenizer = load_base(first.model, first.quant)
-        base_print = fingerprint(model.base_model)
-        if base_print != first.fingerprint:
-            raise AdaptertxError(f"base {first.model!r} (fingerprint {base_print}) is not the base the adapters were "
-                                 f"trained on ({first.fingerprint})")
+        model, tokenizer, base_print = load_inputs_base(inputs, first.model, first.quant)
         try:
             model.load_adapter(str(first.adapter_dir), load_as=_NAME, with_head=False, use_safetensors=True)
             self.heads = []

@@ -143,8 +143,9 @@ def _active_adapter(base: torch.nn.Module, adapter: str | None):
                          f"{kind} ({setup}); stacked, parallel and nested setups are not supported")
 
 
-def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype) -> tuple[list, str]:
-    """Per-layer (down_w, down_b, up_w, up_b, scaling) or None, and the activation name."""
+def _seq_bn_config(base: torch.nn.Module, name: str):
+    """The config of adapter ``name``, refused unless it is a bottleneck adapter in the ``seq_bn``
+    placement the packed forward implements."""
     from adapters import AdapterConfig
 
     cfg = base.adapters_config.get(name)
@@ -156,6 +157,12 @@ def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype) -> tu
     if wrong:
         raise AdaptertxError(f"adapter {name!r} is not in the seq_bn placement PackedEncoder implements "
                              f"(differs in {', '.join(f'{k}={v!r}' for k, v in wrong.items())})")
+    return cfg
+
+
+def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype) -> tuple[list, str]:
+    """Per-layer (down_w, down_b, up_w, up_b, scaling) or None, and the activation name."""
+    cfg = _seq_bn_config(base, name)
     per_layer = []
     for layer in base.encoder.layer:
         bank = getattr(layer.output, "adapters", None)
@@ -182,7 +189,7 @@ def _fusion_weights(base: torch.nn.Module, fuse, dtype: torch.dtype) -> tuple[li
     from adaptertx.fusion import _layer_weights
 
     for name in fuse.children:
-        _adapter_weights(base, name, dtype)  # each one a seq_bn bottleneck adapter (clear error if not)
+        _seq_bn_config(base, name)
     packed, settings = [], []
     for layer in base.encoder.layer:
         bank = layer.output
