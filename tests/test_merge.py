@@ -299,6 +299,16 @@ def test_fusion_on_the_task_mixture_round_trips(runs, tmp_path, tiny_xlmr_dir):
 
     with pytest.raises(AdaptertxError, match="takes one run per task; mrpc is given twice"):
         merge("fusion", [runs["mrpc"], runs["mrpc"]], tmp_path / "twice", opts)
+    headless = edited_copy(runs["copa"], tmp_path / "headless")
+    (headless / "adapter" / "model_head.safetensors").unlink()
+    with pytest.raises(AdaptertxError, match=r"the copa run in .*headless saved no head; a Fusion on the task mixture"):
+        merge("fusion", [runs["mrpc"], headless], tmp_path / "no_head", opts)
+    # The runs' fingerprint names another base than the one given: refused before training.
+    other = edited_copy(runs["copa"], tmp_path / "other", run={"fingerprint": "0" * 16})
+    mrpc_other = edited_copy(runs["mrpc"], tmp_path / "mrpc_other", run={"fingerprint": "0" * 16})
+    with pytest.raises(AdaptertxError, match="is not the base the adapters were trained on"):
+        merge("fusion", [mrpc_other, other], tmp_path / "other_base", opts)
+    assert not (tmp_path / "no_head").exists()
 
 
 def test_cli_merge(runs, tmp_path):
