@@ -9,6 +9,8 @@ Quantisation modes (``quant``):
 
 Adapters and heads stay fp32 (their optimiser needs the precision); the forward runs under
 bf16 autocast whenever the base computes in bf16, so no dtype mismatch reaches users.
+Dropout layers become :class:`adaptertx.kernels.Dropout` (one pass, no stored mask, on CPU;
+torch's own dropout elsewhere).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from adaptertx.errors import AdaptertxError
+from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.models import fingerprint, load_tokenizer, resolve
 from adaptertx.tasks import Task
 
@@ -140,6 +143,7 @@ def build_adapter_model(model_name: str, task: Task | Sequence[Task], *, adapter
     for t in tasks:
         for p in model.heads[t.name].parameters():
             p.requires_grad_(True)
+    use_fast_dropout(model)
     adapter_params = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "heads." not in n)
     if adapter_params == 0:
         raise AdaptertxError(f"adapter {adapter!r} added no trainable parameters on the {quant} base "

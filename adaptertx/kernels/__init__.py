@@ -12,6 +12,7 @@ from adaptertx.kernels._common import KernelInputError
 from adaptertx.kernels.add_layernorm import add_layernorm, add_layernorm_ref
 from adaptertx.kernels.bias_gelu import bias_gelu, bias_gelu_ref
 from adaptertx.kernels.bottleneck_adapter import bottleneck_adapter, bottleneck_adapter_ref
+from adaptertx.kernels.dropout import Dropout, dropout, dropout_ref, use_fast_dropout
 from adaptertx.kernels.segment_mean_pool_normalize import (
     segment_mean_pool_normalize,
     segment_mean_pool_normalize_ref,
@@ -20,6 +21,7 @@ from adaptertx.kernels.varlen_attention import varlen_attention, varlen_attentio
 
 __all__ = [
     "OPS",
+    "Dropout",
     "KernelInputError",
     "add_layernorm",
     "add_layernorm_ref",
@@ -28,8 +30,11 @@ __all__ = [
     "bias_gelu_ref",
     "bottleneck_adapter",
     "bottleneck_adapter_ref",
+    "dropout",
+    "dropout_ref",
     "segment_mean_pool_normalize",
     "segment_mean_pool_normalize_ref",
+    "use_fast_dropout",
     "varlen_attention",
     "varlen_attention_ref",
 ]
