@@ -282,18 +282,30 @@ def _print_dev_search(recipe: dict, top: int = 5) -> None:
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @_clear_errors
 def runs_cmd(root: str) -> None:
-    """Summarise the training runs under ROOT: scores beside the majority baseline."""
+    """Summarise the training runs under ROOT: scores beside the majority baseline.
+
+    "test - majority" carries the 95% interval of the paired per-example difference; "clearly
+    above" is yes when the whole interval is above zero."""
     from adaptertx.train import summarize_runs
 
     def num(v):
         return "-" if v is None else f"{v:.1f}"
 
+    def versus(r):
+        if r["test"] is None or r["baseline"] is None:
+            return "-", "-"
+        text = f"{r['test'] - r['baseline']:+.1f}"
+        if r["interval"] is None:
+            return text, "-"
+        low, high = r["interval"]
+        return f"{text} [{low:+.1f}, {high:+.1f}]", "yes" if low > 0 else "no"
+
     rows = [(r["run"], r["task"], r["status"], r["steps"] or "-", num(r["seconds"]), r["metric"],
-             num(r["validation"]), num(r["test"]), num(r["baseline"]),
-             "-" if r["test"] is None or r["baseline"] is None else f"{r['test'] - r['baseline']:+.1f}")
+             num(r["validation"]), num(r["test"]), num(r["baseline"]), *versus(r))
             for r in summarize_runs(root)]
     click.echo(tabulate(rows, headers=["run", "task", "status", "steps", "seconds", "metric", "validation",
-                                       "test", "majority", "test - majority"], disable_numparse=True))
+                                       "test", "majority", "test - majority (95%)", "clearly above"],
+                        disable_numparse=True))
 
 
 @main.command("evaluate")

@@ -61,10 +61,12 @@ from tqdm.auto import tqdm
 from adaptertx.environment import versions
 from adaptertx.errors import AdaptertxError
 from adaptertx.io import atomic_dir, atomic_write_text
+from adaptertx.metrics import score
 from adaptertx.modeling import BuiltModel, build_adapter_model, check_trainable, load_trainable_state, trainable_state
 from adaptertx.tasks import Task, get_task
 from adaptertx.train import (PRIMARY, TrainConfig, _append_log, _encode, _english_splits, _load_checkpoint, _lr_factor,
-                             _save_checkpoint, _truncate_log, evaluate, majority_baseline)
+                             _save_checkpoint, _truncate_log, evaluate, majority_baseline, majority_comparison,
+                             predict)
 
 log = logging.getLogger(__name__)
 
@@ -527,15 +529,18 @@ def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = Fal
     load_trainable_state(unwrapped, load_file(str(ckpt_dir / "best.safetensors")))
     test_scores: dict[str, dict] = {}
     baselines: dict[str, float | None] = {}
+    comparisons: dict[str, dict | None] = {}
     for task in task_list:
         test_rows = splits[task.name][2]
         if test_rows is None:
-            test_scores[task.name], baselines[task.name] = {}, None
+            test_scores[task.name], baselines[task.name], comparisons[task.name] = {}, None, None
             continue
         feats = _encode(task, test_rows, built.tokenizer, config.max_length, "test")
         unwrapped.active_head = task.name
-        test_scores[task.name] = evaluate(built, task, feats, test_rows, batch_size=config.batch_size * 2)
+        preds = predict(built, task, feats, batch_size=config.batch_size * 2)
+        test_scores[task.name] = score(task, preds, test_rows, lang="en")
         baselines[task.name] = majority_baseline(task, test_rows)
+        comparisons[task.name] = majority_comparison(task, preds, test_rows)
     seconds = time.time() - start
     recipe: dict = {}
     if accelerator.is_main_process:
@@ -545,6 +550,7 @@ def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = Fal
                    "mean_validation": state["best_mean"], "test": test_scores, "batches": state["drawn"],
                    "steps": state["step"], "seconds": round(seconds, 1)}
         _write_run(out, config, "finished", method, **run_info, **results, test_majority_baseline=baselines,
+                   test_vs_majority=comparisons,
                    trainable_params=sum(p.numel() for p in params),
                    total_params=sum(p.numel() for p in unwrapped.parameters()))
         recipe = {

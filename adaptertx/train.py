@@ -179,6 +179,31 @@ def majority_baseline(task: Task, rows: list[dict]) -> float | None:
     return 100.0 * max(counts.values()) / len(rows)
 
 
+def majority_comparison(task: Task, predictions, rows: list[dict]) -> dict | None:
+    """The model's accuracy minus the majority baseline's on the same ``rows``, in points, with
+    a 95% interval of that paired difference (normal approximation over the per-example
+    differences, each -1, 0 or +1): ``{"difference", "low", "high", "n"}``. A low end above 0
+    is what "clearly beats the majority baseline" means in ``adaptertx runs``.
+
+    For classification and multiple choice only (``None`` otherwise, or without rows).
+    """
+    if task.family not in ("classification", "multiple_choice") or not rows:
+        return None
+    preds = [predictions[row["id"]] for row in rows] if isinstance(predictions, dict) else list(predictions)
+    if len(preds) != len(rows):
+        raise AdaptertxError(f"{task.name}: {len(preds)} predictions for {len(rows)} examples")
+    counts: dict = {}
+    for row in rows:
+        counts[row["label"]] = counts.get(row["label"], 0) + 1
+    majority = max(counts, key=counts.get)
+    diffs = torch.tensor([float(p == row["label"]) - float(majority == row["label"])
+                          for p, row in zip(preds, rows)], dtype=torch.float64)
+    n = len(rows)
+    mean = diffs.mean().item()
+    half = 1.96 * (diffs.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("inf"))
+    return {"difference": 100 * mean, "low": 100 * (mean - half), "high": 100 * (mean + half), "n": n}
+
+
 def _first(rows: list[dict], limit: int | None) -> list[dict]:
     if limit is None or limit >= len(rows):
         return rows
@@ -468,7 +493,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     test_scores: dict[str, float] = {}
     if test_rows is not None:
         test_feats = _encode(task, test_rows, built.tokenizer, config.max_length, "test")
-        test_scores = evaluate(built, task, test_feats, test_rows, batch_size=config.batch_size * 2)
+        test_preds = predict(built, task, test_feats, batch_size=config.batch_size * 2)
+        test_scores = score(task, test_preds, test_rows, lang="en")
     seconds = time.time() - start
     if accelerator.is_main_process:
         with atomic_dir(out / "adapter") as tmp:
@@ -481,6 +507,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                    best_epoch=state["best_epoch"], validation=state["best"], test=test_scores,
                    steps=state["step"], seconds=round(seconds, 1),
                    test_majority_baseline=None if test_rows is None else majority_baseline(task, test_rows),
+                   test_vs_majority=None if test_rows is None else majority_comparison(task, test_preds, test_rows),
                    trainable_params=sum(p.numel() for p in params),
                    total_params=sum(p.numel() for p in unwrapped.parameters()))
     return RunResult(out, state["best_epoch"], state["best"], test_scores, state["step"], seconds)
@@ -502,7 +529,9 @@ def _truncate_log(path: Path, step: int) -> None:
 
 def summarize_runs(root: str | Path) -> list[dict]:
     """One row per run folder under ``root`` (``root`` itself may be a run): its task,
-    status, steps, time, primary validation and test score, and the majority baseline."""
+    status, steps, time, primary validation and test score, the majority baseline, and the 95%
+    interval of test minus baseline (``interval``: (low, high), or None where the run did not
+    record it)."""
     root = Path(root)
     files = [root / "run.json"] if (root / "run.json").exists() else sorted(root.glob("*/run.json"))
     if not files:
@@ -524,10 +553,13 @@ def summarize_runs(root: str | Path) -> list[dict]:
             validation = (run.get("validation") or {}).get(name) if per_task else run.get("validation")
             test = (run.get("test") or {}).get(name) if per_task else run.get("test")
             baseline = run.get("test_majority_baseline")
+            versus = run.get("test_vs_majority")
+            versus = versus.get(name) if per_task and isinstance(versus, dict) else versus
             rows.append({
                 "run": f.parent.name + (f"[{name}]" if per_task else ""), "task": task.name, "status": run["status"],
                 "steps": run.get("steps"), "seconds": run.get("seconds"), "metric": key,
                 "validation": (validation or {}).get(key), "test": (test or {}).get(key),
                 "baseline": baseline.get(name) if isinstance(baseline, dict) else baseline,
+                "interval": None if not versus else (versus["low"], versus["high"]),
             })
     return rows

@@ -147,6 +147,11 @@ def test_output_layout_loads_in_plain_adapters_with_the_trained_logits(trained, 
     run = json.loads((out / "run.json").read_text())
     recipe = json.loads((out / "recipe.json").read_text())
     assert run["status"] == "finished" and run["fingerprint"] == recipe["fingerprint"]
+    for task in ("mrpc", "copa"):  # each task's test score against its majority baseline, paired
+        versus = run["test_vs_majority"][task]
+        assert versus["difference"] == pytest.approx(
+            run["test"][task]["accuracy"] - run["test_majority_baseline"][task])
+        assert versus["low"] <= versus["difference"] <= versus["high"]
     assert recipe["method"] == "multitask" and recipe["tasks"] == ["mrpc", "copa"] and recipe["target"] == "mrpc"
     assert recipe["sampling"] == "proportional" and sum(recipe["probabilities"].values()) == pytest.approx(1)
     assert recipe["heads"] == {"mrpc": "heads/mrpc", "copa": "heads/copa"} and recipe["inputs"] == []

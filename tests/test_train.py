@@ -30,6 +30,12 @@ def test_each_family_trains_end_to_end(tmp_path, tiny_xlmr_dir, task, metric):
     assert files == ["adapter.safetensors", "adapter_config.json", "head_config.json", "model_head.safetensors"]
     lines = [json.loads(l) for l in (result.out / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines if "loss" in l] == [1, 2, 3]
+    versus = run["test_vs_majority"]
+    if task in ("mrpc", "copa"):
+        assert versus["difference"] == pytest.approx(run["test"]["accuracy"] - run["test_majority_baseline"])
+        assert versus["low"] <= versus["difference"] <= versus["high"] and versus["n"] == 24
+    else:
+        assert versus is None
 
 
 @pytest.mark.slow
@@ -147,3 +153,49 @@ def test_summarize_runs_lists_each_task_of_a_multitask_run(tmp_path):
     rows = summarize_runs(tmp_path)
     assert [(r["run"], r["task"], r["validation"], r["test"], r["baseline"]) for r in rows] == [
         ("mt[siqa]", "siqa", 40.5, 38.0, 33.9), ("mt[mrpc]", "mrpc", 68.0, 65.0, 66.5)]
+
+
+def test_majority_comparison_is_the_paired_difference_with_its_normal_interval():
+    import math
+
+    from adaptertx.tasks import get_task
+    from adaptertx.train import majority_baseline, majority_comparison
+
+    task = get_task("mrpc")
+    rows = [{"id": str(i), "label": y} for i, y in enumerate([0, 0, 0, 1, 1])]
+    preds = [0, 1, 0, 1, 0]  # right on 0, 2, 3; the majority label 0 is right on 0, 1, 2
+    out = majority_comparison(task, preds, rows)
+    # Per-example differences 0, -1, 0, +1, 0: mean 0, sample sd sqrt(2 / 4).
+    half = 100 * 1.96 * math.sqrt(0.5) / math.sqrt(5)
+    assert out == pytest.approx({"difference": 0.0, "low": -half, "high": half, "n": 5})
+    assert out["difference"] == pytest.approx(60.0 - majority_baseline(task, rows))
+    by_id = {str(i): p for i, p in enumerate([1, 1, 0, 1, 1])}  # a mapping is read by example id
+    assert majority_comparison(task, by_id, rows)["difference"] == pytest.approx(100 * (3 - 3) / 5)
+    assert majority_comparison(get_task("udpos"), [], rows) is None
+    with pytest.raises(AdaptertxError, match="4 predictions for 5 examples"):
+        majority_comparison(task, preds[:4], rows)
+
+
+def test_runs_command_marks_runs_clearly_above_the_baseline(tmp_path):
+    from click.testing import CliRunner
+
+    from adaptertx.cli import main
+
+    def run(name, test, baseline, low, high):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({
+            "status": "finished", "steps": 10, "seconds": 1.0, "config": {"task": "mrpc"},
+            "validation": {"accuracy": test}, "test": {"accuracy": test}, "test_majority_baseline": baseline,
+            "test_vs_majority": {"difference": test - baseline, "low": low, "high": high, "n": 400}}))
+
+    run("clear", 74.6, 65.8, 3.1, 14.5)
+    run("unclear", 67.0, 65.8, -2.0, 4.4)
+    (tmp_path / "old").mkdir()  # a run written before the interval was recorded
+    (tmp_path / "old" / "run.json").write_text(json.dumps({
+        "status": "finished", "config": {"task": "mrpc"}, "test": {"accuracy": 70.0}, "test_majority_baseline": 65.8}))
+    result = CliRunner().invoke(main, ["runs", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()[2:]}
+    assert "+8.8 [+3.1, +14.5]" in lines["clear"] and lines["clear"].rstrip().endswith("yes")
+    assert "+1.2 [-2.0, +4.4]" in lines["unclear"] and lines["unclear"].rstrip().endswith("no")
+    assert "+4.2" in lines["old"] and lines["old"].rstrip().endswith("-")
