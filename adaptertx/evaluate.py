@@ -430,6 +430,7 @@ def build_target_model(config: EvalConfig, inter: Intermediate, train_task: Task
     top; only the target adapter, the head (and a Fusion layer) train."""
     from adapters.composition import Fuse, Stack
 
+    from adaptertx.kernels.dropout import use_fast_dropout
     from adaptertx.modeling import BuiltModel, add_head, adapter_config, load_base
     from adaptertx.models import fingerprint
 
@@ -453,6 +454,7 @@ def build_target_model(config: EvalConfig, inter: Intermediate, train_task: Task
         for name, p in model.named_parameters():
             if "adapter_fusion_layer" in name:
                 p.requires_grad_(True)
+    use_fast_dropout(model)  # the head's and the Fusion layer's dropout (the base's has it from load_base)
     model.active_head = TARGET_NAME
     return BuiltModel(model, tokenizer, TARGET_NAME, base_print, autocast=config.quant != "none")
 

@@ -2,7 +2,8 @@
 
 Quantisation modes (``quant``):
 
-- ``"int8"`` — adaptertx's int8-storage, bf16-compute linear layers (:mod:`adaptertx.quantize`);
+- ``"int8"`` — adaptertx's int8-storage, bf16-compute linear layers (:mod:`adaptertx.quantize`),
+  the rest of the base (embeddings, LayerNorms) in bf16;
 - ``"bnb-int8"`` — bitsandbytes LLM.int8 (``Linear8bitLt`` through ``BitsAndBytesConfig``),
   the standard on CUDA, slow on CPU;
 - ``"bf16"`` — the base in bf16; ``"none"`` — fp32.
@@ -77,8 +78,14 @@ def load_base(model_name: str, quant: str) -> tuple[PreTrainedModel, PreTrainedT
         from adaptertx.quantize import quantize_linears
 
         quantize_linears(model.base_model)
+        # What stays floating point (embeddings, LayerNorms) is stored in bf16, as in the bf16
+        # base: activations then flow in bf16 between the int8 layers, and the embedding
+        # matrix takes half the bytes. The int8 layers' scales are buffers and stay fp32.
+        for p in model.base_model.parameters():
+            p.data = p.data.to(torch.bfloat16)
     elif quant == "bf16":
         model.base_model.to(torch.bfloat16)
+    use_fast_dropout(model)
     return model, load_tokenizer(source)
 
 
@@ -143,7 +150,7 @@ def build_adapter_model(model_name: str, task: Task | Sequence[Task], *, adapter
     for t in tasks:
         for p in model.heads[t.name].parameters():
             p.requires_grad_(True)
-    use_fast_dropout(model)
+    use_fast_dropout(model)  # the heads' dropout layers
     adapter_params = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "heads." not in n)
     if adapter_params == 0:
         raise AdaptertxError(f"adapter {adapter!r} added no trainable parameters on the {quant} base "

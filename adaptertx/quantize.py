@@ -36,8 +36,11 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_rows(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``(qweight * scale[:, None])`` computed in fp32 and rounded once to ``dtype``: (out, in)."""
-    return (qweight.float() * scale[:, None]).to(dtype)
+    """``(qweight * scale[:, None])`` computed in fp32 and rounded once to ``dtype``: (out, in)
+    (one pass on CPU: :func:`adaptertx.kernels.dequantize_rows`)."""
+    from adaptertx.kernels.dequantize_rows import dequantize_rows as kernel
+
+    return kernel(qweight, scale, dtype)
 
 
 class _Int8MatMul(torch.autograd.Function):

@@ -12,6 +12,7 @@ from adaptertx.kernels._common import KernelInputError
 from adaptertx.kernels.add_layernorm import add_layernorm, add_layernorm_ref
 from adaptertx.kernels.bias_gelu import bias_gelu, bias_gelu_ref
 from adaptertx.kernels.bottleneck_adapter import bottleneck_adapter, bottleneck_adapter_ref
+from adaptertx.kernels.dequantize_rows import dequantize_rows, dequantize_rows_ref
 from adaptertx.kernels.dropout import Dropout, dropout, dropout_ref, use_fast_dropout
 from adaptertx.kernels.segment_mean_pool_normalize import (
     segment_mean_pool_normalize,
@@ -30,6 +31,8 @@ __all__ = [
     "bias_gelu_ref",
     "bottleneck_adapter",
     "bottleneck_adapter_ref",
+    "dequantize_rows",
+    "dequantize_rows_ref",
     "dropout",
     "dropout_ref",
     "segment_mean_pool_normalize",

@@ -31,7 +31,7 @@ from adaptertx.io import cache_dir
 log = logging.getLogger("adaptertx.kernels")
 
 OPS = ("bias_gelu", "add_layernorm", "bottleneck_adapter", "segment_mean_pool_normalize", "varlen_attention",
-       "dropout")
+       "dropout", "dequantize_rows")
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 _SHARED_SOURCES = ("common.h",)
 _CFLAGS = ("-O3", "-fopenmp")
