@@ -539,8 +539,8 @@ def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = Fal
         unwrapped.active_head = task.name
         preds = predict(built, task, feats, batch_size=config.batch_size * 2)
         test_scores[task.name] = score(task, preds, test_rows, lang="en")
-        baselines[task.name] = majority_baseline(task, test_rows)
-        comparisons[task.name] = majority_comparison(task, preds, test_rows)
+        baselines[task.name] = majority_baseline(task, test_rows, splits[task.name][0])
+        comparisons[task.name] = majority_comparison(task, preds, test_rows, splits[task.name][0])
     seconds = time.time() - start
     recipe: dict = {}
     if accelerator.is_main_process:

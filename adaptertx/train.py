@@ -165,37 +165,42 @@ def _english_splits(task: Task, limit: int | None) -> tuple[list[dict], list[dic
     return _first(train_rows, limit), _first(dev_rows, limit), None if test_rows is None else _first(test_rows, limit)
 
 
-def majority_baseline(task: Task, rows: list[dict]) -> float | None:
-    """Accuracy (percent) of always predicting the most frequent label of ``rows``.
-
-    For classification and multiple choice only (``None`` otherwise); with balanced
-    multiple-choice answers it equals chance, ``100 / num_choices``.
-    """
-    if task.family not in ("classification", "multiple_choice") or not rows:
+def majority_label(task: Task, train_rows: list[dict]):
+    """The most frequent label of the training rows (ties: the smallest), or ``None`` for
+    families other than classification and multiple choice, or without rows."""
+    if task.family not in ("classification", "multiple_choice") or not train_rows:
         return None
     counts: dict = {}
-    for row in rows:
+    for row in train_rows:
         counts[row["label"]] = counts.get(row["label"], 0) + 1
-    return 100.0 * max(counts.values()) / len(rows)
+    return min(counts, key=lambda label: (-counts[label], str(label)))
 
 
-def majority_comparison(task: Task, predictions, rows: list[dict]) -> dict | None:
-    """The model's accuracy minus the majority baseline's on the same ``rows``, in points, with
-    a 95% interval of that paired difference (normal approximation over the per-example
+def majority_baseline(task: Task, rows: list[dict], train_rows: list[dict]) -> float | None:
+    """Accuracy (percent) on ``rows`` of always predicting the training split's most frequent
+    label (:func:`majority_label`), the usual majority-class baseline. With balanced
+    multiple-choice answers it is chance, ``100 / num_choices``, up to the test split's own
+    imbalance. ``None`` for other families or without rows."""
+    label = majority_label(task, train_rows)
+    if label is None or not rows:
+        return None
+    return 100.0 * sum(row["label"] == label for row in rows) / len(rows)
+
+
+def majority_comparison(task: Task, predictions, rows: list[dict], train_rows: list[dict]) -> dict | None:
+    """The model's accuracy minus :func:`majority_baseline` on the same ``rows``, in points,
+    with a 95% interval of that paired difference (normal approximation over the per-example
     differences, each -1, 0 or +1): ``{"difference", "low", "high", "n"}``. A low end above 0
     is what "clearly beats the majority baseline" means in ``adaptertx runs``.
 
-    For classification and multiple choice only (``None`` otherwise, or without rows).
+    ``None`` for families other than classification and multiple choice, or without rows.
     """
-    if task.family not in ("classification", "multiple_choice") or not rows:
+    majority = majority_label(task, train_rows)
+    if majority is None or not rows:
         return None
     preds = [predictions[row["id"]] for row in rows] if isinstance(predictions, dict) else list(predictions)
     if len(preds) != len(rows):
         raise AdaptertxError(f"{task.name}: {len(preds)} predictions for {len(rows)} examples")
-    counts: dict = {}
-    for row in rows:
-        counts[row["label"]] = counts.get(row["label"], 0) + 1
-    majority = max(counts, key=counts.get)
     diffs = torch.tensor([float(p == row["label"]) - float(majority == row["label"])
                           for p, row in zip(preds, rows)], dtype=torch.float64)
     n = len(rows)
@@ -506,8 +511,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         _write_run(out, config, "finished", fingerprint=built.fingerprint, adapter_name=built.name, **run_info,
                    best_epoch=state["best_epoch"], validation=state["best"], test=test_scores,
                    steps=state["step"], seconds=round(seconds, 1),
-                   test_majority_baseline=None if test_rows is None else majority_baseline(task, test_rows),
-                   test_vs_majority=None if test_rows is None else majority_comparison(task, test_preds, test_rows),
+                   test_majority_baseline=None if test_rows is None else majority_baseline(task, test_rows, train_rows),
+                   test_vs_majority=None if test_rows is None else majority_comparison(task, test_preds, test_rows,
+                                                                                      train_rows),
                    trainable_params=sum(p.numel() for p in params),
                    total_params=sum(p.numel() for p in unwrapped.parameters()))
     return RunResult(out, state["best_epoch"], state["best"], test_scores, state["step"], seconds)

@@ -155,25 +155,32 @@ def test_summarize_runs_lists_each_task_of_a_multitask_run(tmp_path):
         ("mt[siqa]", "siqa", 40.5, 38.0, 33.9), ("mt[mrpc]", "mrpc", 68.0, 65.0, 66.5)]
 
 
-def test_majority_comparison_is_the_paired_difference_with_its_normal_interval():
+def test_majority_baseline_takes_the_training_label_and_compares_pairwise():
     import math
 
     from adaptertx.tasks import get_task
-    from adaptertx.train import majority_baseline, majority_comparison
+    from adaptertx.train import majority_baseline, majority_comparison, majority_label
 
     task = get_task("mrpc")
+    train_rows = [{"id": f"t{i}", "label": y} for i, y in enumerate([1, 1, 0, 0, 0, 1, 0])]
+    assert majority_label(task, train_rows) == 0
+    assert majority_label(task, train_rows[:4]) == 0  # a tie goes to the smallest label
     rows = [{"id": str(i), "label": y} for i, y in enumerate([0, 0, 0, 1, 1])]
+    assert majority_baseline(task, rows, train_rows) == pytest.approx(60.0)
+    # The test split's own majority is not the baseline: with training label 1 it is 40%.
+    assert majority_baseline(task, rows, [{"id": "t", "label": 1}]) == pytest.approx(40.0)
     preds = [0, 1, 0, 1, 0]  # right on 0, 2, 3; the majority label 0 is right on 0, 1, 2
-    out = majority_comparison(task, preds, rows)
+    out = majority_comparison(task, preds, rows, train_rows)
     # Per-example differences 0, -1, 0, +1, 0: mean 0, sample sd sqrt(2 / 4).
     half = 100 * 1.96 * math.sqrt(0.5) / math.sqrt(5)
     assert out == pytest.approx({"difference": 0.0, "low": -half, "high": half, "n": 5})
-    assert out["difference"] == pytest.approx(60.0 - majority_baseline(task, rows))
+    assert out["difference"] == pytest.approx(60.0 - majority_baseline(task, rows, train_rows))
     by_id = {str(i): p for i, p in enumerate([1, 1, 0, 1, 1])}  # a mapping is read by example id
-    assert majority_comparison(task, by_id, rows)["difference"] == pytest.approx(100 * (3 - 3) / 5)
-    assert majority_comparison(get_task("udpos"), [], rows) is None
+    assert majority_comparison(task, by_id, rows, train_rows)["difference"] == pytest.approx(0.0)
+    assert majority_comparison(get_task("udpos"), [], rows, train_rows) is None
+    assert majority_baseline(get_task("udpos"), rows, train_rows) is None
     with pytest.raises(AdaptertxError, match="4 predictions for 5 examples"):
-        majority_comparison(task, preds[:4], rows)
+        majority_comparison(task, preds[:4], rows, train_rows)
 
 
 def test_runs_command_marks_runs_clearly_above_the_baseline(tmp_path):
