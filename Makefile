@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# The main job: the offline default study (about 20 minutes on a 2-core CPU; finished cells
+# The main job: the offline default study (about 12 minutes on a 2-core CPU; finished cells
 # are kept, so running it again only fills in what is missing).
 demo: install
 	$(BIN)/adaptertx experiment configs/offline-default.toml
