@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from adaptertx.errors import AdaptertxError
+# (qweight * scale[:, None]) in fp32, rounded once to a dtype; one pass on CPU.
+from adaptertx.kernels.dequantize_rows import dequantize_rows
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,14 +35,6 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     qweight = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
     return qweight, scale
-
-
-def dequantize_rows(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``(qweight * scale[:, None])`` computed in fp32 and rounded once to ``dtype``: (out, in)
-    (one pass on CPU: :func:`adaptertx.kernels.dequantize_rows`)."""
-    from adaptertx.kernels.dequantize_rows import dequantize_rows as kernel
-
-    return kernel(qweight, scale, dtype)
 
 
 class _Int8MatMul(torch.autograd.Function):
