@@ -10,6 +10,7 @@ import click
 from tabulate import tabulate
 
 from adaptertx.errors import AdaptertxError
+from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, QUANT_MODES, TARGET, TRAIN
 
 
 def _clear_errors(fn):
@@ -27,6 +28,46 @@ def _clear_errors(fn):
 
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+_QUANT_HELP = "Base storage: adaptertx int8 (bf16 compute), bitsandbytes LLM.int8, bf16, or fp32."
+_SETTING_TYPES = {"int": int, "float": float, "bool": bool, "int | None": int, "float | None": float}
+
+
+def _training_options(defaults=None, skip: tuple[str, ...] = (), what: str = ""):
+    """One click option per :class:`adaptertx.settings.TrainSettings` field, help text from the
+    field. With ``defaults`` (a settings instance) each option shows and takes its default; without,
+    options are unset unless given (``None``: the library's preset for the method applies)."""
+    import dataclasses
+
+    from adaptertx.settings import TrainSettings
+
+    def decorate(fn):
+        for f in reversed(dataclasses.fields(TrainSettings)):
+            if f.name in skip:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            help_text = what + f.metadata["help"]
+            kind = _SETTING_TYPES[f.type]
+            if kind is bool:
+                fn = click.option(flag, f.name, is_flag=True, default=None, help=help_text)(fn)
+            elif defaults is not None:
+                default = getattr(defaults, f.name)
+                fn = click.option(flag, f.name, type=kind, default=default, show_default=default is not None,
+                                  help=help_text)(fn)
+            else:
+                fn = click.option(flag, f.name, type=kind, default=None, help=help_text)(fn)
+        return fn
+
+    return decorate
+
+
+def _given_settings(kwargs: dict) -> dict:
+    """Pop the training options from a command's ``kwargs``; returns the ones that were set."""
+    from adaptertx.settings import names
+
+    popped = {n: kwargs.pop(n) for n in names() if n in kwargs}
+    return {n: v for n, v in popped.items() if v is not None}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,7 +106,7 @@ def env(as_json: bool) -> None:
 @main.command()
 def models() -> None:
     """Models adaptertx knows by name (any local folder or Hub id works too)."""
-    from adaptertx.models import DEFAULT_MODEL, MODELS
+    from adaptertx.models import MODELS
 
     rows = [(("* " if s.name == DEFAULT_MODEL else "  ") + s.name, s.source, s.layers, s.hidden,
              s.params_m, s.retrieval_layer, s.note) for s in MODELS.values()]
@@ -138,34 +179,21 @@ def data_show(task: str, lang: str, split: str | None, count: int) -> None:
 
 @main.command("train")
 @click.argument("task")
-@click.option("--model", "model_name", default="me5-small", show_default=True, help="Base model name, folder or Hub id.")
-@click.option("--adapter", default="seq_bn", show_default=True, help="adapters config: seq_bn, double_seq_bn, par_bn, lora, ia3, ...")
-@click.option("--quant", type=click.Choice(["int8", "bnb-int8", "bf16", "none"]), default="int8", show_default=True,
-              help="Base storage: adaptertx int8 (bf16 compute), bitsandbytes LLM.int8, bf16, or fp32.")
+@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="Base model name, folder or Hub id.")
+@click.option("--adapter", default=ADAPTER, show_default=True, help="adapters config: seq_bn, double_seq_bn, par_bn, lora, ia3, ...")
+@click.option("--quant", type=click.Choice(QUANT_MODES), default=QUANT, show_default=True, help=_QUANT_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
-@click.option("--epochs", default=3, show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--grad-accum", default=1, show_default=True, help="Forwards per optimiser step.")
-@click.option("--lr", default=1e-4, show_default=True)
-@click.option("--max-length", default=128, show_default=True, help="Tokens per input (longer: truncated).")
-@click.option("--max-examples", type=int, help="Use at most N examples per split.")
-@click.option("--max-steps", type=int, help="Stop after N optimiser steps.")
-@click.option("--seed", default=0, show_default=True, help="Data order and dropout.")
-@click.option("--adapter-seed", default=42, show_default=True, help="Adapter/head initialisation (keep one per base).")
-@click.option("--gradient-checkpointing", is_flag=True)
-@click.option("--save-every", default=100, show_default=True, help="Checkpoint every N steps.")
+@_training_options(TRAIN)
+@click.option("--adapter-seed", default=ADAPTER_SEED, show_default=True, help="Adapter/head initialisation (keep one per base).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
 @_clear_errors
-def train_cmd(task, model_name, adapter, quant, out, epochs, batch_size, grad_accum, lr, max_length,
-              max_examples, max_steps, seed, adapter_seed, gradient_checkpointing, save_every, resume, overwrite):
+def train_cmd(task, model_name, adapter, quant, out, adapter_seed, resume, overwrite, **options):
     """Train one adapter + head for TASK's English data on a frozen base."""
-    from adaptertx.train import TrainConfig, train
+    from adaptertx.training import TrainConfig, train
 
-    config = TrainConfig(task=task, model=model_name, out=out, adapter=adapter, quant=quant, epochs=epochs,
-                         batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_length=max_length,
-                         max_examples=max_examples, max_steps=max_steps, seed=seed, adapter_seed=adapter_seed,
-                         gradient_checkpointing=gradient_checkpointing, save_every=save_every)
+    config = TrainConfig(task=task, model=model_name, out=out, adapter=adapter, quant=quant, adapter_seed=adapter_seed,
+                         **_given_settings(options))
     result = train(config, resume=resume, overwrite=overwrite)
     fmt = lambda d: ", ".join(f"{k} {v:.1f}" for k, v in d.items())  # noqa: E731
     click.echo(f"{task}: best epoch {result.best_epoch}; validation {fmt(result.validation)}; "
@@ -196,26 +224,21 @@ def train_cmd(task, model_name, adapter, quant, out, epochs, batch_size, grad_ac
 @click.option("--density", default=0.2, show_default=True, help="TIES: kept fraction of each task vector.")
 @click.option("--scale", default=1.0, show_default=True, help="TIES / task arithmetic: factor on the merged task vector.")
 @click.option("--fusion-config", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True)
-@click.option("--epochs", type=int, help="Fusion / multitask training: epochs.")
-@click.option("--lr", type=float, help="Fusion / multitask training: learning rate (default 5e-5 / 1e-4).")
-@click.option("--batch-size", type=int, help="Fusion / multitask training: batch size.")
-@click.option("--max-examples", type=int, help="Fusion / multitask training: at most N examples per split.")
-@click.option("--max-steps", type=int, help="Fusion / multitask training: stop after N optimiser steps.")
-@click.option("--max-length", type=int, help="Fusion / multitask training: tokens per input.")
-@click.option("--quant", type=click.Choice(["int8", "bnb-int8", "bf16", "none"]),
+@_training_options(what="Fusion / multitask training (default: their presets; lr 5e-5 / 1e-4): ")
+@click.option("--quant", type=click.Choice(QUANT_MODES),
               help="Fusion / multitask: base storage (default: the runs', or int8 with --tasks).")
 @click.option("--model", "model_name", help="Multitask with --tasks: base model name, folder or Hub id (default me5-small).")
 @click.option("--resume", is_flag=True, help="Fusion / multitask: continue the unfinished training in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
 @_clear_errors
 def merge_cmd(run_dirs, method, out, tasks, sampling, temperature, weights, dev_tasks, dev_examples, grid_step,
-              dev_search, target, name, density, scale, fusion_config, epochs, lr, batch_size, max_examples, max_steps,
-              max_length, quant, model_name, resume, overwrite):
+              dev_search, target, name, density, scale, fusion_config, quant, model_name, resume, overwrite, **options):
     """Merge the task adapters of the training runs RUN_DIRS (one base) into one model.
 
     --method multitask trains one new adapter on the runs' tasks jointly (or on --tasks, with no
     RUN_DIRS), one head per task."""
-    from adaptertx.merge import MergeOptions, merge
+    from adaptertx.merging import MergeOptions, merge
+    from adaptertx.settings import preset
 
     try:
         weight_list = "dev" if weights and weights.strip().lower() == "dev" else (
@@ -223,19 +246,19 @@ def merge_cmd(run_dirs, method, out, tasks, sampling, temperature, weights, dev_
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers or 'dev', got {weights!r}",
                                  param_hint="--weights") from None
-    train_kw = {k: v for k, v in dict(epochs=epochs, lr=lr, batch_size=batch_size, max_examples=max_examples,
-                                      max_steps=max_steps, max_length=max_length, quant=quant,
-                                      model=model_name).items() if v is not None}
+    given = _given_settings(options)
+    train_kw = {**given, **{k: v for k, v in dict(quant=quant, model=model_name).items() if v is not None}}
     if train_kw and method not in ("fusion", "multitask"):
         raise click.UsageError(f"{', '.join('--' + k.replace('_', '-') for k in train_kw)} apply to --method fusion "
                                f"or multitask only")
     sample_kw = {k: v for k, v in dict(sampling=sampling, temperature=temperature).items() if v is not None}
     if (sample_kw or tasks) and method != "multitask":
         raise click.UsageError("--tasks, --sampling and --temperature apply to --method multitask only")
-    if "model" in train_kw and not tasks:
+    if model_name and not tasks:
         raise click.UsageError("--model applies to --method multitask with --tasks (runs bring their own base)")
     options = MergeOptions(weights=weight_list, target=target, name=name, density=density, scale=scale,
-                           fusion_config=fusion_config, train=train_kw, tasks=_csv(tasks) if tasks else None,
+                           fusion_config=fusion_config, settings=preset(method).replace(**given) if given else None,
+                           quant=quant, model=model_name, tasks=_csv(tasks) if tasks else None,
                            dev_tasks=_csv(dev_tasks) if dev_tasks is not None else None, dev_examples=dev_examples,
                            grid_step=grid_step, dev_search=dev_search or "auto", **sample_kw)
     result = merge(method, list(run_dirs), out, options, overwrite=overwrite, resume=resume)
@@ -286,7 +309,7 @@ def runs_cmd(root: str) -> None:
 
     "test - majority" carries the 95% interval of the paired per-example difference; "clearly
     above" is yes when the whole interval is above zero."""
-    from adaptertx.train import summarize_runs
+    from adaptertx.rundir import summarize_runs
 
     def num(v):
         return "-" if v is None else f"{v:.1f}"
@@ -310,36 +333,30 @@ def runs_cmd(root: str) -> None:
 
 @main.command("evaluate")
 @click.argument("target")
-@click.option("--model", "model_name", default="me5-small", show_default=True, help="Base model name, folder or Hub id.")
+@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="Base model name, folder or Hub id.")
 @click.option("--intermediate", default="none", show_default=True,
               help="'none', a finished `adaptertx train` run, or an `adaptertx merge` folder.")
 @click.option("--fusion", "fusion_runs", help="Comma-separated run folders to fuse (the Fusion trains with the target).")
-@click.option("--quant", type=click.Choice(["int8", "bnb-int8", "bf16", "none"]), default="int8", show_default=True)
-@click.option("--adapter", default="seq_bn", show_default=True, help="The target adapter's config.")
+@click.option("--quant", type=click.Choice(QUANT_MODES), default=QUANT, show_default=True, help=_QUANT_HELP)
+@click.option("--adapter", default=ADAPTER, show_default=True, help="The target adapter's config.")
 @click.option("--langs", help="Comma-separated languages (default: every language with data).")
 @click.option("--data-file", "data_files", multiple=True,
               help="LANG=PATH: your own test file in the target's public release format (repeatable).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="A folder of your own test files named LANG.<ext> (one per language).")
-@click.option("--epochs", default=2, show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--max-length", default=128, show_default=True)
-@click.option("--max-examples", type=int, help="Target training: at most N English examples per split.")
+@_training_options(TARGET, what="Target training: ")
 @click.option("--max-eval-examples", type=int, help="At most N test examples per language.")
 @click.option("--max-candidates", type=int,
               help="Mewsli-X: score against every gold entity plus a sample, N candidates in all (default: all).")
-@click.option("--seed", default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Target run folder (a finished one is reused, an interrupted one resumed).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result here as JSON.")
 @_clear_errors
-def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, langs, data_files, data_dir, epochs,
-                 batch_size, lr, max_length, max_examples, max_eval_examples, max_candidates, seed, out,
-                 json_out) -> None:
+def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, langs, data_files, data_dir,
+                 max_eval_examples, max_candidates, out, json_out, **options) -> None:
     """Train TARGET's adapter on English over an intermediate configuration, then score it
     zero-shot on every language (retrieval targets: encode and score directly)."""
-    from adaptertx.evaluate import EvalConfig, data_dir_files, evaluate, fusion_of, load_intermediate
+    from adaptertx.evaluation import EvalConfig, data_dir_files, evaluate, fusion_of, load_intermediate
     from adaptertx.io import atomic_write_text
 
     files = []
@@ -354,9 +371,8 @@ def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, 
         raise click.UsageError("give either --intermediate or --fusion")
     inter = fusion_of(_csv(fusion_runs)) if fusion_runs else load_intermediate(intermediate)
     config = EvalConfig(target=target, model=model_name, quant=quant, adapter=adapter,
-                        languages=tuple(_csv(langs)) if langs else None, epochs=epochs, batch_size=batch_size, lr=lr,
-                        max_length=max_length, max_examples=max_examples, max_eval_examples=max_eval_examples,
-                        seed=seed, data_files=tuple(files), max_candidates=max_candidates)
+                        languages=tuple(_csv(langs)) if langs else None, max_eval_examples=max_eval_examples,
+                        data_files=tuple(files), max_candidates=max_candidates, **_given_settings(options))
     result = evaluate(config, inter, out)
     key = result.primary
     rows = [[lang + ("*" if r.low_resource else ""), f"{r.scores[key]:.1f}", r.n, r.split, r.source]
@@ -437,7 +453,7 @@ def retrieve() -> None:
 def _encoder_options(fn):
     """Options shared by the retrieve commands: model, adapter, layer, precision, backend."""
     options = [
-        click.option("--model", "model_name", default="me5-small", show_default=True, help="Model name, folder or Hub id."),
+        click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="Model name, folder or Hub id."),
         click.option("--adapter", type=click.Path(exists=True, file_okay=False),
                      help="Adapter to apply (seq_bn): a run or merged folder (or its adapter/), including an "
                           "AdapterFusion from `adaptertx merge --method fusion` (its adapters and Fusion)."),
@@ -471,7 +487,7 @@ def _encoder_kwargs(precision, reference) -> dict:
 def retrieve_tatoeba(model_name, adapter, layer, data_dir, precision, reference, out, langs, max_pairs) -> None:
     """Tatoeba accuracy (nearest neighbour by cosine) per language, both directions."""
     from adaptertx.io import atomic_write_text
-    from adaptertx.retrieval import evaluate_tatoeba
+    from adaptertx.evaluation import evaluate_tatoeba
 
     scores = evaluate_tatoeba(model_name, _csv(langs), layer=layer, max_pairs=max_pairs, adapter=adapter,
                               data_dir=data_dir, **_encoder_kwargs(precision, reference))
@@ -503,7 +519,7 @@ def retrieve_bucc(model_name, adapter, layer, data_dir, precision, reference, ou
     """BUCC bitext mining: ratio-margin candidates, threshold tuned for F1 on the gold pairs."""
     from adaptertx.io import atomic_write_text
     from adaptertx.languages import is_low_resource
-    from adaptertx.retrieval import evaluate_bucc
+    from adaptertx.evaluation import evaluate_bucc
 
     s = evaluate_bucc(model_name, lang, split=split, data_dir=data_dir, layer=layer, adapter=adapter, k=k,
                       **_encoder_kwargs(precision, reference))

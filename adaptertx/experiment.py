@@ -15,7 +15,7 @@ A study is a TOML file (see ``configs/``)::
 :func:`run_study` trains each intermediate task adapter once (``STUDY/intermediate/<task>``,
 adapter-init seed shared, so adapters average), builds the merged configurations
 (``STUDY/merged/<config>``), then runs every cell (``STUDY/cells/<config>/<target>/seed<k>``,
-:func:`adaptertx.evaluate.evaluate`) and appends it to the results store
+:func:`adaptertx.evaluation.evaluate`) and appends it to the results store
 (``STUDY/results.jsonl``, :mod:`adaptertx.results`). Finished cells are skipped, so an
 interrupted study resumes where it stopped; a cell that fails is recorded with its error and
 the grid goes on; the failures are listed at the end. A store written by another study (a
@@ -34,27 +34,32 @@ import logging
 import os
 import time
 import traceback
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from adaptertx import settings as training_settings
 from adaptertx.errors import AdaptertxError
+from adaptertx.evaluation import NONE, EvalConfig, data_dir_files, evaluate, fusion_of, load_intermediate
+from adaptertx.merging import MIXTURE, MergeOptions, merge
 from adaptertx.results import STORE_FILE, ResultsStore
+from adaptertx.rundir import METHODS, WEIGHT_SPACE, run_status
+from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, QUANT_MODES, TARGET, TargetSettings
+from adaptertx.tasks import get_task
+from adaptertx.training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
-METHODS = ("none", "single", "average", "task_arithmetic", "ties", "multitask", "fusion")
-_BUDGET_KEYS = ("epochs", "batch_size", "lr", "max_length", "max_examples")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """A training budget (see :class:`adaptertx.train.TrainConfig` for the meaning)."""
-
-    epochs: int = 2
-    batch_size: int = 16
-    lr: float = 1e-3
-    max_length: int = 128
-    max_examples: int | None = None
+#: Budget keys a study takes: every training setting but the seed (a study's seeds are its own).
+BUDGET_KEYS = tuple(n for n in training_settings.names() if n != "seed")
+#: The budget keys of the first studies: the others enter a study's hash only when set.
+_HASHED_KEYS = ("epochs", "batch_size", "lr", "max_length", "max_examples")
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class ConfigSpec:
         name: its label in tables. method: one of :data:`METHODS`.
         tasks: the intermediate tasks (one for ``single``; two or more for merges).
         weights: weighted averaging (``average``/``task_arithmetic``/``ties``), normalised; or
-            ``"dev"``: chosen on the tasks' English dev sets (:mod:`adaptertx.merge_weights`).
+            ``"dev"``: chosen on the tasks' English dev sets (:mod:`adaptertx.merging.dev_weights`).
         sampling, temperature: ``multitask``'s task sampling (and a ``fusion_data = "mixture"``
             Fusion's).
         fusion_data: ``fusion``: ``"target"`` (the Fusion layer starts fresh and trains with
@@ -99,19 +104,19 @@ class Study:
         max_eval_examples: at most this many test examples per language.
         data: per-target folders of the user's own test files (``adaptertx evaluate
             --data-dir``; relative paths from the directory the study runs in).
-        max_candidates: Mewsli-X's candidate pool limit (:class:`adaptertx.evaluate.EvalConfig`).
+        max_candidates: Mewsli-X's candidate pool limit (:class:`adaptertx.evaluation.EvalConfig`).
     """
 
     name: str
-    model: str = "me5-small"
-    quant: str = "int8"
-    adapter: str = "seq_bn"
+    model: str = DEFAULT_MODEL
+    quant: str = QUANT
+    adapter: str = ADAPTER
     seeds: tuple[int, ...] = (0,)
-    adapter_seed: int = 42
-    intermediate: Budget = Budget()
+    adapter_seed: int = ADAPTER_SEED
+    intermediate: TargetSettings = TARGET
     configs: tuple[ConfigSpec, ...] = ()
     targets: tuple[str, ...] = ()
-    target_budget: Budget = Budget()
+    target_budget: TargetSettings = TARGET
     overrides: tuple[tuple[str, tuple[tuple[str, object], ...]], ...] = ()
     languages: tuple[tuple[str, tuple[str, ...]], ...] = ()
     max_eval_examples: int | None = None
@@ -126,6 +131,9 @@ class Study:
         for key in ("data", "max_candidates"):  # added later: unset, they leave older studies' hashes alone
             if not body[key]:
                 body.pop(key)
+        for key in ("intermediate", "target_budget"):  # so do the budget keys added later, left at their defaults
+            body[key] = {k: v for k, v in body[key].items()
+                         if k in _HASHED_KEYS or (k != "seed" and v != getattr(TARGET, k))}
         for c in body["configs"]:
             if c["fusion_data"] == "target":
                 c.pop("fusion_data")
@@ -135,18 +143,16 @@ class Study:
         """Every task some configuration needs an adapter for, in first-use order."""
         return list(dict.fromkeys(t for c in self.configs for t in c.tasks))
 
-    def budget_for(self, target: str) -> Budget:
+    def budget_for(self, target: str) -> TargetSettings:
         """The target training budget of ``target`` (with its overrides)."""
         changes = dict(dict(self.overrides).get(target, ()))
-        return dataclasses.replace(self.target_budget, **changes)
+        return self.target_budget.replace(**changes)
 
     def languages_for(self, target: str) -> tuple[str, ...] | None:
         return dict(self.languages).get(target)
 
     def data_files_for(self, target: str) -> tuple[tuple[str, str], ...]:
         """The user's own test files of ``target`` (from its ``[targets.data]`` folder)."""
-        from adaptertx.evaluate import data_dir_files
-
         folder = dict(self.data).get(target)
         return data_dir_files(Path(folder).resolve()) if folder else ()
 
@@ -161,23 +167,20 @@ def _table(raw: dict, key: str, path: Path) -> dict:
     return value
 
 
-def _budget(raw: dict, where: str, base: Budget | None = None) -> Budget:
-    unknown = set(raw) - set(_BUDGET_KEYS) - {"tasks", "languages", "overrides", "max_eval_examples", "data",
-                                              "max_candidates"}
+def _budget(raw: dict, where: str, base: TargetSettings | None = None) -> TargetSettings:
+    unknown = set(raw) - set(BUDGET_KEYS) - {"tasks", "languages", "overrides", "max_eval_examples", "data",
+                                             "max_candidates"}
     if unknown:
-        raise AdaptertxError(f"{where}: unknown keys {', '.join(sorted(unknown))}; budget keys are {', '.join(_BUDGET_KEYS)}")
-    values = {k: raw[k] for k in _BUDGET_KEYS if k in raw}
-    return dataclasses.replace(base or Budget(), **values)
+        raise AdaptertxError(f"{where}: unknown keys {', '.join(sorted(unknown))}; budget keys are {', '.join(BUDGET_KEYS)}")
+    values = {k: raw[k] for k in BUDGET_KEYS if k in raw}
+    try:
+        return (base or TARGET).replace(**values)
+    except AdaptertxError as e:
+        raise AdaptertxError(f"{where}: {e}") from None
 
 
 def load_study(path: str | os.PathLike) -> Study:
     """Parse and check a study TOML file; unknown tasks, languages or methods are clear errors."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    from adaptertx.tasks import get_task
-
     path = Path(path)
     if not path.is_file():
         raise AdaptertxError(f"no study config at {path}")
@@ -196,7 +199,22 @@ def load_study(path: str | os.PathLike) -> Study:
         raise AdaptertxError(f"{path}: unknown [study] keys {', '.join(sorted(set(head) - known_head))}")
     inter = _table(raw, "intermediate", path)
     targets = _table(raw, "targets", path)
+    configs = _load_configs(raw, path)
+    quant = head.get("quant", QUANT)
+    if quant not in QUANT_MODES:
+        raise AdaptertxError(f"{path}: unknown quant {quant!r}; choose one of {', '.join(QUANT_MODES)}")
+    seeds = tuple(int(s) for s in head.get("seeds", [0]))
+    if not seeds:
+        raise AdaptertxError(f"{path}: seeds is empty")
+    return Study(name=head["name"], model=head.get("model", DEFAULT_MODEL), quant=quant,
+                 adapter=head.get("adapter", ADAPTER), seeds=seeds,
+                 adapter_seed=int(head.get("adapter_seed", ADAPTER_SEED)),
+                 intermediate=_budget({k: v for k, v in inter.items() if k != "tasks"}, f"{path}: [intermediate]"),
+                 configs=configs, **_load_targets(targets, path), description=head.get("description", ""))
 
+
+def _load_configs(raw: dict, path: Path) -> tuple[ConfigSpec, ...]:
+    """The study's ``[[configs]]``, checked."""
     configs = []
     for i, c in enumerate(raw.get("configs", [])):
         where = f"{path}: configs[{i}]"
@@ -220,7 +238,7 @@ def load_study(path: str | os.PathLike) -> Study:
             raise AdaptertxError(f"{where}: unknown keys {', '.join(sorted(extra))}")
         weights = c.get("weights")
         if weights == "dev":
-            if method not in ("average", "task_arithmetic", "ties"):
+            if method not in WEIGHT_SPACE:
                 raise AdaptertxError(f"{where}: weights = \"dev\" applies to average, task_arithmetic and ties")
         elif weights is not None:
             if isinstance(weights, str) or not isinstance(weights, list):
@@ -238,7 +256,11 @@ def load_study(path: str | os.PathLike) -> Study:
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise AdaptertxError(f"{path}: configuration names must be unique (got {', '.join(names)})")
+    return tuple(configs)
 
+
+def _load_targets(targets: dict, path: Path) -> dict:
+    """The study's ``[targets]`` section, checked, as :class:`Study` fields."""
     target_names = tuple(targets.get("tasks", ()))
     if not target_names:
         raise AdaptertxError(f"{path}: [targets] needs tasks")
@@ -269,21 +291,9 @@ def load_study(path: str | os.PathLike) -> Study:
             raise AdaptertxError(f"{path}: [targets.overrides] names {t!r}, which is not a target of the study")
         _budget(changes, f"{path}: [targets.overrides.{t}]")
         overrides.append((t, tuple(sorted(changes.items()))))
-    from adaptertx.modeling import QUANT_MODES
-
-    quant = head.get("quant", "int8")
-    if quant not in QUANT_MODES:
-        raise AdaptertxError(f"{path}: unknown quant {quant!r}; choose one of {', '.join(QUANT_MODES)}")
-    seeds = tuple(int(s) for s in head.get("seeds", [0]))
-    if not seeds:
-        raise AdaptertxError(f"{path}: seeds is empty")
-    return Study(name=head["name"], model=head.get("model", "me5-small"), quant=quant,
-                 adapter=head.get("adapter", "seq_bn"), seeds=seeds, adapter_seed=int(head.get("adapter_seed", 42)),
-                 intermediate=_budget({k: v for k, v in inter.items() if k != "tasks"}, f"{path}: [intermediate]"),
-                 configs=tuple(configs), targets=target_names, target_budget=target_budget,
-                 overrides=tuple(overrides), languages=tuple(languages),
-                 max_eval_examples=targets.get("max_eval_examples"), data=tuple(data),
-                 max_candidates=targets.get("max_candidates"), description=head.get("description", ""))
+    return {"targets": target_names, "target_budget": target_budget, "overrides": tuple(overrides),
+            "languages": tuple(languages), "max_eval_examples": targets.get("max_eval_examples"), "data": tuple(data),
+            "max_candidates": targets.get("max_candidates")}
 
 
 # ------------------------------------------------------------------------------ running it
@@ -306,27 +316,20 @@ def cell_id(config: str, target: str, seed: int) -> str:
 
 
 def _train_intermediate(study: Study, task: str, out: Path, progress: bool) -> Path:
-    from adaptertx.train import TrainConfig, train
-
     run = out / "intermediate" / task
-    run_file = run / "run.json"
-    status = json.loads(run_file.read_text()).get("status") if run_file.is_file() else None
+    status = run_status(run)
     if status == "finished":
         return run
-    b = study.intermediate
     config = TrainConfig(task=task, model=study.model, out=str(run), adapter=study.adapter, quant=study.quant,
-                         epochs=b.epochs, batch_size=b.batch_size, lr=b.lr, max_length=b.max_length,
-                         max_examples=b.max_examples, seed=study.seeds[0], adapter_seed=study.adapter_seed)
+                         adapter_seed=study.adapter_seed,
+                         **study.intermediate.replace(seed=study.seeds[0]).training_json())
     train(config, resume=status is not None, progress=progress)
     return run
 
 
 def _merged(study: Study, spec: ConfigSpec, runs: dict[str, Path], errors: dict[str, str], out: Path,
             progress: bool):
-    """The :class:`adaptertx.evaluate.Intermediate` of one configuration (merging if needed)."""
-    from adaptertx.evaluate import NONE, fusion_of, load_intermediate
-    from adaptertx.merge import MergeOptions, merge
-
+    """The :class:`adaptertx.evaluation.Intermediate` of one configuration (merging if needed)."""
     if spec.method == "none":
         return NONE
     missing = [t for t in spec.tasks if t not in runs]
@@ -340,15 +343,12 @@ def _merged(study: Study, spec: ConfigSpec, runs: dict[str, Path], errors: dict[
         return fusion_of(dirs)
     folder = out / "merged" / spec.name
     if not (folder / "recipe.json").is_file():
-        b = study.intermediate
-        train = {"epochs": b.epochs, "batch_size": b.batch_size, "lr": b.lr, "max_length": b.max_length,
-                 "max_examples": b.max_examples, "seed": study.seeds[0]}
-        trained = spec.method in ("multitask", "fusion")
+        trained = METHODS[spec.method].trained
         options = MergeOptions(weights=spec.weights if spec.weights == "dev" else
                                list(spec.weights) if spec.weights else None,
-                               target="mixture" if spec.method == "fusion" else None,
-                               train=train if trained else {}, progress=progress,
-                               sampling=spec.sampling, temperature=spec.temperature)
+                               target=MIXTURE if spec.method == "fusion" else None,
+                               settings=study.intermediate.replace(seed=study.seeds[0]) if trained else None,
+                               progress=progress, sampling=spec.sampling, temperature=spec.temperature)
         resume = trained and (folder / "run.json").is_file()
         merge(spec.method, dirs, folder, options, overwrite=not resume and folder.exists(), resume=resume)
     return load_intermediate(folder)
@@ -357,10 +357,6 @@ def _merged(study: Study, spec: ConfigSpec, runs: dict[str, Path], errors: dict[
 def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
               echo=print) -> StudyResult:
     """Run every unfinished cell of ``study`` into the folder ``out`` (see the module doc)."""
-    from tqdm.auto import tqdm
-
-    from adaptertx.evaluate import EvalConfig, evaluate
-
     out = Path(out)
     start = time.time()
     store = ResultsStore(out / STORE_FILE, {"study": study.name, "study_hash": study.study_hash(),
@@ -408,11 +404,9 @@ def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
                 raise inter
             b = study.budget_for(target)
             config = EvalConfig(target=target, model=study.model, quant=study.quant, adapter=study.adapter,
-                                languages=study.languages_for(target), epochs=b.epochs, batch_size=b.batch_size,
-                                lr=b.lr, max_length=b.max_length, max_examples=b.max_examples,
-                                max_eval_examples=study.max_eval_examples, seed=seed,
+                                languages=study.languages_for(target), max_eval_examples=study.max_eval_examples,
                                 adapter_seed=study.adapter_seed, data_files=study.data_files_for(target),
-                                max_candidates=study.max_candidates)
+                                max_candidates=study.max_candidates, **b.replace(seed=seed).training_json())
             result = evaluate(config, inter, out / "cells" / spec.name / target / f"seed{seed}", progress=progress)
         except KeyboardInterrupt:
             raise

@@ -34,13 +34,11 @@ from dataclasses import dataclass, field
 import torch
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.tasks import Task
+from adaptertx.tasks import TRAINABLE_FAMILIES, Task
 
-__all__ = ["Features", "encode_examples", "decode_predictions", "postprocess_qa", "IGNORE_INDEX",
-           "ENCODED_FAMILIES"]
+__all__ = ["Features", "encode_examples", "decode_predictions", "postprocess_qa", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100  # label of positions the loss skips (torch's CrossEntropyLoss default)
-ENCODED_FAMILIES = ("classification", "multiple_choice", "extractive_qa", "tagging")
 _LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
 
@@ -156,9 +154,9 @@ def encode_examples(task: Task, examples: Sequence[Mapping], tokenizer, *, max_l
         AdaptertxError: a label or tag outside the task's labels, a wrong number of choices,
             an answer outside its context, malformed examples, or impossible lengths.
     """
-    if task.family not in ENCODED_FAMILIES:
+    if task.family not in TRAINABLE_FAMILIES:
         raise AdaptertxError(f"task {task.name!r} is a {task.family} task; encode_examples handles "
-                             f"{', '.join(ENCODED_FAMILIES)}")
+                             f"{', '.join(TRAINABLE_FAMILIES)}")
     if not examples:
         raise AdaptertxError(f"no examples to encode for task {task.name!r}")
     if not getattr(tokenizer, "is_fast", False):

@@ -42,14 +42,15 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from adaptertx import rundir
 from adaptertx.errors import AdaptertxError
 from adaptertx.io import atomic_dir, atomic_write_bytes, atomic_write_text
+from adaptertx.rundir import sha256_file
 
 log = logging.getLogger(__name__)
 
 MANIFEST = ".adaptertx-export.json"
 CARD = "README.md"
-WEIGHT_SPACE_METHODS = ("average", "task_arithmetic", "ties", "multitask")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".npz")
 ADAPTER_CONFIG_FILES = ("adapter_config.json", "head_config.json", "adapter_fusion_config.json")
 
@@ -130,24 +131,6 @@ def _check_weight_file(path: Path, shown: str) -> None:
         raise AdaptertxError(f"{shown}: unexpected file in an adapter folder (expected .json and .safetensors)")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise AdaptertxError(f"{path} is not readable JSON ({e})") from None
-    if not isinstance(body, dict):
-        raise AdaptertxError(f"{path} is not a JSON object")
-    return body
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------ sources
 
 
@@ -203,20 +186,6 @@ def _walk(root: Path, folder: Path, prefix: str = "") -> dict[str, Path]:
     return files
 
 
-def _finished_run(path: Path, what: str) -> dict:
-    run = _read_json(path / "run.json")
-    if run.get("status") != "finished":
-        raise AdaptertxError(f"the {what} in {path} is not finished (status {run.get('status')!r}); "
-                             f"finish it first (`--resume`)")
-    return run
-
-
-def _require(path: Path, names: tuple[str, ...], what: str) -> None:
-    missing = [n for n in names if not (path / n).is_file()]
-    if missing:
-        raise AdaptertxError(f"{path} lacks {', '.join(missing)}: not a complete {what}")
-
-
 def load_source(source: str | os.PathLike) -> Source:
     """Read a finished run, a weight-space merged folder or an AdapterFusion folder; clear errors
     for anything else (unfinished runs, missing files, fingerprints that disagree)."""
@@ -233,12 +202,12 @@ def load_source(source: str | os.PathLike) -> Source:
 
 
 def _run_source(root: Path) -> Source:
-    run = _finished_run(root, "run")
+    run = rundir.finished_run(root, "run")
     adapter = root / "adapter"
-    _require(adapter, ("adapter_config.json", "adapter.safetensors"), "run (adapter/ in the AdapterHub layout)")
+    rundir.require_files(adapter, ("adapter_config.json", "adapter.safetensors"), "run (adapter/ in the AdapterHub layout)")
     if not run.get("fingerprint"):
         raise AdaptertxError(f"{root / 'run.json'} records no base fingerprint")
-    cfg = _read_json(adapter / "adapter_config.json")
+    cfg = rundir.read_json(adapter / "adapter_config.json")
     config = run.get("config") or {}
     files = _walk(root, adapter)
     files["run.json"] = _inside(root, root / "run.json")
@@ -265,7 +234,7 @@ def _check_inputs_fingerprint(root: Path, recipe: dict) -> str:
 
 
 def _merged_source(root: Path) -> Source:
-    recipe = _read_json(root / "recipe.json")
+    recipe = rundir.read_json(root / "recipe.json")
     method = recipe.get("method")
     if method is None:
         raise AdaptertxError(f"{root / 'recipe.json'} names no merge method")
@@ -274,7 +243,7 @@ def _merged_source(root: Path) -> Source:
     tasks = [i.get("task") for i in inputs] or list(recipe.get("tasks") or [])
     run = None
     if (root / "run.json").is_file():  # fusion and multi-task training folders are training runs too
-        run = _finished_run(root, "AdapterFusion training" if method == "fusion" else f"{method} training")
+        run = rundir.finished_run(root, "AdapterFusion training" if method == "fusion" else f"{method} training")
         if run.get("fingerprint") != fp:
             raise AdaptertxError(f"base model fingerprint mismatch in {root}: the {method} was trained on "
                                  f"{run.get('fingerprint')} but its recipe records {fp}")
@@ -285,18 +254,18 @@ def _merged_source(root: Path) -> Source:
     if method == "fusion":
         if run is None:
             raise AdaptertxError(f"{root} holds no run.json: an AdapterFusion folder is a finished training run")
-        _require(adapter, ("adapter_setup.json",), "AdapterFusion folder (adapter/ from save_adapter_setup)")
+        rundir.require_files(adapter, ("adapter_setup.json",), "AdapterFusion folder (adapter/ from save_adapter_setup)")
         files = _walk(root, adapter)
         if not any(f.endswith("model_adapter_fusion.safetensors") for f in files):
             raise AdaptertxError(f"{adapter} holds no fusion weights (model_adapter_fusion.safetensors)")
         files["recipe.json"] = _inside(root, root / "recipe.json")
         target = recipe.get("target")
-        configs = [_read_json(p) for rel, p in files.items() if rel.endswith("/adapter_config.json")]
+        configs = [rundir.read_json(p) for rel, p in files.items() if rel.endswith("/adapter_config.json")]
         return Source(root, "fusion", "fusion", "recipe.json", recipe, fp, model, quant,
                       [t for t in tasks if t], target, recipe.get("name", "fusion"),
                       {}, configs[0].get("model_type") if configs else None, files)
-    _require(adapter, ("adapter_config.json", "adapter.safetensors"), f"{method} merged folder")
-    cfg = _read_json(adapter / "adapter_config.json")
+    rundir.require_files(adapter, ("adapter_config.json", "adapter.safetensors"), f"{method} merged folder")
+    cfg = rundir.read_json(adapter / "adapter_config.json")
     files = _walk(root, adapter)
     heads = recipe.get("heads") or {}
     if not isinstance(heads, dict):
@@ -306,7 +275,7 @@ def _merged_source(root: Path) -> Source:
         safe_relpath(str(label))
         if not folder.resolve().is_relative_to(root):
             raise AdaptertxError(f"recipe.json names the head folder {rel!r}, outside {root}; refusing to export it")
-        _require(folder, ("head_config.json", "model_head.safetensors"), f"head folder for {label}")
+        rundir.require_files(folder, ("head_config.json", "model_head.safetensors"), f"head folder for {label}")
         files.update(_walk(root, folder, f"heads/{label}/"))
     files["recipe.json"] = _inside(root, root / "recipe.json")
     target = recipe.get("target") if (adapter / "head_config.json").is_file() else None
@@ -617,7 +586,7 @@ def check_export_folder(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         raise AdaptertxError(f"{folder} is not an export folder (no {MANIFEST}); run `adaptertx export` first")
-    manifest = _read_json(folder / MANIFEST)
+    manifest = rundir.read_json(folder / MANIFEST)
     root = folder.resolve()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         here = Path(dirpath)
@@ -630,7 +599,7 @@ def check_export_folder(folder: str | os.PathLike) -> dict:
         path = folder / safe_relpath(rel)
         if not path.resolve().is_relative_to(root) or not path.is_file():
             raise AdaptertxError(f"{folder} lacks the exported file {rel}; run `adaptertx export` again")
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             raise AdaptertxError(f"{path} changed since it was exported; run `adaptertx export` again")
     if (folder / CARD).is_file():
         _check_card(folder / CARD)

@@ -25,10 +25,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from adaptertx.errors import AdaptertxError
 from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.models import fingerprint, load_tokenizer, resolve
-from adaptertx.tasks import Task
+from adaptertx.settings import ADAPTER, ADAPTER_SEED, QUANT, QUANT_MODES
+from adaptertx.tasks import TRAINABLE_FAMILIES, Task
 
-QUANT_MODES = ("int8", "bnb-int8", "bf16", "none")
-TRAINABLE_FAMILIES = ("classification", "multiple_choice", "extractive_qa", "tagging")
 
 
 @dataclass(frozen=True)
@@ -116,8 +115,8 @@ def adapter_config(adapter: str):
         raise AdaptertxError(f"unknown adapter config {adapter!r}; try seq_bn, double_seq_bn, par_bn, lora or ia3") from None
 
 
-def build_adapter_model(model_name: str, task: Task | Sequence[Task], *, adapter: str = "seq_bn",
-                        quant: str = "int8", adapter_seed: int = 42, name: str | None = None) -> BuiltModel:
+def build_adapter_model(model_name: str, task: Task | Sequence[Task], *, adapter: str = ADAPTER,
+                        quant: str = QUANT, adapter_seed: int = ADAPTER_SEED, name: str | None = None) -> BuiltModel:
     """Load the base, add one adapter and one head per task, and set up adapter training (base
     frozen; the adapter and every head trainable).
 
@@ -156,6 +155,23 @@ def build_adapter_model(model_name: str, task: Task | Sequence[Task], *, adapter
         raise AdaptertxError(f"adapter {adapter!r} added no trainable parameters on the {quant} base "
                              f"(the adapters library cannot wrap these layers); use --quant int8 or bf16")
     return BuiltModel(model, tokenizer, name, fingerprint(model.base_model), autocast=quant != "none")
+
+
+def rename_key(key: str, old: str, new: str) -> str:
+    """A state-dict key with the name component ``old`` (an adapter or head name) replaced by ``new``."""
+    return ".".join(new if part == old else part for part in key.split("."))
+
+
+def load_base_checked(model_name: str, quant: str, expected: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase,
+                                                                            str]:
+    """(model, tokenizer, fingerprint): the base ``model_name`` stored as ``quant``, refused
+    unless its fingerprint is ``expected`` (the base the adapters to load were trained on)."""
+    model, tokenizer = load_base(model_name, quant)
+    base_print = fingerprint(model.base_model)
+    if base_print != expected:
+        raise AdaptertxError(f"base {model_name!r} (fingerprint {base_print}) is not the base the adapters were "
+                             f"trained on ({expected})")
+    return model, tokenizer, base_print
 
 
 def trainable_state(model: PreTrainedModel) -> dict[str, torch.Tensor]:

@@ -31,9 +31,10 @@ from adaptertx.io import atomic_write_bytes, atomic_write_text
 from adaptertx.languages import pretraining_gib
 from adaptertx.metrics import stats_score
 from adaptertx.results import read_store
+from adaptertx.rundir import MERGE_METHODS
 from adaptertx.tasks import get_task
 
-MULTI = ("average", "task_arithmetic", "ties", "multitask", "fusion")
+MULTI = MERGE_METHODS
 GROUPS = ("all", "low", "other")
 
 
@@ -85,6 +86,97 @@ def _replicates(task, stats: list, idx: np.ndarray, primary: str) -> np.ndarray:
     return np.array([stats_score(task, [*row, n])[primary] for row in sums])
 
 
+@dataclass
+class _Cells:
+    """The finished cells' scores by target, configuration and language, with what comparing them needs."""
+
+    scores: dict
+    low_res: dict
+    primary: dict
+    stats: dict
+    seeds_of: dict
+    rounds: int
+    cache: dict = field(default_factory=dict)
+
+    def group_langs(self, t: str, group: str, cfgs: list[str]) -> list[str]:
+        """The languages of ``group`` (all, low, other) scored under every one of ``cfgs``."""
+        langs = [lang for lang in self.low_res.get(t, {})
+                 if all(lang in self.scores.get(t, {}).get(cfg, {}) for cfg in cfgs)]
+        if group == "low":
+            return [lang for lang in langs if self.low_res[t][lang]]
+        if group == "other":
+            return [lang for lang in langs if not self.low_res[t][lang]]
+        return langs
+
+    def reps(self, t: str, cfg: str, seed: int, lang: str) -> np.ndarray | None:
+        """Bootstrap replicates of one cell-language's primary score (``None`` without counts)."""
+        key = (t, cfg, seed, lang)
+        if key not in self.cache:
+            entry = self.stats.get(key)
+            if entry is None:
+                self.cache[key] = None
+            else:
+                rows, _ = entry
+                self.cache[key] = _replicates(get_task(t), rows, _boot_indices(len(rows), f"{t}/{lang}", self.rounds),
+                                              self.primary[t])
+        return self.cache[key]
+
+    def compare(self, t: str, a: str, b: str, group: str) -> Comparison | None:
+        """``a`` minus ``b`` on ``group``'s languages, with a paired bootstrap interval when both
+        have per-example counts of the same examples."""
+        scores, stats = self.scores, self.stats
+        langs = self.group_langs(t, group, [a, b])
+        seeds = sorted(self.seeds_of.get((t, a), set()) & self.seeds_of.get((t, b), set()))
+        if not langs or not seeds:
+            return None
+        point = mean(mean(scores[t][a][lang]) - mean(scores[t][b][lang]) for lang in langs)
+        lo = hi = None
+        usable = all(stats.get((t, x, s, lang)) is not None for x in (a, b) for s in seeds for lang in langs) and all(
+            stats[(t, a, s, lang)][1] == stats[(t, b, s, lang)][1] for s in seeds for lang in langs)
+        if usable:
+            diffs = np.mean([np.mean([self.reps(t, a, s, lang) - self.reps(t, b, s, lang) for s in seeds], axis=0)
+                             for lang in langs], axis=0)
+            lo, hi = (float(v) for v in np.percentile(diffs, [2.5, 97.5]))
+        return Comparison(t, group, a, b, point, lo, hi, len(langs))
+
+
+def _collect(finished: list[dict], targets: list[str], rounds: int) -> tuple[_Cells, dict]:
+    """The finished cells' scores (:class:`_Cells`) and, per target, the languages without a score and why."""
+    scores, low_res, primary, missing, stats, seeds_of = {}, {}, {}, {}, {}, {}
+    for c in finished:
+        t, cfg = c["target"], c["config"]
+        primary[t] = c["primary"]
+        seeds_of.setdefault((t, cfg), set()).add(c["seed"])
+        for lang, r in c["languages"].items():
+            scores.setdefault(t, {}).setdefault(cfg, {}).setdefault(lang, []).append(r["scores"][c["primary"]])
+            low_res.setdefault(t, {})[lang] = r["low_resource"]
+            if r.get("stats") is not None:
+                stats[(t, cfg, c["seed"], lang)] = (r["stats"], r.get("ids_sha"))
+        for lang, why in c.get("missing", {}).items():
+            missing.setdefault(t, {}).setdefault(lang, why)
+    for t in targets:  # a language scored somewhere is not missing
+        for lang in list(missing.get(t, {})):
+            if lang in low_res.get(t, {}) and not missing[t][lang].startswith("not applicable"):
+                missing[t].pop(lang)
+    return _Cells(scores, low_res, primary, stats, seeds_of, rounds), missing
+
+
+def _averages(cells: _Cells, targets: list[str]) -> dict:
+    """Per target, configuration and group: (mean over seeds of the language average, its std or ``None``)."""
+    averages = {}
+    for t in targets:
+        for cfg, per_lang in cells.scores.get(t, {}).items():
+            for g in GROUPS:
+                langs = cells.group_langs(t, g, [cfg])
+                if not langs:
+                    continue
+                seeds = min(len(per_lang[lang]) for lang in langs)
+                per_seed = [mean(per_lang[lang][s] for lang in langs) for s in range(seeds)]
+                averages.setdefault(t, {}).setdefault(cfg, {})[g] = (mean(per_seed),
+                                                                      stdev(per_seed) if len(per_seed) > 1 else None)
+    return averages
+
+
 def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
     """Compute the report of the study whose store is ``store`` (its folder or file)."""
     header, cells = read_store(store)
@@ -98,84 +190,16 @@ def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
             methods[c["config"]] = c.get("method", "?")
     targets = list(dict.fromkeys([*header.get("config", {}).get("targets", []), *(c["target"] for c in cells)]))
     baseline = next((n for n in config_order if methods.get(n) == "none"), None)
-
-    scores, low_res, primary, missing, stats = {}, {}, {}, {}, {}
-    for c in finished:
-        t, cfg = c["target"], c["config"]
-        primary[t] = c["primary"]
-        for lang, r in c["languages"].items():
-            scores.setdefault(t, {}).setdefault(cfg, {}).setdefault(lang, []).append(r["scores"][c["primary"]])
-            low_res.setdefault(t, {})[lang] = r["low_resource"]
-            if r.get("stats") is not None:
-                stats[(t, cfg, c["seed"], lang)] = (r["stats"], r.get("ids_sha"))
-        for lang, why in c.get("missing", {}).items():
-            missing.setdefault(t, {}).setdefault(lang, why)
-    for t in targets:  # a language scored somewhere is not missing
-        for lang in list(missing.get(t, {})):
-            if lang in low_res.get(t, {}) and not missing[t][lang].startswith("not applicable"):
-                missing[t].pop(lang)
-
-    def group_langs(t: str, group: str, cfgs: list[str]) -> list[str]:
-        langs = [lang for lang in low_res.get(t, {})
-                 if all(lang in scores.get(t, {}).get(cfg, {}) for cfg in cfgs)]
-        if group == "low":
-            return [lang for lang in langs if low_res[t][lang]]
-        if group == "other":
-            return [lang for lang in langs if not low_res[t][lang]]
-        return langs
-
-    averages = {}
-    for t in targets:
-        for cfg, per_lang in scores.get(t, {}).items():
-            for g in GROUPS:
-                langs = group_langs(t, g, [cfg])
-                if not langs:
-                    continue
-                seeds = min(len(per_lang[lang]) for lang in langs)
-                per_seed = [mean(per_lang[lang][s] for lang in langs) for s in range(seeds)]
-                averages.setdefault(t, {}).setdefault(cfg, {})[g] = (mean(per_seed),
-                                                                      stdev(per_seed) if len(per_seed) > 1 else None)
-    seeds_of = {}
-    for c in finished:
-        seeds_of.setdefault((c["target"], c["config"]), set()).add(c["seed"])
-    cache: dict = {}
-
-    def reps(t: str, cfg: str, seed: int, lang: str) -> np.ndarray | None:
-        key = (t, cfg, seed, lang)
-        if key not in cache:
-            entry = stats.get(key)
-            if entry is None:
-                cache[key] = None
-            else:
-                rows, _ = entry
-                cache[key] = _replicates(get_task(t), rows, _boot_indices(len(rows), f"{t}/{lang}", rounds), primary[t])
-        return cache[key]
-
-    def compare(t: str, a: str, b: str, group: str) -> Comparison | None:
-        langs = group_langs(t, group, [a, b])
-        seeds = sorted(seeds_of.get((t, a), set()) & seeds_of.get((t, b), set()))
-        if not langs or not seeds:
-            return None
-        point = mean(mean(scores[t][a][lang]) - mean(scores[t][b][lang]) for lang in langs)
-        lo = hi = None
-        usable = all(stats.get((t, x, s, lang)) is not None for x in (a, b) for s in seeds for lang in langs) and all(
-            stats[(t, a, s, lang)][1] == stats[(t, b, s, lang)][1] for s in seeds for lang in langs)
-        if usable:
-            diffs = np.mean([np.mean([reps(t, a, s, lang) - reps(t, b, s, lang) for s in seeds], axis=0)
-                             for lang in langs], axis=0)
-            lo, hi = (float(v) for v in np.percentile(diffs, [2.5, 97.5]))
-        return Comparison(t, group, a, b, point, lo, hi, len(langs))
+    table, missing = _collect(finished, targets, rounds)
+    averages = _averages(table, targets)
 
     gains = []
     if baseline is not None:
         for t in targets:
             for cfg in config_order:
-                if cfg == baseline or cfg not in scores.get(t, {}):
+                if cfg == baseline or cfg not in table.scores.get(t, {}):
                     continue
-                for g in GROUPS:
-                    comp = compare(t, cfg, baseline, g)
-                    if comp is not None:
-                        gains.append(comp)
+                gains += [c for g in GROUPS if (c := table.compare(t, cfg, baseline, g)) is not None]
 
     singles = [n for n in config_order if methods.get(n) == "single"]
     multis = [n for n in config_order if methods.get(n) in MULTI]
@@ -186,10 +210,7 @@ def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
         if not ranked:
             continue
         best_single = max(ranked)[1]
-        for m in multis:
-            comp = compare(t, m, best_single, "low")
-            if comp is not None:
-                multi_vs_single.append(comp)
+        multi_vs_single += [c for m in multis if (c := table.compare(t, m, best_single, "low")) is not None]
     overall = []
     for m in multis:
         rows = [c for c in multi_vs_single if c.a == m]
@@ -199,8 +220,9 @@ def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
                             "delta": mean(c.delta for c in rows),
                             "per_target": {c.target: (c.b, c.delta, c.low, c.high) for c in rows},
                             "all_intervals": None not in lows})
-    return Report(header, targets, [{"name": n, "method": methods.get(n)} for n in config_order], baseline, scores,
-                  low_res, primary, averages, gains, multi_vs_single, overall, missing, failed, cells, notes)
+    return Report(header, targets, [{"name": n, "method": methods.get(n)} for n in config_order], baseline,
+                  table.scores, table.low_res, table.primary, averages, gains, multi_vs_single, overall, missing,
+                  failed, cells, notes)
 
 
 # ------------------------------------------------------------------------------ writing

@@ -16,6 +16,8 @@ from adaptertx.languages import is_low_resource, normalize
 from adaptertx.registry import add_unique
 
 FAMILIES = ("classification", "multiple_choice", "extractive_qa", "tagging", "retrieval")
+#: The families a prediction head trains on (retrieval is scored by encoding alone).
+TRAINABLE_FAMILIES = FAMILIES[:4]
 ROLES = ("intermediate", "target")
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")

@@ -3,7 +3,7 @@
 A whole encoder forward (me5-small shape: BERT, 12 layers, hidden 384, ``seq_bn`` adapters
 with bottleneck 24; random weights) over 8 x 128 tokens, for a Fusion of 2, 4, 6 and 9 adapters,
 in fp32 and bf16. Baseline: the library's forward (every adapter, then key and value
-projections of every adapter output); ours: :func:`adaptertx.fusion.enable_fused_fusion`.
+projections of every adapter output); ours: :func:`adaptertx.fused_fusion.enable_fused_fusion`.
 Agreement: fp32 within 1e-5 (relative to the largest output) of the library's fp32 output;
 bf16 at most twice the library's own bf16 error against that fp32 output.
 
@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import Case, max_err, parse_args, rule_agreement, run  # noqa: E402
 
-from adaptertx.fusion import enable_fused_fusion  # noqa: E402
+from adaptertx.fused_fusion import enable_fused_fusion  # noqa: E402
 
 SIZES = (2, 4, 6, 9)
 
@@ -121,7 +121,7 @@ def make_cases(tiny: bool) -> tuple[list[Case], dict]:
 
 def _library(model, fuse, forward):
     """The library's forward: fused path switched off for this call."""
-    from adaptertx.fusion import library_fusion_forward
+    from adaptertx.fused_fusion import library_fusion_forward
 
     with library_fusion_forward(model):
         return forward(fuse)

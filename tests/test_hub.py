@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from adaptertx.errors import AdaptertxError
 from adaptertx.hub import MANIFEST, check_repo_id, export, push, safe_relpath
 from adaptertx.languages import is_low_resource
-from adaptertx.merge import MergeOptions, merge
+from adaptertx.merging import MergeOptions, merge
 from adaptertx.results import ResultsStore
-from adaptertx.train import TrainConfig, train
+from adaptertx.training import TrainConfig, train
 from hub_server import HubServer
 
 TOKEN = "hf_adaptertxTestToken_7Qz9Xw3Kp2"
@@ -38,7 +38,8 @@ def sources(tmp_path_factory, tiny_xlmr_dir):
     merge("average", [root / "mrpc", root / "copa"], root / "avg", MergeOptions(weights=[1, 3], target="mrpc"))
     merge("fusion", [root / "mrpc", root / "copa"], root / "fusion",
           MergeOptions(target="mrpc", progress=False,
-                       train=dict(max_steps=2, max_examples=16, batch_size=4, max_length=48, lr=1e-2)))
+                       settings=FUSION.replace(max_steps=2, max_examples=16, batch_size=4, max_length=48,
+                                                        lr=1e-2)))
     return {name: root / name for name in ("mrpc", "copa", "avg", "fusion")}
 
 
@@ -376,6 +377,7 @@ PUSH = """
 import json, sys
 from adaptertx.errors import AdaptertxError
 from adaptertx.hub import push
+from adaptertx.settings import FUSION
 try:
     result = push(**json.loads(sys.argv[1]))
 except AdaptertxError as e:

@@ -7,7 +7,7 @@ import torch
 
 from adaptertx.data import read_file
 from adaptertx.errors import AdaptertxError
-from adaptertx.evaluate import NONE, EvalConfig, evaluate
+from adaptertx.evaluation import NONE, EvalConfig, evaluate
 from adaptertx.metrics import PRIMARY, average_precision_at_k, example_stats, stats_score
 from adaptertx.tasks import get_task
 
@@ -135,7 +135,7 @@ def test_reader(files, tmp_path):
 
 def _brute_force(model_dir, files):
     """mAP@20 per language from the full cosine matrix (torch sort), by the reference definition."""
-    from adaptertx.retrieval import SentenceEncoder, _resolve_layer_prefix, load_encoder
+    from adaptertx.retrieval import SentenceEncoder, load_encoder, resolve_layer_prefix
 
     sets = {lang: read_file(path, "xquadr_json") for lang, path in files.items()}
     ids = [f"{lang}:{c['id']}" for lang, s in sets.items() for c in s["candidates"]]
@@ -145,7 +145,7 @@ def _brute_force(model_dir, files):
         for q in s["questions"]:
             gold.setdefault(q["id"], set()).add(f"{lang}:{q['answer_sentence']}")
     model, tokenizer, _ = load_encoder(model_dir)
-    layer, prefix = _resolve_layer_prefix(model, None, None)
+    layer, prefix = resolve_layer_prefix(model, None, None)
     assert prefix == ""  # not an e5 model: no query/passage prefixes
     encoder = SentenceEncoder(model, tokenizer, layer=layer, prefix=prefix)
     cands = encoder(texts)

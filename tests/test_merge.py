@@ -8,9 +8,12 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.merge import (MergeOptions, average_state, initial_adapter_state, load_input, merge, normalise_weights,
-                             task_arithmetic_state, ties_state)
-from adaptertx.train import TrainConfig, train
+from adaptertx.merging import MergeOptions, merge
+from adaptertx.merging.strategies import (average_state, initial_adapter_state, normalise_weights, task_arithmetic_state,
+                                          ties_state)
+from adaptertx.rundir import load_run
+from adaptertx.training import TrainConfig, train
+from adaptertx.settings import FUSION
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +117,7 @@ def test_init_is_recreated_and_task_arithmetic_generalises_average(runs, tmp_pat
     from adaptertx.modeling import build_adapter_model
     from adaptertx.tasks import get_task
 
-    inp = load_input(runs["copa"])
+    inp = load_run(runs["copa"])
     init = initial_adapter_state(inp, "x")
     built = build_adapter_model(tiny_xlmr_dir, get_task("copa"), quant="int8", adapter_seed=inp.adapter_seed)
     fresh = {k.replace(".copa.", ".x."): p for k, p in built.model.named_parameters() if ".adapters." in k}
@@ -153,7 +156,7 @@ def test_ties_merges_runs(runs, tmp_path):
 
 def test_different_seeds_warn_for_average_and_refuse_ties(runs, tmp_path, caplog):
     other = edited_copy(runs["copa"], tmp_path / "copa_seed7", run={"config.adapter_seed": 7})
-    with caplog.at_level(logging.WARNING, logger="adaptertx.merge"):
+    with caplog.at_level(logging.WARNING, logger="adaptertx.merging.weight_space"):
         result = merge("average", [runs["mrpc"], other], tmp_path / "avg")
     assert "different initialisations" in caplog.text and result.recipe["warnings"]
     with pytest.raises(AdaptertxError, match="needs one shared initialisation"):
@@ -195,7 +198,7 @@ def test_bad_input_is_a_clear_error_and_nothing_is_overwritten(runs, tmp_path):
     for method in ("average", "ties", "fusion"):
         with pytest.raises(AdaptertxError, match="exists and is not empty"):
             merge(method, pair, existing, MergeOptions(target="mrpc" if method == "fusion" else None,
-                                                       train=dict(max_steps=1) if method == "fusion" else {}))
+                                                       settings=FUSION.replace(max_steps=1) if method == "fusion" else None))
     assert [p.name for p in existing.iterdir()] == ["keep.txt"] and (existing / "keep.txt").read_text() == "mine"
 
 
@@ -217,10 +220,10 @@ def test_fusion_trains_saves_a_standard_setup_and_fused_inference_matches(runs, 
     from adapters import AutoAdapterModel
     from adapters.composition import Fuse
 
-    from adaptertx.fusion import enable_fused_fusion
+    from adaptertx.fused_fusion import enable_fused_fusion
 
     opts = MergeOptions(target="mrpc", progress=False,
-                        train=dict(max_steps=2, max_examples=16, batch_size=4, max_length=48, lr=1e-2))
+                        settings=FUSION.replace(max_steps=2, max_examples=16, batch_size=4, max_length=48, lr=1e-2))
     result = merge("fusion", [runs["mrpc"], runs["copa"]], tmp_path / "fusion", opts)
     run = json.loads((result.out / "run.json").read_text())
     assert run["status"] == "finished" and run["fusion"]["adapters"] == ["mrpc", "copa"]
@@ -255,13 +258,14 @@ def test_fusion_on_the_task_mixture_round_trips(runs, tmp_path, tiny_xlmr_dir):
     from adapters import AutoAdapterModel
     from transformers import AutoTokenizer
 
-    from adaptertx.evaluate import load_intermediate
+    from adaptertx.evaluation import load_intermediate
     from adaptertx.modeling import BuiltModel
     from adaptertx.tasks import get_task
-    from adaptertx.train import _encode, _english_splits, evaluate
+    from adaptertx.training.data import encode, english_splits
+    from adaptertx.training.scoring import score_features
 
     train_kw = dict(max_steps=3, max_examples=16, batch_size=4, max_length=48, lr=1e-2, epochs=1)
-    opts = MergeOptions(target="mixture", progress=False, train=train_kw)
+    opts = MergeOptions(target="mixture", progress=False, settings=FUSION.replace(**train_kw))
     result = merge("fusion", [runs["mrpc"], runs["copa"]], tmp_path / "mix", opts)
     recipe = json.loads((result.out / "recipe.json").read_text())
     assert recipe["method"] == "fusion" and recipe["target"] == "mixture" and recipe["tasks"] == ["mrpc", "copa"]
@@ -287,9 +291,9 @@ def test_fusion_on_the_task_mixture_round_trips(runs, tmp_path, tiny_xlmr_dir):
         model.load_head(str(result.out / "heads" / name), load_as=name, use_safetensors=True)
         model.active_head = name
         task = get_task(name)
-        rows = _english_splits(task, 16)[1]
+        rows = english_splits(task, 16)[1]
         built = BuiltModel(model, tokenizer, name, "", autocast=False)
-        scores = evaluate(built, task, _encode(task, rows, tokenizer, 48, "validation"), rows)
+        scores = score_features(built, task, encode(task, rows, tokenizer, 48, "validation"), rows)
         assert scores["accuracy"] == pytest.approx(recipe["validation"][name]["accuracy"])
     # The frozen task adapters are the runs' own; evaluation starts the Fusion from these weights.
     saved = tensors(result.out / "adapter" / "mrpc", "adapter.safetensors")

@@ -10,10 +10,12 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.merge import (MergeOptions, adapter_state, average_state, initial_adapter_state, load_input, merge,
+from adaptertx.merging import MergeOptions, merge
+from adaptertx.rundir import load_run
+from adaptertx.merging.strategies import (adapter_state, average_state, initial_adapter_state,
                              task_arithmetic_state)
-from adaptertx.merge_weights import MAX_GRID, best_candidate, dev_rows, grid_size, simplex_grid
-from adaptertx.train import TrainConfig, train
+from adaptertx.merging.dev_weights import MAX_GRID, best_candidate, dev_rows, grid_size, simplex_grid
+from adaptertx.training import TrainConfig, train
 
 DEV = 64  # dev examples per task; the runs validated on the same fixed subset (max_examples=64)
 
@@ -44,7 +46,8 @@ def score_folder(folder, task_name, tiny_xlmr_dir):
     """The saved merged adapter with the task's saved head, evaluated from scratch on the task's dev subset."""
     from adaptertx.modeling import BuiltModel, load_base
     from adaptertx.tasks import get_task
-    from adaptertx.train import _encode, evaluate
+    from adaptertx.training.data import encode
+    from adaptertx.training.scoring import score_features
 
     task = get_task(task_name)
     model, tokenizer = load_base(tiny_xlmr_dir, "none")
@@ -53,8 +56,8 @@ def score_folder(folder, task_name, tiny_xlmr_dir):
     model.load_head(str(folder / "heads" / task_name), load_as="scored", use_safetensors=True)
     model.active_head = "scored"
     rows = dev_rows(task, DEV)
-    features = _encode(task, rows, tokenizer, 48, "dev")
-    return evaluate(BuiltModel(model, tokenizer, name, "", autocast=False), task, features, rows)["accuracy"]
+    features = encode(task, rows, tokenizer, 48, "dev")
+    return score_features(BuiltModel(model, tokenizer, name, "", autocast=False), task, features, rows)["accuracy"]
 
 
 def test_simplex_grid_has_the_combinatorial_count():
@@ -99,7 +102,7 @@ def test_dev_weights_are_the_argmax_of_the_recorded_table(dev_merge, runs):
 
 def test_dev_merged_folder_is_the_chosen_average_and_reproduces_its_scores(dev_merge, runs, tiny_xlmr_dir):
     recipe = dev_merge.recipe
-    inputs = [load_input(runs[t]) for t in ("mrpc", "copa", "siqa")]
+    inputs = [load_run(runs[t]) for t in ("mrpc", "copa", "siqa")]
     expected = average_state([adapter_state(i, dev_merge.name) for i in inputs], recipe["weights"])
     saved = load_file(str(dev_merge.out / "adapter" / "adapter.safetensors"))
     assert saved.keys() == expected.keys() and all(torch.equal(saved[k], v) for k, v in expected.items())
@@ -130,7 +133,7 @@ def test_greedy_soup_and_auto_switch(runs, tmp_path):
     assert result.recipe["weights"] == [1 / len(soup) if j in soup else 0.0 for j in range(3)]
     assert best == max(c["mean"] for c in candidates) == dev["chosen_mean"]
     saved = load_file(str(result.out / "adapter" / "adapter.safetensors"))
-    expected = average_state([adapter_state(load_input(r), result.name) for r in trio], result.recipe["weights"])
+    expected = average_state([adapter_state(load_run(r), result.name) for r in trio], result.recipe["weights"])
     assert all(torch.equal(saved[k], v) for k, v in expected.items())
 
 
@@ -141,7 +144,7 @@ def test_task_arithmetic_uses_the_dev_weights(runs, tmp_path):
     dev = result.recipe["dev"]
     assert dev["tasks"] == ["siqa"] and len(dev["candidates"]) == grid_size(2, 4) == 5
     assert result.recipe["weights"] == best_candidate(dev["candidates"])["weights"]
-    inputs = [load_input(r) for r in pair]
+    inputs = [load_run(r) for r in pair]
     expected = task_arithmetic_state(initial_adapter_state(inputs[0], result.name),
                                      [adapter_state(i, result.name) for i in inputs], result.recipe["weights"], 0.5)
     saved = load_file(str(result.out / "adapter" / "adapter.safetensors"))

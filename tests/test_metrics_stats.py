@@ -215,7 +215,7 @@ def test_errors():
         example_stats(bucc, [0], [{"id": "0"}])
     with pytest.raises(AdaptertxError, match=f"{bucc.metric!r}, which has no per-example counts"):
         stats_score(bucc, [1.0, 2.0])
-    for name in ("lareqa", "bucc"):  # retrieval is scored in adaptertx.evaluate / retrieval, not by score()
+    for name in ("lareqa", "bucc"):  # retrieval is scored in adaptertx.evaluation, not by score()
         with pytest.raises(AdaptertxError, match="not scored here"):
             score(get_task(name), [0], [{"id": "0"}])
     with pytest.raises(AdaptertxError, match="no examples to score"):

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from adaptertx.cli import main
 from adaptertx.data import read_file
 from adaptertx.errors import AdaptertxError
-from adaptertx.evaluate import NONE, EvalConfig, evaluate
+from adaptertx.evaluation import NONE, EvalConfig, evaluate
 from adaptertx.tasks import get_task
 
 # Candidate entities as the release writes them (descriptions in mixed languages).
@@ -100,13 +100,13 @@ def test_readers(release, tmp_path):
 
 def _brute_force(model_dir, release, pool=None):
     """AP@20 per mention from the full cosine matrix (torch sort): 1/rank of the gold entity."""
-    from adaptertx.retrieval import SentenceEncoder, _resolve_layer_prefix, load_encoder
+    from adaptertx.retrieval import SentenceEncoder, load_encoder, resolve_layer_prefix
 
     cands = [c for c in read_file(release / "candidate_set_entities.jsonl", "mewsli_candidates")
              if pool is None or c["id"] in pool]
     rows = read_file(release / "wikinews_mentions-test.jsonl", "mewsli_mentions")
     model, tokenizer, _ = load_encoder(model_dir)
-    layer, prefix = _resolve_layer_prefix(model, None, None)
+    layer, prefix = resolve_layer_prefix(model, None, None)
     assert prefix == ""  # not an e5 model: no query/passage prefixes
     encoder = SentenceEncoder(model, tokenizer, layer=layer, max_length=128)
     emb = encoder([c["text"] for c in cands])

@@ -7,11 +7,12 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.merge import MergeOptions, merge
+from adaptertx.merging import MergeOptions, merge
 from adaptertx.modeling import build_adapter_model
-from adaptertx.multitask import (epoch_plan, sampling_probabilities, task_schedule,
-                                 train_multitask)
+from adaptertx.training import train_multitask
+from adaptertx.training.sampling import epoch_plan, sampling_probabilities, task_schedule
 from adaptertx.tasks import get_task
+from adaptertx.settings import TRAIN
 
 TINY = dict(quant="none", max_examples=16, batch_size=4, max_length=32, lr=1e-2, epochs=1)
 IDS = torch.tensor([[0, 3293, 83, 2, 2, 10, 3034, 2], [0, 47, 1294, 2, 2, 7, 2, 1]])
@@ -30,7 +31,7 @@ def trained(tmp_path_factory, tiny_xlmr_dir):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_xlmr_dir):
     """Two finished single-task runs (mrpc, copa) on one base."""
-    from adaptertx.train import TrainConfig, train
+    from adaptertx.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("runs")
     for task in ("mrpc", "copa"):
@@ -97,7 +98,7 @@ def test_epoch_plan_covers_each_task_and_splits_rows_across_processes():
 
 
 def test_each_head_gets_gradient_only_from_its_tasks_batches(tiny_xlmr_dir, tmp_path):
-    from adaptertx.train import _encode
+    from adaptertx.training.data import encode
 
     tasks = [get_task("mrpc"), get_task("copa")]
     built = build_adapter_model(tiny_xlmr_dir, tasks, quant="none", name="multitask")
@@ -105,7 +106,7 @@ def test_each_head_gets_gradient_only_from_its_tasks_batches(tiny_xlmr_dir, tmp_
     assert model.active_adapters is not None and "multitask" in str(model.active_adapters)
     rows = [{"id": "a", "text_a": "A cat sat.", "text_b": "A cat was sitting.", "label": "1"},
             {"id": "b", "text_a": "It rains.", "text_b": "The sun shines.", "label": "0"}]
-    batch = _encode(tasks[0], rows, built.tokenizer, 32, "training").batch(torch.arange(2))
+    batch = encode(tasks[0], rows, built.tokenizer, 32, "training").batch(torch.arange(2))
     model(**batch, head="mrpc").loss.backward()
     heads = {name: list(model.heads[name].parameters()) for name in ("mrpc", "copa")}
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads["mrpc"])
@@ -230,7 +231,7 @@ def test_resume_reaches_the_same_result(tmp_path, tiny_xlmr_dir):
 
 def test_merge_of_runs_trains_on_their_tasks_and_base(runs, tmp_path):
     opts = MergeOptions(sampling="temperature", temperature=3.0, progress=False,
-                        train=dict(max_steps=2, max_examples=16, batch_size=4, max_length=32))
+                        settings=TRAIN.replace(max_steps=2, max_examples=16, batch_size=4, max_length=32))
     result = merge("multitask", [runs["mrpc"], runs["copa"]], tmp_path / "mt", opts)
     recipe = result.recipe
     run = json.loads((runs["mrpc"] / "run.json").read_text())
@@ -239,9 +240,10 @@ def test_merge_of_runs_trains_on_their_tasks_and_base(runs, tmp_path):
     assert recipe["temperature"] == 3.0 and recipe["train"]["quant"] == "none"
     assert recipe["train"]["adapter_seed"] == run["config"]["adapter_seed"]
     # The multi-task adapter starts from the runs' shared initialisation.
-    from adaptertx.merge import initial_adapter_state, load_input
+    from adaptertx.merging.strategies import initial_adapter_state
+    from adaptertx.rundir import load_run
 
-    init = initial_adapter_state(load_input(runs["mrpc"]), "multitask")
+    init = initial_adapter_state(load_run(runs["mrpc"]), "multitask")
     assert init.keys() == load_file(str(result.out / "adapter" / "adapter.safetensors")).keys()
     # One run: returned unchanged, like every method.
     one = merge("multitask", [runs["copa"]], tmp_path / "one")
@@ -299,7 +301,7 @@ def test_bad_input_is_a_clear_error_and_nothing_is_written(runs, tmp_path, tiny_
     existing.mkdir()
     (existing / "keep.txt").write_text("mine")
     with pytest.raises(AdaptertxError, match="exists and is not empty; choose another --out or pass --overwrite"):
-        merge("multitask", [runs["mrpc"], runs["copa"]], existing, MergeOptions(train=dict(max_steps=1)))
+        merge("multitask", [runs["mrpc"], runs["copa"]], existing, MergeOptions(settings=TRAIN.replace(max_steps=1)))
     with pytest.raises(AdaptertxError, match="exists and is not empty"):
         merge("multitask", [], existing, MergeOptions(tasks=["mrpc", "copa"]))
     assert [p.name for p in existing.iterdir()] == ["keep.txt"] and (existing / "keep.txt").read_text() == "mine"

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.train import TrainConfig, train
+from adaptertx.training import TrainConfig, train
 
 
 def config(tmp_path, task, model, **kw):
@@ -127,7 +127,7 @@ def test_bad_input_is_a_clear_error(tmp_path, tiny_xlmr_dir, kwargs, message):
 
 
 def test_long_inputs_are_truncated_with_a_warning(tmp_path, tiny_xlmr_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="adaptertx.train"):
+    with caplog.at_level(logging.WARNING, logger="adaptertx.training.data"):
         train(config(tmp_path, "mrpc", tiny_xlmr_dir, max_steps=1, max_length=12), progress=False)
     assert "were longer than 12 tokens and were truncated" in caplog.text
 
@@ -141,7 +141,7 @@ def test_lora_trains_on_the_int8_base(tmp_path, tiny_xlmr_dir):
 def test_summarize_runs_lists_each_task_of_a_multitask_run(tmp_path):
     import json
 
-    from adaptertx.train import summarize_runs
+    from adaptertx.rundir import summarize_runs
 
     (tmp_path / "mt").mkdir()
     (tmp_path / "mt" / "run.json").write_text(json.dumps({
@@ -159,7 +159,7 @@ def test_majority_baseline_takes_the_training_label_and_compares_pairwise():
     import math
 
     from adaptertx.tasks import get_task
-    from adaptertx.train import majority_baseline, majority_comparison, majority_label
+    from adaptertx.training.data import majority_baseline, majority_comparison, majority_label
 
     task = get_task("mrpc")
     train_rows = [{"id": f"t{i}", "label": y} for i, y in enumerate([1, 1, 0, 0, 0, 1, 0])]

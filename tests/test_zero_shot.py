@@ -6,11 +6,12 @@ import torch
 from safetensors.torch import load_file
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.evaluate import (NONE, EvalConfig, _entity_types, _eval_sets, _restrict, build_target_model, evaluate,
-                                fusion_of, load_intermediate)
+from adaptertx.evaluation import NONE, EvalConfig, build_target_model, eval_sets, evaluate, fusion_of, load_intermediate
+from adaptertx.evaluation.zero_shot import entity_types, restrict
 from adaptertx.metrics import score, stats_score
 from adaptertx.tasks import get_task
-from adaptertx.train import TrainConfig, train
+from adaptertx.training import TrainConfig, train
+from adaptertx.settings import FUSION
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_zero_shot_scores_match_plain_adapters_reload(runs, tiny_xlmr_dir, tmp_p
     from adaptertx import data
     from adaptertx.features import decode_predictions, encode_examples
     from adaptertx.models import load_tokenizer
-    from adaptertx.train import _first
+    from adaptertx.training.data import subset
 
     before = load_file(str(runs["siqa"] / "adapter" / "adapter.safetensors"))
     result = evaluate(tiny("xcopa", tiny_xlmr_dir, languages=("sw", "it")), load_intermediate(runs["siqa"]),
@@ -85,7 +86,7 @@ def test_zero_shot_scores_match_plain_adapters_reload(runs, tiny_xlmr_dir, tmp_p
     model.eval()
     after = {k.replace("inter0_siqa", "siqa"): v for k, v in model.state_dict().items() if ".adapters.inter0_siqa." in k}
     assert after and all(torch.equal(after[k].cpu(), before[k]) for k in after if k in before)
-    rows = _first(data.load("xcopa", "sw", "test"), 8)
+    rows = subset(data.load("xcopa", "sw", "test"), 8)
     feats = encode_examples(get_task("copa"), rows, load_tokenizer(tiny_xlmr_dir), max_length=48)
     with torch.no_grad():
         logits = model(**feats.batch(range(len(rows)), labels=False)).logits
@@ -114,7 +115,7 @@ def test_fusion_cell_scores_come_from_the_fused_path_and_match_the_library(runs,
     from adaptertx import data, fusion
     from adaptertx.features import decode_predictions, encode_examples
     from adaptertx.models import load_tokenizer
-    from adaptertx.train import _first
+    from adaptertx.training.data import subset
 
     served = []
     original = fusion.FusedFusion._forward_for
@@ -131,7 +132,7 @@ def test_fusion_cell_scores_come_from_the_fused_path_and_match_the_library(runs,
     model = AutoAdapterModel.from_pretrained(tiny_xlmr_dir)
     model.load_adapter_setup(str(tmp_path / "cell" / "adapter"), use_safetensors=True)
     model.eval()
-    rows = _first(data.load("xcopa", "sw", "test"), 8)
+    rows = subset(data.load("xcopa", "sw", "test"), 8)
     feats = encode_examples(get_task("copa"), rows, load_tokenizer(tiny_xlmr_dir), max_length=48)
     with torch.no_grad():
         logits = model(**feats.batch(range(len(rows)), labels=False)).logits
@@ -140,10 +141,10 @@ def test_fusion_cell_scores_come_from_the_fused_path_and_match_the_library(runs,
 
 
 def test_missing_languages_are_reported_not_skipped(tiny_xlmr_dir):
-    sets, missing = _eval_sets(get_task("panx"), tiny("panx", tiny_xlmr_dir))
+    sets, missing = eval_sets(get_task("panx"), tiny("panx", tiny_xlmr_dir))
     assert set(sets) == {"af", "am", "ig", "rw", "sw", "yo"}
     assert "bn" in missing and "google/xtreme" in missing["bn"] and "--data-file" in missing["bn"]
-    sets, missing = _eval_sets(get_task("udpos"), tiny("udpos", tiny_xlmr_dir, languages=("mr", "de")))
+    sets, missing = eval_sets(get_task("udpos"), tiny("udpos", tiny_xlmr_dir, languages=("mr", "de")))
     assert sets["de"][1] == "validation" and len(sets["de"][0]) == 8 and not missing
 
 
@@ -152,16 +153,16 @@ def test_own_data_file_replaces_the_bundled_language(tmp_path, tiny_xlmr_dir):
                          "idx": i}) for i in range(5)]
     path = tmp_path / "sw.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    sets, _ = _eval_sets(get_task("xcopa"), tiny("xcopa", tiny_xlmr_dir, languages=("sw",),
+    sets, _ = eval_sets(get_task("xcopa"), tiny("xcopa", tiny_xlmr_dir, languages=("sw",),
                                                  data_files=(("sw", str(path)),)))
     rows, split, source = sets["sw"]
     assert len(rows) == 5 and split == "file" and source == str(path)
 
 
 def test_ner_types_outside_the_training_labels_count_as_o():
-    keep = _entity_types(get_task("masakhaner").labels) & _entity_types(get_task("conll03").labels)
+    keep = entity_types(get_task("masakhaner").labels) & entity_types(get_task("conll03").labels)
     assert keep == {"PER", "ORG", "LOC"}
-    assert _restrict(["B-DATE", "I-DATE", "B-PER", "B-MISC", "O"], keep) == ["O", "O", "B-PER", "O", "O"]
+    assert restrict(["B-DATE", "I-DATE", "B-PER", "B-MISC", "O"], keep) == ["O", "O", "B-PER", "O", "O"]
 
 
 def test_retrieval_under_a_fusion_is_not_applicable(runs, tiny_xlmr_dir):
@@ -171,11 +172,12 @@ def test_retrieval_under_a_fusion_is_not_applicable(runs, tiny_xlmr_dir):
 
 
 def test_retrieval_under_a_trained_fusion_encodes_with_it(runs, tiny_xlmr_dir, tmp_path):
-    from adaptertx.merge import MergeOptions, merge
-    from adaptertx.retrieval import evaluate_tatoeba
+    from adaptertx.merging import MergeOptions, merge
+    from adaptertx.evaluation import evaluate_tatoeba
 
     opts = MergeOptions(target="mixture", progress=False,
-                        train=dict(max_steps=2, max_examples=12, batch_size=4, max_length=48, lr=1e-2, epochs=1))
+                        settings=FUSION.replace(max_steps=2, max_examples=12, batch_size=4, max_length=48, lr=1e-2,
+                                                epochs=1))
     folder = merge("fusion", [runs["siqa"], runs["mrpc"]], tmp_path / "mix", opts).out
     result = evaluate(tiny("tatoeba", tiny_xlmr_dir, languages=("de",)), load_intermediate(folder), "unused",
                       progress=False)
@@ -190,7 +192,7 @@ def test_retrieval_under_a_trained_fusion_encodes_with_it(runs, tiny_xlmr_dir, t
 
 
 def test_tatoeba_hits_are_per_pair(runs, tiny_xlmr_dir):
-    from adaptertx.retrieval import evaluate_tatoeba
+    from adaptertx.evaluation import evaluate_tatoeba
 
     result = evaluate(tiny("tatoeba", tiny_xlmr_dir, languages=("de", "kab"), max_eval_examples=20),
                       load_intermediate(runs["mrpc"]), "unused", progress=False)
@@ -212,7 +214,7 @@ def test_bad_input(runs, tiny_xlmr_dir, tmp_path):
     with pytest.raises(AdaptertxError, match="data file for 'sw' not found"):
         EvalConfig("xcopa", data_files=(("sw", str(tmp_path / "missing.jsonl")),))
     with pytest.raises(AdaptertxError, match="has no language 'fr'"):
-        _eval_sets(get_task("xcopa"), tiny("xcopa", tiny_xlmr_dir, languages=("fr",)))
+        eval_sets(get_task("xcopa"), tiny("xcopa", tiny_xlmr_dir, languages=("fr",)))
     with pytest.raises(AdaptertxError, match="no such folder"):
         load_intermediate(tmp_path / "nowhere")
     with pytest.raises(AdaptertxError, match="at least two"):
@@ -270,14 +272,14 @@ def test_no_training_item_or_its_translation_is_evaluated(target):
     shares no item with what it is scored on, in any language, by item id where the source is
     the same parallel dataset; and no English training text is an English test row. (UD English
     dev and test share a few sentences of their own; dev only picks the best epoch.)"""
-    from adaptertx.train import _english_splits
+    from adaptertx.training.data import english_splits
 
     task = get_task(target)
     source = get_task(task.english_train)
-    train_rows, dev_rows, _ = _english_splits(source, None)
+    train_rows, dev_rows, _ = english_splits(source, None)
     seen = train_rows + dev_rows
     langs = ("en", "de", "mr", "wo") if target == "udpos" else None
-    sets, _ = _eval_sets(task, EvalConfig(target, languages=langs))
+    sets, _ = eval_sets(task, EvalConfig(target, languages=langs))
     assert sets
     seen_ids = {r["id"] for r in seen}
     seen_text = {_text(r) for r in train_rows if len(_text(r).split()) >= 8}

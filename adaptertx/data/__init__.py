@@ -41,11 +41,12 @@ __all__ = ["load", "available", "read_file", "load_bucc", "BuccData", "FORMATS",
 
 FORMATS = tuple(sorted(READERS))
 
+#: Each bundled dataset's task family (:data:`adaptertx.tasks.FAMILIES`), written into the manifest.
 FAMILIES = {
     "anli": "classification", "mrpc": "classification", "xnli": "classification", "pawsx": "classification",
     "copa": "multiple_choice", "xcopa": "multiple_choice", "siqa": "multiple_choice",
     "cosmosqa": "multiple_choice", "commonsenseqa": "multiple_choice", "hellaswag": "multiple_choice",
-    "xquad": "qa", "mlqa": "qa", "tydiqa": "qa",
+    "xquad": "extractive_qa", "mlqa": "extractive_qa", "tydiqa": "extractive_qa",
     "udpos": "tagging", "masakhaner": "tagging", "conll03": "tagging", "panx": "tagging",
     "tatoeba": "retrieval", "bucc": "retrieval",
 }
@@ -116,7 +117,7 @@ def _bucc_pairs(root: Path, files: dict) -> list[dict]:
     return [{"id": f"{s}|{t}", "source": data.source[s], "target": data.target[t]} for s, t in data.gold]
 
 
-def _build_splits(dataset: str, lang: str, root: Path, files: dict) -> dict[str, list[dict]]:
+def build_splits(dataset: str, lang: str, root: Path, files: dict) -> dict[str, list[dict]]:
     """All adaptertx splits of one dataset/language from its released files."""
     if dataset == "bucc":
         return {"test": _bucc_pairs(root, files)}
@@ -181,7 +182,7 @@ def _pawsx_groups(root: str) -> dict[str, str]:
 @lru_cache(maxsize=32)
 def _load_lang(root: str, dataset: str, lang: str) -> dict[str, list[dict]]:
     files = _manifest(root)["datasets"][dataset]["files"][lang]
-    return _build_splits(dataset, lang, Path(root), files)
+    return build_splits(dataset, lang, Path(root), files)
 
 
 def _copy(ex: dict) -> dict:

@@ -27,7 +27,7 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.io import atomic_dir
 from adaptertx.languages import name as lang_name
 from adaptertx.languages import normalize
-from adaptertx.data import FAMILIES, _build_splits
+from adaptertx.data import FAMILIES, build_splits
 from adaptertx.data.readers import read_conllu, read_udpos_tsv
 
 LICENSES = {
@@ -285,7 +285,7 @@ def build(src: Path, out: Path) -> dict:
             files = b.files[ds]
             counts = {}
             for lang in sorted(files):
-                built = _build_splits(ds, lang, tmp, files[lang])
+                built = build_splits(ds, lang, tmp, files[lang])
                 counts[lang] = {s: len(v) for s, v in built.items()}
             manifest["datasets"][ds] = {
                 "family": FAMILIES[ds], "license": LICENSES[ds],

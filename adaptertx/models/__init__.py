@@ -20,8 +20,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 from adaptertx.errors import AdaptertxError
 from adaptertx.registry import add_unique
+from adaptertx.settings import DEFAULT_MODEL
 
-DEFAULT_MODEL = "me5-small"
 
 # Model types the rest of adaptertx (adapters, the packed encoder) knows how to drive.
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "roberta")

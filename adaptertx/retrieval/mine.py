@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adaptertx.environment import default_dtype
 from adaptertx.errors import AdaptertxError
 
 DEFAULT_BLOCK = 4096
@@ -121,8 +122,6 @@ def knn(queries: torch.Tensor, database: torch.Tensor, k: int, *, block: int = D
         return torch.empty(n, k), torch.empty(n, k, dtype=torch.int64)
     q_all, d_all = queries.float(), database.float()
     if method == "auto":
-        from adaptertx.retrieval import default_dtype
-
         method = "bf16" if default_dtype(queries.device) == torch.bfloat16 and queries.shape[1] <= 4096 else "fp32"
     if method == "bf16":
         return _knn_bf16_certified(q_all, d_all, k, block, extra)

@@ -186,7 +186,7 @@ def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype) -> tu
 def _fusion_weights(base: torch.nn.Module, fuse, dtype: torch.dtype) -> tuple[list, list]:
     """Per layer: the packed Fusion (:func:`adaptertx.kernels.adapter_fusion.pack_fusion`) of
     ``fuse`` in its FFN adapter layer, or None, and (softmax temperature, query before LN)."""
-    from adaptertx.fusion import _layer_weights
+    from adaptertx.fusion import layer_weights
 
     for name in fuse.children:
         _seq_bn_config(base, name)
@@ -197,7 +197,7 @@ def _fusion_weights(base: torch.nn.Module, fuse, dtype: torch.dtype) -> tuple[li
             packed.append(None)
             settings.append(None)
             continue
-        packed.append(pack_fusion(_layer_weights(bank, fuse)).to(dtype=dtype))
+        packed.append(pack_fusion(layer_weights(bank, fuse)).to(dtype=dtype))
         fusion = bank.adapter_fusion_layer[fuse.name]
         settings.append((float(fusion.T), bool(fusion.config["query_before_ln"])))
     if all(p is None for p in packed):

@@ -11,7 +11,7 @@ NLI = {"entailment", "neutral", "contradiction"}
 FAMILY_KEYS = {
     "classification": {"id", "text_a", "text_b", "label"},
     "multiple_choice": {"id", "context", "question", "choices", "label"},
-    "qa": {"id", "title", "context", "question", "answers"},
+    "extractive_qa": {"id", "title", "context", "question", "answers"},
     "tagging": {"id", "tokens", "tags"},
     "retrieval": {"id", "source", "target"},
 }
@@ -60,7 +60,7 @@ def _check_example(family: str, dataset: str, ex: dict) -> None:
         assert all(isinstance(c, str) and c for c in ex["choices"])
         assert len(ex["choices"]) == {"copa": 2, "xcopa": 2, "siqa": 3, "cosmosqa": 4, "commonsenseqa": 5, "hellaswag": 4}[dataset]
         assert isinstance(ex["label"], int) and 0 <= ex["label"] < len(ex["choices"])
-    elif family == "qa":
+    elif family == "extractive_qa":
         ans = ex["answers"]
         assert ans["text"] and len(ans["text"]) == len(ans["answer_start"])
         for t, s in zip(ans["text"], ans["answer_start"]):

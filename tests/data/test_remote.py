@@ -299,18 +299,18 @@ ROUND_TRIP = """
 import json, sys
 from adaptertx.data.remote import load_remote
 from adaptertx.errors import AdaptertxError
-from adaptertx.evaluate import EvalConfig, _eval_sets
+from adaptertx.evaluation import EvalConfig, eval_sets
 from adaptertx.tasks import get_task
-from adaptertx.train import _english_splits
+from adaptertx.training.data import english_splits
 
 out = {}
 for task, lang, split in [("mnli", "en", "validation"), ("qqp", "en", "train"), ("udpos", "kk", "test"),
                           ("tatoeba", "zh", "test"), ("xcopa", "sw", "test"), ("squad", "en", "validation")]:
     out[f"{task}/{lang}/{split}"] = load_remote(task, lang, split)
-train, dev, test = _english_splits(get_task("mnli"), None)
+train, dev, test = english_splits(get_task("mnli"), None)
 out["english_splits"] = [train, dev, test]
 for target, langs in (("panx", ("de", "sw", "fr")), ("udpos", ("kk",))):
-    sets, missing = _eval_sets(get_task(target), EvalConfig(target=target, languages=langs))
+    sets, missing = eval_sets(get_task(target), EvalConfig(target=target, languages=langs))
     out[f"eval/{target}"] = {lang: [split, source, rows] for lang, (rows, split, source) in sets.items()}
     out[f"missing/{target}"] = missing
 try:
@@ -385,16 +385,16 @@ def test_unreachable_hub_fails_fast_with_a_clear_error(tmp_path):
     script = """
 from adaptertx.data.remote import load_remote
 from adaptertx.errors import AdaptertxError
-from adaptertx.evaluate import EvalConfig, _eval_sets
+from adaptertx.evaluation import EvalConfig, eval_sets
 from adaptertx.tasks import get_task
-from adaptertx.train import _english_splits
+from adaptertx.training.data import english_splits
 for call in (lambda: load_remote("mnli", "en", "train"), lambda: load_remote("xcopa", "sw", "test"),
-             lambda: _english_splits(get_task("mnli"), None)):
+             lambda: english_splits(get_task("mnli"), None)):
     try:
         call()
     except AdaptertxError as e:
         print("ERROR", e)
-sets, missing = _eval_sets(get_task("panx"), EvalConfig(target="panx", languages=("de",)))
+sets, missing = eval_sets(get_task("panx"), EvalConfig(target="panx", languages=("de",)))
 print("MISSING", missing["de"])
 """
     start = time.monotonic()

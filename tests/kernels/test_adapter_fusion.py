@@ -114,7 +114,7 @@ def hidden(model, setup):
 
 def library(model, setup):
     """The library's forward with any fused path switched off for the call."""
-    from adaptertx.fusion import library_fusion_forward
+    from adaptertx.fused_fusion import library_fusion_forward
 
     with library_fusion_forward(model):
         return hidden(model, setup)
@@ -123,7 +123,7 @@ def library(model, setup):
 def test_fused_model_forward_equals_the_library(fusion_model):
     from adapters.composition import Fuse
 
-    from adaptertx.fusion import enable_fused_fusion
+    from adaptertx.fused_fusion import enable_fused_fusion
 
     abc, bc = Fuse("a", "b", "c"), Fuse("b", "c")
     ref_abc, ref_bc, ref_single = library(fusion_model, abc), library(fusion_model, bc), library(fusion_model, "a")
@@ -156,7 +156,7 @@ def test_fused_model_bf16_within_twice_the_librarys_error(fusion_model):
 
     from adapters.composition import Fuse
 
-    from adaptertx.fusion import enable_fused_fusion
+    from adaptertx.fused_fusion import enable_fused_fusion
 
     abc = Fuse("a", "b", "c")
     ref32 = library(fusion_model, abc)
@@ -171,7 +171,7 @@ def test_fused_model_bf16_within_twice_the_librarys_error(fusion_model):
 def test_fused_path_refuses_what_it_cannot_run(fusion_model):
     from adapters.composition import Fuse, Stack
 
-    from adaptertx.fusion import enable_fused_fusion
+    from adaptertx.fused_fusion import enable_fused_fusion
 
     with pytest.raises(AdaptertxError, match="no AdapterFusion 'a,c'"):
         enable_fused_fusion(fusion_model, Fuse("a", "c"))
@@ -217,7 +217,7 @@ def _forward_and_grads(model, autocast=False):
 def test_fast_fusion_attention_equals_the_library_forward_and_backward(stacked_fusion):
     import copy
 
-    from adaptertx.fusion import fast_fusion_attention
+    from adaptertx.fused_fusion import fast_fusion_attention
 
     library_model = copy.deepcopy(stacked_fusion)
     fast_model = copy.deepcopy(stacked_fusion)
@@ -246,7 +246,7 @@ def test_fused_inference_serves_a_fusion_inside_a_stack(stacked_fusion):
 
     from adapters.composition import Fuse, Stack
 
-    from adaptertx.fusion import enable_fused_fusion
+    from adaptertx.fused_fusion import enable_fused_fusion
 
     model = copy.deepcopy(stacked_fusion).eval()
     for p in model.parameters():

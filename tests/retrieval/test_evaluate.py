@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.retrieval import SentenceEncoder, encode, evaluate_bucc, evaluate_tatoeba, tatoeba_files
+from adaptertx.evaluation import evaluate_bucc, evaluate_tatoeba, tatoeba_files
+from adaptertx.retrieval import SentenceEncoder, encode
 
 SENTENCES = ["Ich habe Hunger.", "Mimi ni mwalimu.", "这是一本书。", "A", "Tanemmirt ɣef wawal-nni.",
              "Le chat dort sur le canapé depuis ce matin, sans bouger une seule fois.", "Да.", "Ich habe Hunger."]

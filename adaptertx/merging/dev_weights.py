@@ -1,11 +1,11 @@
 """Averaging weights chosen on English dev sets (``adaptertx merge --weights dev``).
 
 :func:`choose_weights` scores candidate weight vectors for a weight-space merge
-(:mod:`adaptertx.merge`: ``average``, ``task_arithmetic``, ``ties``) and returns the best.
+(:mod:`adaptertx.merging.weight_space`: ``average``, ``task_arithmetic``, ``ties``) and returns the best.
 A candidate's score is the merged adapter evaluated on the English dev split of each dev task
 (default: every input run's own task), each through the head the run of that task saved, with
-the evaluation :func:`adaptertx.train.train` runs after every epoch
-(:func:`adaptertx.train.evaluate`); the objective is the mean over the dev tasks of each task's
+the evaluation training runs after every epoch
+(:func:`adaptertx.training.scoring.score_features`); the objective is the mean over the dev tasks of each task's
 primary metric (:data:`adaptertx.metrics.PRIMARY`).
 
 Candidates:
@@ -35,8 +35,19 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
+from adaptertx import data
+from adaptertx.data.remote import remote_splits
 from adaptertx.errors import AdaptertxError
+from adaptertx.merging.strategies import adapter_state, average_state, check_keys, check_same_adapter_config
+from adaptertx.metrics import PRIMARY
+from adaptertx.modeling import BuiltModel, load_base_checked
+from adaptertx.rundir import check_same_base
+from adaptertx.settings import TRAIN
+from adaptertx.tasks import get_task
+from adaptertx.training.data import encode, english_splits, subset
+from adaptertx.training.scoring import score_features
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +144,14 @@ class WeightSearch:
 def dev_rows(task, limit: int | None = DEFAULT_DEV_EXAMPLES) -> list[dict]:
     """The English dev examples of ``task`` the search scores on: its validation split as
     ``adaptertx train`` forms it, at most ``limit`` of them in train's fixed seeded order."""
-    from adaptertx.train import _english_splits, _first
-
     try:
-        _, rows, _ = _english_splits(task, None)
+        _, rows, _ = english_splits(task, None)
     except AdaptertxError as e:
         raise AdaptertxError(f"dev task {task.name!r} has no English dev split to choose weights on ({e})") from None
-    return _first(rows, limit)
+    return subset(rows, limit)
 
 
 def _held_out(task) -> bool:
-    from adaptertx import data
-    from adaptertx.data.remote import remote_splits
-
     if not task.bundled:
         return DEV_SPLIT not in remote_splits(task.name)
     return DEV_SPLIT not in data.available(task.bundled)[task.bundled].get("en", {})
@@ -155,10 +161,6 @@ def resolve_dev_tasks(inputs: list, dev_tasks: list[str] | None, limit: int) -> 
     """The dev tasks (default: the inputs' tasks, each once), each with the input whose head
     scores it and its dev examples; clear errors for a task no input has a head for and for a
     task without an English dev split."""
-    from adaptertx.merge import HEAD_FILES
-    from adaptertx.metrics import PRIMARY
-    from adaptertx.tasks import get_task
-
     own = [i.task for i in inputs]
     names = list(dict.fromkeys(dev_tasks if dev_tasks is not None else own))
     if not names:
@@ -171,7 +173,7 @@ def resolve_dev_tasks(inputs: list, dev_tasks: list[str] | None, limit: int) -> 
             raise AdaptertxError(f"dev task {name!r} is none of the inputs' tasks ({', '.join(own)}): scoring it "
                                  f"needs a head trained for it, and only the input runs' heads are at hand")
         inp = inputs[index]
-        if not all((inp.adapter_dir / f).is_file() for f in HEAD_FILES):
+        if not inp.has_head:
             raise AdaptertxError(f"dev task {task.name!r}: the run in {inp.run_dir} saved no head to score it with")
         rows = dev_rows(task, limit)
         out.append(DevTask(task, index, rows, PRIMARY[task.metric], _held_out(task)))
@@ -185,15 +187,11 @@ class _Scorer:
     """The base loaded once with one adapter slot and every dev task's head; scores weights."""
 
     def __init__(self, inputs: list, tasks: list[DevTask], combine, progress: bool):
-        from adaptertx.merge import _check_keys, adapter_state, load_inputs_base
-        from adaptertx.modeling import BuiltModel
-        from adaptertx.train import _encode
-
         self.inputs, self.tasks, self.combine = inputs, tasks, combine
         self.states = [adapter_state(i, _NAME) for i in inputs]
-        _check_keys(self.states, inputs)
+        check_keys(self.states, inputs)
         first = inputs[0]
-        model, tokenizer, base_print = load_inputs_base(inputs, first.model, first.quant)
+        model, tokenizer, base_print = load_base_checked(first.model, first.quant, first.fingerprint)
         try:
             model.load_adapter(str(first.adapter_dir), load_as=_NAME, with_head=False, use_safetensors=True)
             self.heads = []
@@ -214,24 +212,20 @@ class _Scorer:
         self.features = []
         for t in tasks:
             config = inputs[t.input_index].config
-            self.features.append(_encode(t.task, t.rows, tokenizer, config.get("max_length", 128), "dev"))
-        self.batch_sizes = [2 * inputs[t.input_index].config.get("batch_size", 16) for t in tasks]
+            self.features.append(encode(t.task, t.rows, tokenizer, config.get("max_length", TRAIN.max_length), "dev"))
+        self.batch_sizes = [2 * inputs[t.input_index].config.get("batch_size", TRAIN.batch_size) for t in tasks]
         self.cache: dict[tuple, dict] = {}
         self.table: list[dict] = []
         self.bar = None
         self.progress = progress
 
     def start(self, total: int, desc: str) -> None:
-        from tqdm.auto import tqdm
-
         self.bar = tqdm(total=total, desc=desc, unit="candidate", disable=not self.progress)
 
     def __call__(self, weights: list[float]) -> dict:
         key = tuple(weights)
         if key in self.cache:
             return self.cache[key]
-        from adaptertx.train import evaluate
-
         merged = self.combine(self.states, list(weights), _NAME)
         with torch.no_grad():
             for k, p in self.params.items():
@@ -240,7 +234,7 @@ class _Scorer:
         model = self.built.model
         for t, head, feats, bs in zip(self.tasks, self.heads, self.features, self.batch_sizes):
             model.active_head = head
-            scores[t.task.name] = evaluate(self.built, t.task, feats, t.rows, batch_size=bs)[t.metric]
+            scores[t.task.name] = score_features(self.built, t.task, feats, t.rows, batch_size=bs)[t.metric]
         row = {"weights": list(weights), "scores": scores, "mean": sum(scores.values()) / len(scores)}
         self.cache[key] = row
         self.table.append(row)
@@ -287,7 +281,7 @@ def choose_weights(inputs: list, *, dev_tasks: list[str] | None = None, grid_ste
                    dev_examples: int | None = None, search: str = "auto",
                    combine: Callable[[list[dict], list[float], str], dict] | None = None,
                    progress: bool = False) -> WeightSearch:
-    """Search merge weights for ``inputs`` (:class:`adaptertx.merge.MergeInput`) on English dev sets.
+    """Search merge weights for ``inputs`` (:class:`adaptertx.rundir.TrainedAdapter`) on English dev sets.
 
     Args:
         inputs: finished runs on one base with one adapter config.
@@ -297,13 +291,11 @@ def choose_weights(inputs: list, *, dev_tasks: list[str] | None = None, grid_ste
         dev_examples: at most this many dev examples per task (default :data:`DEFAULT_DEV_EXAMPLES`).
         search: ``grid``, ``greedy_soup`` or ``auto`` (grid up to :data:`MAX_GRID` points).
         combine: ``combine(states, weights, name)`` gives the merged tensors (default
-            :func:`adaptertx.merge.average_state`); ``task_arithmetic`` and ``ties`` pass theirs.
+            :func:`adaptertx.merging.strategies.average_state`); ``task_arithmetic`` and ``ties`` pass theirs.
         progress: show a progress bar over the candidates.
 
     A single input gets ``[1.0]`` without any evaluation (``search == "none"``).
     """
-    from adaptertx.merge import average_state, check_same_adapter_config, check_same_base
-
     start = time.time()
     k = DEFAULT_GRID_STEP if grid_step is None else grid_step
     limit = DEFAULT_DEV_EXAMPLES if dev_examples is None else dev_examples

@@ -44,7 +44,7 @@ def _fuse_block(setup):
     return block
 
 
-def _layer_weights(layer, block) -> FusionWeights:
+def layer_weights(layer, block) -> FusionWeights:
     """The raw weights of ``block``'s adapters and fusion in one ``BottleneckLayer``."""
     from adapters.methods.modeling import Activation_Function_Class
 
@@ -130,7 +130,7 @@ class FusedFusion:
 
     def refresh(self) -> None:
         """Re-fold the weights (after the adapters or the fusion changed)."""
-        self._packed = {id(layer): {None: pack_fusion(_layer_weights(layer, self.block))} for layer in self._layers}
+        self._packed = {id(layer): {None: pack_fusion(layer_weights(layer, self.block))} for layer in self._layers}
 
     def _packed_for(self, layer, x: torch.Tensor) -> PackedFusion:
         by_dtype = self._packed[id(layer)]

@@ -1,0 +1,253 @@
+"""Zero-shot cross-lingual evaluation of an intermediate configuration on one target task.
+
+**Protocol.** Every intermediate configuration is frozen, and on top of it one *new* target
+adapter and head (same config, same initialisation seed for every configuration) are trained
+on the target's English data (``Task.english_train``), then evaluated on every language of
+the target without seeing any of its data::
+
+    none        target adapter alone                         (the baseline)
+    adapter     Stack(intermediate adapter, target adapter)  (one task, averaged, TIES, joint multi-task)
+    fusion      Stack(Fuse(task adapters), target adapter)   (the Fuse layer is trained with the target adapter)
+
+Why: the trainable part (target adapter + head, initialised identically) is the same in every
+configuration, so a difference in scores is the intermediate configuration's doing and not a
+difference in capacity or initialisation; the intermediate adapters stay reusable across
+targets (the point of adapters), and ``adapters``' ``Stack`` composition expresses all of it,
+so the result saves and loads as a standard AdapterHub setup. A Fusion layer is learnt by
+definition on a target task (Pfeiffer et al., 2021), so it is trained here together with the
+target adapter; a Fusion folder from ``adaptertx merge`` provides the starting weights.
+
+Retrieval targets are scored without training (:mod:`adaptertx.evaluation.retrieval_targets`).
+Every language's result holds its per-example counts (:func:`adaptertx.metrics.example_stats`),
+so reports recompute scores and bootstrap intervals from the stored counts alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from adapters.composition import Fuse, Stack
+from safetensors.torch import load_file
+
+from adaptertx import data, rundir
+from adaptertx.data.remote import hub_source, load_remote, remote_splits
+from adaptertx.errors import AdaptertxError
+from adaptertx.evaluation.common import (FORMATS, EvalConfig, EvalResult, LanguageResult, ids_sha, is_low,
+                                         progress_bar, rounded, sums, trace)
+from adaptertx.evaluation.intermediate import NONE, Intermediate, load_into
+from adaptertx.evaluation.retrieval_targets import evaluate_retrieval
+from adaptertx.fused_fusion import enable_fused_fusion, fast_fusion_attention
+from adaptertx.kernels.dropout import use_fast_dropout
+from adaptertx.languages import normalize, normalize_or_keep
+from adaptertx.merging.fusion import fusion_regulariser
+from adaptertx.metrics import PRIMARY, example_stats, stats_score
+from adaptertx.modeling import BuiltModel, add_head, adapter_config, load_base, load_trainable_state
+from adaptertx.models import fingerprint, hub_reachable
+from adaptertx.tasks import Task, get_task
+from adaptertx.training import TrainConfig, train_one_task
+from adaptertx.training.data import encode, subset
+from adaptertx.training.scoring import predict
+
+log = logging.getLogger(__name__)
+
+TARGET_NAME = "target"
+
+
+def eval_sets(task: Task, config: EvalConfig) -> tuple[dict[str, tuple[list[dict], str, str]], dict[str, str]]:
+    """``{lang: (rows, split, source)}`` to evaluate and ``{lang: why not}`` for the rest.
+
+    ``source`` is ``"bundled"``, the user's file, or ``"hub:<dataset>/<config>"`` for a language
+    the bundled data lacks, loaded from the Hub when it is reachable.
+    """
+    own = {normalize_or_keep(lang): path for lang, path in config.data_files}
+    wanted = list(config.languages) if config.languages else None
+    bundled = data.available(task.bundled)[task.bundled] if task.bundled else {}
+    if wanted is None:
+        wanted = list(dict.fromkeys([*task.languages, *own]))
+    sets, missing = {}, {}
+    hub = task.hub.dataset or task.hub.note
+    reachable: list[bool] = []  # asked once, when a language first needs the Hub
+
+    def _remote_ok(task: Task) -> bool:
+        if not task.hub.dataset or not remote_splits(task.name):
+            return False
+        if not reachable:
+            reachable.append(hub_reachable())
+        return reachable[0]
+
+    for lang in wanted:
+        if lang in own:
+            code = lang
+        else:
+            try:
+                code = normalize(lang)
+            except AdaptertxError:
+                raise AdaptertxError(f"unknown language {lang!r} for {task.name}; give its file with --data-file") from None
+            if code not in task.languages and code not in own:
+                raise AdaptertxError(f"task {task.name!r} has no language {lang!r}; its languages are "
+                                     f"{', '.join(task.languages)} (others need --data-file)")
+        if code in own:
+            fmt = FORMATS[task.name]
+            path = own[code]
+            rows = data.read_file(path, fmt) if fmt != "tatoeba_pair" else None
+            if rows is None:
+                raise AdaptertxError("Tatoeba files are given with `adaptertx retrieve tatoeba --data-dir`")
+            sets[code] = (subset(rows, config.max_eval_examples), "file", str(path))
+            continue
+        splits = bundled.get(code, {})
+        split = "test" if "test" in splits else "validation" if "validation" in splits else None
+        if task.name == "tydiqa" and code == "en":
+            split = "test"
+        if split is None and _remote_ok(task):
+            remote = remote_splits(task.name)
+            split = "test" if "test" in remote else "validation" if "validation" in remote else None
+            if split is not None:
+                try:
+                    rows = load_remote(task.name, code, split)
+                except AdaptertxError as e:
+                    missing[code] = str(e)
+                    continue
+                sets[code] = (subset(rows, config.max_eval_examples), split, f"hub:{hub_source(task.name, code)}")
+                continue
+        if split is None:
+            where = f"the Hub ({hub})" if task.hub.dataset else (hub or "the public release")
+            missing[code] = (f"no bundled {task.name} data for {code}" if task.bundled else
+                             f"{task.name} is not bundled") + f"; it is in {where}, or pass --data-file"
+            continue
+        rows = data.load(task.bundled, code, split)
+        sets[code] = (subset(rows, config.max_eval_examples), split, "bundled")
+    return sets, missing
+
+
+def entity_types(labels) -> set[str]:
+    return {lab[2:] for lab in labels if lab != "O"}
+
+
+def restrict(tags: list[str], keep: set[str]) -> list[str]:
+    return [t if t == "O" or t[2:] in keep else "O" for t in tags]
+
+
+def build_target_model(config: EvalConfig, inter: Intermediate, train_task: Task):
+    """The base with ``inter`` frozen and a new target adapter + head for ``train_task`` on
+    top; only the target adapter, the head (and a Fusion layer) train."""
+    adapter_cfg = adapter_config(config.adapter)
+    model, tokenizer = load_base(config.model, config.quant)
+    base_print = fingerprint(model.base_model)
+    if inter.fingerprint is not None and inter.fingerprint != base_print:
+        raise AdaptertxError(f"the intermediate adapters in {inter.source or inter.adapters[0]} were trained on "
+                             f"another base (fingerprint {inter.fingerprint}) than {config.model!r} ({base_print})")
+    block = load_into(model, inter)
+    torch.manual_seed(config.adapter_seed)
+    model.add_adapter(TARGET_NAME, config=adapter_cfg)
+    add_head(model, train_task, TARGET_NAME)
+    model.train_adapter(TARGET_NAME)
+    if block is not None:
+        model.active_adapters = Stack(block, TARGET_NAME)
+    if isinstance(block, Fuse):
+        fast_fusion_attention(model)
+        for name, p in model.named_parameters():
+            if "adapter_fusion_layer" in name:
+                p.requires_grad_(True)
+    use_fast_dropout(model)  # the head's and the Fusion layer's dropout (the base's has it from load_base)
+    model.active_head = TARGET_NAME
+    return BuiltModel(model, tokenizer, TARGET_NAME, base_print, autocast=config.quant != "none")
+
+
+def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathLike = "runs/eval", *,
+             progress: bool = True) -> EvalResult:
+    """Train the target adapter on English over ``inter`` (in the run folder ``out``; a
+    finished run there is reused, an interrupted one resumed) and evaluate zero-shot on every
+    language of ``config.target``."""
+    task = get_task(config.target)
+    start = time.time()
+    if task.family == "retrieval":
+        return evaluate_retrieval(config, inter, task, start, progress)
+    sets, missing = eval_sets(task, config)
+    if not sets:
+        raise AdaptertxError(f"no data to evaluate {task.name} on: " + "; ".join(f"{k}: {v}" for k, v in missing.items()))
+    train_task = get_task(task.english_train)
+    built = _train_target(config, inter, train_task, Path(out), progress)
+
+    notes = []
+    keep = None
+    if task.metric == "entity_f1" and set(task.labels or ()) != set(train_task.labels or ()):
+        keep = entity_types(task.labels) & entity_types(train_task.labels)
+        notes.append(f"entity types scored: {', '.join(sorted(keep))} (those of both {train_task.name} and "
+                     f"{task.name}; other types count as O in gold and predictions)")
+    results = {}
+    with _fused_inference(built.model):
+        preds_by_lang = {}
+        for lang, (rows, _, _) in progress_bar(sets.items(), progress, f"zero-shot {task.name}"):
+            encodable = [_placeholder_labels(train_task, r) for r in rows]
+            features = encode(train_task, encodable, built.tokenizer, config.max_length, f"{lang} test")
+            preds_by_lang[lang] = predict(built, train_task, features, batch_size=config.batch_size * 4)
+    for lang, (rows, split, source) in sets.items():
+        preds = preds_by_lang[lang]
+        gold = rows
+        if keep is not None:
+            preds = [restrict(p, keep) for p in preds]
+            gold = [dict(r, tags=restrict(r["tags"], keep)) for r in rows]
+        stats = example_stats(task, preds, gold, lang=lang)
+        scores = stats_score(task, sums(stats))
+        results[lang] = LanguageResult(rounded(scores), len(rows), is_low(lang), split, source, stats, ids_sha(rows))
+    record = trace(config, inter, built.fingerprint, Path(out), start)
+    return EvalResult(task.name, task.metric, PRIMARY[task.metric], results, missing, record, notes)
+
+
+def _fused_inference(model):
+    """:func:`adaptertx.fused_fusion.enable_fused_fusion` for the Fuse of the model's active setup
+    (``Stack(Fuse(...), target)``): all task adapters of a layer in one GEMM at inference,
+    outputs equal to the library's. A no-op context without a Fuse (or one the fused path
+    cannot run, said in the log)."""
+    setup = model.active_adapters
+    fuse = next((c for c in getattr(setup, "children", ()) if isinstance(c, Fuse)), None)
+    if fuse is None:
+        return contextlib.nullcontext()
+    try:
+        return enable_fused_fusion(model, fuse)
+    except AdaptertxError as e:
+        log.info("zero-shot predictions run the adapters library's Fusion forward: %s", e)
+        return contextlib.nullcontext()
+
+
+def _placeholder_labels(train_task: Task, row: dict) -> dict:
+    """``row`` with labels the training task's head knows (gold stays in the original row)."""
+    if train_task.family == "tagging":
+        return dict(row, tags=[train_task.labels[0]] * len(row["tags"]))
+    if train_task.family == "classification":
+        return dict(row, label=train_task.labels[0])
+    return row
+
+
+def _train_target(config: EvalConfig, inter: Intermediate, train_task: Task, out: Path, progress: bool):
+    """Train (or resume, or reload) the target adapter; returns the model with the best weights."""
+    tcfg = TrainConfig(task=train_task.name, model=config.model, out=str(out), adapter=config.adapter,
+                       quant=config.quant, adapter_seed=config.adapter_seed, **config.training_json())
+    holder = {}
+
+    def build() -> BuiltModel:
+        holder["built"] = build_target_model(config, inter, train_task)
+        return holder["built"]
+
+    def save(model, built: BuiltModel, folder: Path) -> None:
+        model.save_adapter_setup(str(folder), model.active_adapters, head_setup=TARGET_NAME, use_safetensors=True)
+
+    info = {"intermediate": inter.describe(), "target": config.target}
+    status = rundir.run_status(out)
+    if status == "finished":
+        saved = rundir.read_json(out / rundir.RUN_FILE)
+        if saved.get("config") != tcfg.to_json() or saved.get("intermediate") != info["intermediate"]:
+            raise AdaptertxError(f"{out} holds a finished target run of another configuration; choose another folder")
+        built = build()
+        load_trainable_state(built.model, load_file(str(out / "checkpoints" / "best.safetensors")))
+        return built
+    # AdapterFusion's value-matrix regulariser (the Fuse under a target is a dynamic one)
+    extra_loss = fusion_regulariser("dynamic") if inter.method == "fusion" else None
+    train_one_task(tcfg, train_task, build, save, run_info=info, extra_loss=extra_loss, resume=status is not None,
+                   progress=progress)
+    return holder["built"]
