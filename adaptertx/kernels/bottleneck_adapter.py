@@ -28,7 +28,7 @@ from adaptertx.kernels._common import KernelInputError, check_float, check_resid
 
 OP = "bottleneck_adapter"
 
-# name -> (code shared with csrc/bottleneck_adapter.cpp, reference function)
+# name -> (code shared with adaptertx/csrc/bottleneck_adapter.cpp, reference function)
 ACTIVATIONS = {
     "relu": (0, F.relu),
     "gelu": (1, F.gelu),

@@ -4,7 +4,7 @@ Torch's CPU dropout draws a Bernoulli variable per element from a stateful gener
 multiplies by the mask in a second pass; in an adapter training step on a frozen encoder that
 is about a third of the step (attention probabilities are the largest tensors of the forward).
 Here the keep decision for element ``i`` is a counter-based hash of ``(i, seed)``
-(``csrc/dropout.cpp`` gives the formula), so the native kernel makes one pass over ``x``,
+(``adaptertx/csrc/dropout.cpp`` gives the formula), so the native kernel makes one pass over ``x``,
 stores no mask, and the backward pass is the same op on the gradient with the same seed.
 
 :class:`Dropout` is a drop-in ``torch.nn.Dropout`` that uses it for float32/bfloat16 CPU
