@@ -80,12 +80,17 @@ def installed(wheel, tmp_path_factory) -> tuple[Path, dict]:
     return env_dir, env
 
 
-def test_wheel_ships_the_kernel_sources(wheel):
-    names = set(zipfile.ZipFile(wheel).namelist())
+def test_wheel_ships_the_kernel_sources_and_the_license(wheel):
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
     for op in _build.OPS:
         assert f"adaptertx/csrc/{op}.cpp" in names
     for shared in _build._SHARED_SOURCES:
         assert f"adaptertx/csrc/{shared}" in names
+    dist_info = wheel.name.split("-py")[0] + ".dist-info"
+    assert "Apache License" in archive.read(f"{dist_info}/licenses/LICENSE").decode()
+    metadata = archive.read(f"{dist_info}/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
 
 
 def test_installed_wheel_runs_native_kernels_outside_the_checkout(installed, monkeypatch, tmp_path):
