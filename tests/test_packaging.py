@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+import adaptertx
 from adaptertx.kernels import _build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +92,7 @@ def test_wheel_ships_the_kernel_sources_and_the_license(wheel):
     assert "Apache License" in archive.read(f"{dist_info}/licenses/LICENSE").decode()
     metadata = archive.read(f"{dist_info}/METADATA").decode()
     assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
+    assert f"\nVersion: {adaptertx.__version__}\n" in metadata
 
 
 def test_installed_wheel_runs_native_kernels_outside_the_checkout(installed, monkeypatch, tmp_path):
@@ -105,7 +107,9 @@ def test_installed_wheel_runs_native_kernels_outside_the_checkout(installed, mon
     assert not any(m.startswith("__editable__") for m in probe["finders"]), probe["finders"]
 
     report = json.loads(_run([str(bindir / "adaptertx"), "env", "--json"], cwd=tmp_path, env=env).stdout)
-    assert report["versions"]["adaptertx"] == probe["version"]
+    assert report["versions"]["adaptertx"] == probe["version"] == adaptertx.__version__
+    version = _run([str(bindir / "adaptertx"), "--version"], cwd=tmp_path, env=env).stdout
+    assert adaptertx.__version__ in version, version
     # The checkout's own build is the yardstick: where a kernel builds here, it must build there.
     monkeypatch.setenv(_build.ENV, "native")
     for op in _build.OPS:
