@@ -12,12 +12,13 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch goes in first, pinned, so that the CPU build is used where no torch is present
-# (an unpinned torch would pull a multi-GB CUDA build); then the package and its extras.
+# (an unpinned torch would pull a multi-GB CUDA build); then the package with the extras the
+# main job (bnb, plots: `all`) and the tests need.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[all,test]"
 	touch $(STAMP)
 
 # The main job: the offline default study (about 12 minutes on a 2-core CPU; finished cells

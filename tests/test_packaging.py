@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import adaptertx
+from adaptertx.errors import AdaptertxError, import_optional
 from adaptertx.kernels import _build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +37,7 @@ _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-in
 _PROBE = """
 import json, sys
 import adaptertx
+from adaptertx.errors import AdaptertxError, import_optional
 from adaptertx.kernels import _build
 print(json.dumps({"file": adaptertx.__file__, "csrc": str(_build.CSRC), "version": adaptertx.__version__,
                   "finders": [f.__module__ for f in sys.meta_path]}))
@@ -134,3 +136,26 @@ def test_build_compiles_a_copy_that_is_rewritten_only_when_it_changes(monkeypatc
     (src / "bias_gelu.cpp").write_text("// two\n")
     _build._stage_sources("bias_gelu", tmp_path / "build")
     assert (staged / "bias_gelu.cpp").read_text() == "// two\n"
+
+
+def test_bnb_int8_without_bitsandbytes_names_the_extra(monkeypatch):
+    from adaptertx.modeling import load_base
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` fail
+    with pytest.raises(AdaptertxError, match=r"^quant 'bnb-int8' needs bitsandbytes, which is not installed: "
+                                             r"pip install 'adaptertx\[bnb\]'$"):
+        load_base("an-org/an-encoder", "bnb-int8")
+
+
+def test_report_plots_without_matplotlib_name_the_extra(monkeypatch):
+    from adaptertx import report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(AdaptertxError, match=r"^drawing the report's plots needs matplotlib, .*'adaptertx\[plots\]'$"):
+        report._pyplot()
+
+
+def test_an_installed_extra_that_fails_to_import_keeps_its_own_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ModuleNotFoundError):
+        import_optional("matplotlib.pyplot", "plots", "drawing the report's plots")
