@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo retrieval-demo test test-all bench clean intermediate
+.PHONY: install demo retrieval-demo test test-all lint bench clean intermediate
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: install
+	$(BIN)/ruff check adaptertx tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info
