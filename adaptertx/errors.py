@@ -22,4 +22,5 @@ def import_optional(module: str, extra: str, purpose: str) -> ModuleType:
         top = module.split(".")[0]
         if e.name != top:
             raise
-        raise AdaptertxError(f"{purpose} needs {top}, which is not installed: pip install 'adaptertx[{extra}]'") from None
+        raise AdaptertxError(f"{purpose} needs {top}, which is not installed: "
+                             f"pip install 'adaptertx[{extra}]'") from None

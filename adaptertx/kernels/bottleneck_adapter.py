@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from adaptertx.kernels._build import native_op, use_native
-from adaptertx.kernels._common import KernelInputError, check_float, check_residual, check_vector, native_eligible, same_device
+from adaptertx.kernels._common import (
+    KernelInputError,
+    check_float,
+    check_residual,
+    check_vector,
+    native_eligible,
+    same_device,
+)
 
 OP = "bottleneck_adapter"
 

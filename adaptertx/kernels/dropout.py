@@ -153,7 +153,8 @@ def use_fast_dropout(model: nn.Module) -> int:
         setattr(parent, name, Dropout(child.p, child.inplace))
     for module in model.modules():
         cls = type(module)
-        if "Sdpa" in cls.__name__ and hasattr(module, "dropout_prob") and isinstance(getattr(module, "dropout", None), Dropout):
+        if ("Sdpa" in cls.__name__ and hasattr(module, "dropout_prob")
+                and isinstance(getattr(module, "dropout", None), Dropout)):
             eager = _eager_when_training(cls)
             if eager is not None:
                 module.__class__ = eager
