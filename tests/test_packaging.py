@@ -21,6 +21,7 @@ import subprocess
 import sys
 import venv
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from adaptertx.errors import AdaptertxError, import_optional
 from adaptertx.kernels import _build
 
 REPO = Path(__file__).resolve().parents[1]
+SETUPTOOLS_MAJOR = 77  # pyproject.toml's [build-system] requires
 # Not part of the project's source: environments, build outputs, run results, caches.
 _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "runs", "results",
                                      "__pycache__", ".pytest_cache", ".ruff_cache", ".cache")
@@ -55,6 +57,10 @@ def wheel(tmp_path_factory) -> Path:
     """A wheel built from a copy of the project (the checkout itself gets no build/ or egg-info)."""
     if importlib.util.find_spec("pip") is None or importlib.util.find_spec("setuptools") is None:
         pytest.skip("pip wheel is impossible here: pip or setuptools is not installed in this environment")
+    setuptools = metadata.version("setuptools")
+    if int(setuptools.split(".")[0]) < SETUPTOOLS_MAJOR:
+        pytest.skip(f"pip wheel --no-build-isolation is impossible here: setuptools {setuptools} is older than the "
+                    f"{SETUPTOOLS_MAJOR} that pyproject.toml's build-system requires")
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     shutil.copytree(REPO, src, ignore=_NOT_SOURCE)
