@@ -7,17 +7,18 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo retrieval-demo test test-all bench clean intermediate
+.PHONY: install demo retrieval-demo test test-all lint bench clean intermediate
 
 install: $(STAMP)
 
 # torch goes in first, pinned, so that the CPU build is used where no torch is present
-# (an unpinned torch would pull a multi-GB CUDA build); then the package and its extras.
+# (an unpinned torch would pull a multi-GB CUDA build); then the package with the extras the
+# main job (bnb, plots: `all`) and the tests need.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[all,test]"
 	touch $(STAMP)
 
 # The main job: the offline default study (about 12 minutes on a 2-core CPU; finished cells
@@ -34,6 +35,9 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: install
+	$(BIN)/ruff check adaptertx tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info

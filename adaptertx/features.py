@@ -308,7 +308,7 @@ def _encode_qa(task: Task, examples, tokenizer, max_length: int, doc_stride: int
                              f"{specials} special tokens) so that consecutive windows advance")
     questions = [str(_field(task, ex, "question")).lstrip() for ex in examples]
     contexts = [str(_field(task, ex, "context")) for ex in examples]
-    ctx_by_id = {str(ex["id"]): c for ex, c in zip(examples, contexts)}
+    ctx_by_id = {str(ex["id"]): c for ex, c in zip(examples, contexts, strict=True)}
     if len(ctx_by_id) != len(examples):
         raise AdaptertxError(f"task {task.name!r}: example ids are not unique; QA answers are keyed by id")
     spans = [_answer_span(task, ex) for ex in examples]
@@ -319,7 +319,7 @@ def _encode_qa(task: Task, examples, tokenizer, max_length: int, doc_stride: int
     offsets, starts, ends, ids, cls_index = [], [], [], [], []
     for row, input_ids in enumerate(enc["input_ids"]):
         seq = enc.sequence_ids(row)
-        offs = [tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][row], seq)]
+        offs = [tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][row], seq, strict=True)]
         ex_i = sample_map[row]
         cls = input_ids.index(tokenizer.cls_token_id) if tokenizer.cls_token_id in input_ids else 0
         start = end = cls
@@ -361,7 +361,8 @@ def _encode_tagging(task: Task, examples, tokenizer, max_length: int) -> Feature
     # A word the tokenizer turns into nothing (e.g. a lone zero-width character) becomes the
     # unknown token, so that every word has a first sub-token to be labelled on.
     vocab = list(dict.fromkeys(w for ws in words for w in ws))
-    empty = {w for w, ids in zip(vocab, tokenizer(vocab, add_special_tokens=False)["input_ids"]) if not ids}
+    empty = {w for w, ids in zip(vocab, tokenizer(vocab, add_special_tokens=False)["input_ids"], strict=True)
+             if not ids}
     if empty:
         words = [[tokenizer.unk_token if w in empty else w for w in ws] for ws in words]
     enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
@@ -472,7 +473,7 @@ def _decode_tagging(task: Task, features: Features, logits: torch.Tensor) -> lis
         # Words cut off by max_length get the fallback tag ("O" for NER).
         tags = [fallback] * n
         pos = (features.word_index[i] >= 0).nonzero().flatten()
-        for p, w in zip(pos.tolist(), features.word_index[i, pos].tolist()):
+        for p, w in zip(pos.tolist(), features.word_index[i, pos].tolist(), strict=True):
             tags[w] = task.labels[int(best[i, p])]
         out.append(tags)
     return out

@@ -8,7 +8,7 @@ ISO 639 tables shipped by ``pycountry``.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import pycountry
 
@@ -23,7 +23,7 @@ _OVERRIDES = {
 _EXTRA_NAMES = {"kzj": "Coastal Kadazan", "ber": "Berber languages"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def normalize(code: str) -> str:
     """Return the adaptertx code for ``code`` (ISO 639-1 if it exists, else ISO 639-3).
 

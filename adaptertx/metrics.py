@@ -43,17 +43,17 @@ def _check_lengths(predictions: Sequence, references: Sequence, what: str) -> No
 def accuracy(predictions: Sequence, references: Sequence) -> float:
     """Percentage of ``predictions[i] == references[i]``."""
     _check_lengths(predictions, references, "accuracy")
-    return 100.0 * sum(p == r for p, r in zip(predictions, references)) / len(references)
+    return 100.0 * sum(p == r for p, r in zip(predictions, references, strict=True)) / len(references)
 
 
 def tag_accuracy(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[str]]) -> float:
     """Percentage of words tagged correctly, over all words of all sentences."""
     _check_lengths(pred_tags, gold_tags, "tag_accuracy")
     correct = total = 0
-    for i, (p, g) in enumerate(zip(pred_tags, gold_tags)):
+    for i, (p, g) in enumerate(zip(pred_tags, gold_tags, strict=True)):
         if len(p) != len(g):
             raise AdaptertxError(f"tag_accuracy: sentence {i} has {len(p)} predicted tags for {len(g)} words")
-        correct += sum(a == b for a, b in zip(p, g))
+        correct += sum(a == b for a, b in zip(p, g, strict=True))
         total += len(g)
     if total == 0:
         raise AdaptertxError("tag_accuracy: the sentences have no words")
@@ -67,7 +67,7 @@ def entity_f1(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[s
     gold nor the predictions hold an entity, every score is 0 (seqeval's convention).
     """
     _check_lengths(pred_tags, gold_tags, "entity_f1")
-    for i, (p, g) in enumerate(zip(pred_tags, gold_tags)):
+    for i, (p, g) in enumerate(zip(pred_tags, gold_tags, strict=True)):
         if len(p) != len(g):
             raise AdaptertxError(f"entity_f1: sentence {i} has {len(p)} predicted tags for {len(g)} words")
     import warnings
@@ -331,7 +331,7 @@ def example_stats(task: Task, predictions, examples: Sequence[Mapping], *,
     preds = _aligned(predictions, examples, task.name)
     if task.metric == "entity_f1":
         rows = []
-        for i, (p, ex) in enumerate(zip(preds, examples)):
+        for i, (p, ex) in enumerate(zip(preds, examples, strict=True)):
             if len(p) != len(ex["tags"]):
                 raise AdaptertxError(f"entity_f1: sentence {i} has {len(p)} predicted tags for {len(ex['tags'])} words")
             pe, ge = _entities(p), _entities(ex["tags"])
@@ -339,17 +339,18 @@ def example_stats(task: Task, predictions, examples: Sequence[Mapping], *,
         return rows
     if task.metric == "accuracy" and task.family == "tagging":
         rows = []
-        for i, (p, ex) in enumerate(zip(preds, examples)):
+        for i, (p, ex) in enumerate(zip(preds, examples, strict=True)):
             if len(p) != len(ex["tags"]):
-                raise AdaptertxError(f"tag_accuracy: sentence {i} has {len(p)} predicted tags for {len(ex['tags'])} words")
-            rows.append([sum(a == b for a, b in zip(p, ex["tags"])), len(ex["tags"])])
+                raise AdaptertxError(f"tag_accuracy: sentence {i} has {len(p)} predicted tags for "
+                                     f"{len(ex['tags'])} words")
+            rows.append([sum(a == b for a, b in zip(p, ex["tags"], strict=True)), len(ex["tags"])])
         return rows
     if task.metric in ("accuracy", "retrieval_accuracy"):
         key = "label" if task.metric == "accuracy" else "target_index"
-        return [[float(p == ex[key])] for p, ex in zip(preds, examples)]
+        return [[float(p == ex[key])] for p, ex in zip(preds, examples, strict=True)]
     if task.metric == "map@20":
         rows = []
-        for i, (p, ex) in enumerate(zip(preds, examples)):
+        for i, (p, ex) in enumerate(zip(preds, examples, strict=True)):
             if "relevant" not in ex:
                 raise AdaptertxError(f"map@20: example {i} has no 'relevant' set of candidate ids")
             rows.append([average_precision_at_k(set(ex["relevant"]), p, MAP_K)])

@@ -5,7 +5,7 @@ Quantisation modes (``quant``):
 - ``"int8"`` — adaptertx's int8-storage, bf16-compute linear layers (:mod:`adaptertx.quantize`),
   the rest of the base (embeddings, LayerNorms) in bf16;
 - ``"bnb-int8"`` — bitsandbytes LLM.int8 (``Linear8bitLt`` through ``BitsAndBytesConfig``),
-  the standard on CUDA, slow on CPU;
+  the standard on CUDA, slow on CPU; bitsandbytes comes with the ``bnb`` extra;
 - ``"bf16"`` — the base in bf16; ``"none"`` — fp32.
 
 Adapters and heads stay fp32 (their optimiser needs the precision); the forward runs under
@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adaptertx.errors import AdaptertxError
+from adaptertx.errors import AdaptertxError, import_optional
 from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.models import fingerprint, load_tokenizer, resolve
 from adaptertx.settings import ADAPTER, ADAPTER_SEED, QUANT, QUANT_MODES
@@ -68,6 +68,7 @@ def load_base(model_name: str, quant: str) -> tuple[PreTrainedModel, PreTrainedT
     if quant == "bnb-int8":
         from transformers import BitsAndBytesConfig
 
+        import_optional("bitsandbytes", "bnb", "quant 'bnb-int8'")
         kwargs = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "dtype": torch.float32}
     try:
         model = AutoAdapterModel.from_pretrained(source, **kwargs)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from adaptertx.errors import AdaptertxError
+
 # (qweight * scale[:, None]) in fp32, rounded once to a dtype; one pass on CPU.
 from adaptertx.kernels.dequantize_rows import dequantize_rows
 
@@ -90,7 +91,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float())
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> Int8Linear:
         """Quantise an ``nn.Linear`` (its weight and bias are copied, not shared)."""
         qweight, scale = quantize_rows(linear.weight)
         return cls(qweight, scale, linear.bias, compute_dtype)

@@ -26,7 +26,7 @@ from statistics import mean, stdev
 
 import numpy as np
 
-from adaptertx.errors import AdaptertxError
+from adaptertx.errors import AdaptertxError, import_optional
 from adaptertx.io import atomic_write_bytes, atomic_write_text
 from adaptertx.languages import pretraining_gib
 from adaptertx.metrics import stats_score
@@ -314,8 +314,7 @@ def verdict(report: Report) -> str:
 
 def _pyplot():
     """``matplotlib.pyplot`` on the file-only Agg backend (no display needed)."""
-    import matplotlib
-
+    matplotlib = import_optional("matplotlib", "plots", "drawing the report's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -27,6 +27,7 @@ import copy
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -132,7 +133,8 @@ def make_models(tiny: bool):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny models, 40 sentences (seconds; for CI)")
-    p.add_argument("--json", type=Path, default=None, help="result file (default: <cache>/benchmarks/bench_encode.json)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="result file (default: <cache>/benchmarks/bench_encode.json)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--sentences", type=int, default=None, help="sentences per model (default 1000; tiny 40)")
     p.add_argument("--rounds", type=int, default=None, help="timing rounds (default 3; tiny 1)")
@@ -148,11 +150,11 @@ def main() -> int:
         enc = {dt: SentenceEncoder(model, tok, layer=layer, prefix=prefix, dtype=torch.bfloat16 if dt != "fp32"
                                    else torch.float32, int8=dt == "int8") for dt in ("bf16", "fp32", "int8")}
         pipes = {
-            "xtreme": lambda: xtreme_reference(model, tok, sentences, layer, prefix),
-            "hf-tuned": lambda: hf_tuned(tuned, tok, sentences, layer, prefix),
-            "ours bf16": lambda: enc["bf16"](sentences),
-            "ours fp32": lambda: enc["fp32"](sentences),
-            "ours int8": lambda: enc["int8"](sentences),
+            "xtreme": partial(xtreme_reference, model, tok, sentences, layer, prefix),
+            "hf-tuned": partial(hf_tuned, tuned, tok, sentences, layer, prefix),
+            "ours bf16": partial(enc["bf16"], sentences),
+            "ours fp32": partial(enc["fp32"], sentences),
+            "ours int8": partial(enc["int8"], sentences),
         }
         outs = {k: f() for k, f in pipes.items()}  # also the warm-up
         ref = outs["xtreme"]

@@ -59,7 +59,8 @@ def build(tiny: bool, dtype: torch.dtype):
         for name, p in model.named_parameters():
             if "adapter_fusion_layer" in name:
                 scale = 1.0 / d**0.5
-                p.copy_(torch.randn(p.shape, generator=g) * scale + (torch.eye(d) if name.endswith("value.weight") else 0))
+                identity = torch.eye(d) if name.endswith("value.weight") else 0
+                p.copy_(torch.randn(p.shape, generator=g) * scale + identity)
             elif ".adapters." in name:
                 p.copy_(torch.randn(p.shape, generator=g) * (0.5 / p.shape[-1]**0.5))
         params = dict(model.named_parameters())
@@ -111,7 +112,8 @@ def make_cases(tiny: bool) -> tuple[list[Case], dict]:
         else:
             agree = _bf16_rule(ref32["stack"])
         cases.append(Case(f"Stack(Fusion of {max(SIZES)}, target) {tag}", lib, ours, agree))
-        fused9 = lambda f=Fuse(*names[:max(SIZES)]), fw=forward: fw(f)  # noqa: E731
+        fuse9 = Fuse(*names[:max(SIZES)])
+        fused9 = lambda f=fuse9, fw=forward: fw(f)  # noqa: E731
         for floor, setup in (("single adapter", names[0]), ("averaged adapter", "averaged")):
             name = f"  {floor} / fused Fusion of 9 {tag}"
             cases.append(Case(name, lambda s=setup, fw=forward: fw(s), fused9, lambda b, o: (True, "timing only")))

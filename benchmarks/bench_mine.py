@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,14 +45,15 @@ def synthetic(n: int, m: int, dim: int, seed: int = 0):
     src = F.normalize(torch.randn(n, dim, generator=g), dim=1)
     tgt = F.normalize(torch.randn(m, dim, generator=g), dim=1)
     half = min(n, m) // 2
-    tgt[:half] = F.normalize(src[torch.randperm(n, generator=g)[:half]] + 0.3 * torch.randn(half, dim, generator=g) / dim**0.5, dim=1)
+    near = src[torch.randperm(n, generator=g)[:half]]  # drawn before the noise (the order fixes the seeded data)
+    tgt[:half] = F.normalize(near + 0.3 * torch.randn(half, dim, generator=g) / dim**0.5, dim=1)
     return src, tgt
 
 
 def real_bucc():
     from adaptertx import data
-    from adaptertx.retrieval import encode
     from adaptertx.models import load_model
+    from adaptertx.retrieval import encode
 
     bucc = data.load_bucc("zh")
     model, tok = load_model("me5-small")
@@ -82,18 +84,19 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _sample_rss(top: list[int], stop: threading.Event) -> None:
+    """Keep the largest resident size seen in ``top[0]`` until ``stop`` is set."""
+    while not stop.is_set():
+        top[0] = max(top[0], _rss())
+        time.sleep(0.002)
+
+
 def measure(fn, reps):
     """Fastest time and peak added resident memory (bytes) over ``reps`` calls."""
     best, peak = float("inf"), 0
     for _ in range(reps):
         base, top, stop = _rss(), [0], threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                top[0] = max(top[0], _rss())
-                time.sleep(0.002)
-
-        th = threading.Thread(target=sample, daemon=True)
+        th = threading.Thread(target=_sample_rss, args=(top, stop), daemon=True)
         th.start()
         t0 = time.perf_counter()
         fn()
@@ -143,18 +146,19 @@ def main() -> int:
     reps = args.reps or (1 if args.tiny else 2)
     rows, failed = [], False
     for name, (src, tgt) in sets:
-        ours_fn = lambda: knn(src, tgt, K, block=args.block, method=args.method)  # noqa: E731
-        sides = {"torch matmul+topk": lambda: torch_plain(src, tgt, K)}
+        ours_fn = partial(knn, src, tgt, K, block=args.block, method=args.method)
+        sides = {"torch matmul+topk": partial(torch_plain, src, tgt, K)}
         if have_faiss:
-            sides["faiss IndexFlatIP"] = lambda: faiss_search(src, tgt, K)
+            sides["faiss IndexFlatIP"] = partial(faiss_search, src, tgt, K)
         ours_out = ours_fn()
         t_ours, mem_ours = measure(ours_fn, reps)
         for base_name, fn in sides.items():
             ok, detail = agree(fn(), ours_out)
             failed |= not ok
             t_base, mem_base = measure(fn, reps)
-            rows.append({"case": f"{name}: ours {args.method} block {args.block} vs {base_name}", "baseline_s": t_base, "ours_s": t_ours,
-                         "ratio": t_base / t_ours, "baseline_peak_mb": mem_base / 2**20, "ours_peak_mb": mem_ours / 2**20,
+            rows.append({"case": f"{name}: ours {args.method} block {args.block} vs {base_name}",
+                         "baseline_s": t_base, "ours_s": t_ours, "ratio": t_base / t_ours,
+                         "baseline_peak_mb": mem_base / 2**20, "ours_peak_mb": mem_ours / 2**20,
                          "agreement": f"{'ok' if ok else 'FAIL'} {detail}"})
     width = max(len(r["case"]) for r in rows)
     print(f"k={K}, {torch.get_num_threads()} threads; times in seconds, ratio = baseline / ours; "

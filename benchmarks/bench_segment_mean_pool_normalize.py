@@ -32,7 +32,7 @@ def make_cases(tiny: bool) -> list[Case]:
             hidden = (torch.randn(int(cu[-1]), dim, generator=g) + 0.2).to(dtype)
             padded = torch.zeros(n, longest, dim, dtype=dtype)
             mask = torch.zeros(n, longest, dtype=dtype)
-            for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+            for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
                 padded[i, : e - s] = hidden[s:e]
                 mask[i, : e - s] = 1
             ref32 = segment_mean_pool_normalize_ref(hidden.float(), cu)

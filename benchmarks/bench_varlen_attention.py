@@ -25,8 +25,9 @@ def make_cases(tiny: bool) -> list[Case]:
             qkv = (torch.randn(int(cu[-1]), 3 * heads * hd, generator=g) * 2).to(dtype)
             ref32 = varlen_attention_ref(qkv.float(), cu, heads)
             name = f"varlen_attention {n} seqs ({int(cu[-1])} tok) {heads}x{hd} {str(dtype).replace('torch.', '')}"
-            cases.append(Case(name, lambda q=qkv: varlen_attention_ref(q, cu, heads),
-                              lambda q=qkv: varlen_attention(q, cu, heads), rule_agreement(ref32)))
+            # Bind this shape's cu and heads: the cases run after the loop has moved on.
+            cases.append(Case(name, lambda q=qkv, c=cu, h=heads: varlen_attention_ref(q, c, h),
+                              lambda q=qkv, c=cu, h=heads: varlen_attention(q, c, h), rule_agreement(ref32)))
     return cases
 
 

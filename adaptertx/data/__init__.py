@@ -32,10 +32,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from adaptertx.errors import AdaptertxError
-from adaptertx.languages import normalize
 from adaptertx.data import splits as _splits
 from adaptertx.data.readers import READERS
+from adaptertx.errors import AdaptertxError
+from adaptertx.languages import normalize
 
 __all__ = ["load", "available", "read_file", "load_bucc", "BuccData", "FORMATS", "FAMILIES", "bundled_dir"]
 
@@ -84,7 +84,8 @@ def read_file(path: str | os.PathLike | tuple, fmt: str, **kw: Any) -> Any:
 def _manifest(root: str) -> dict:
     path = Path(root) / "manifest.json"
     if not path.is_file():
-        raise AdaptertxError(f"bundled data manifest {path} is missing; rebuild with python -m adaptertx.data.build --src <data>")
+        raise AdaptertxError(f"bundled data manifest {path} is missing; "
+                             "rebuild with python -m adaptertx.data.build --src <data>")
     return json.loads(path.read_text(encoding="utf-8"))
 
 

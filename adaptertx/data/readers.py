@@ -21,8 +21,9 @@ import json
 import lzma
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from adaptertx.errors import AdaptertxError
 
@@ -254,7 +255,8 @@ def read_siqa_jsonl(path) -> list[dict]:
             "id": str(lineno - 1),
             "context": _nonempty(path, lineno, _field(path, lineno, obj, "context", what), "context"),
             "question": _nonempty(path, lineno, _field(path, lineno, obj, "question", what), "question"),
-            "choices": [_nonempty(path, lineno, _field(path, lineno, obj, f"answer{k}", what), f"answer{k}") for k in "ABC"],
+            "choices": [_nonempty(path, lineno, _field(path, lineno, obj, f"answer{k}", what), f"answer{k}")
+                        for k in "ABC"],
             "label": "ABC".index(correct),
         })
     return out
@@ -306,7 +308,7 @@ def read_cosmosqa_csv(path) -> list[dict]:
         lineno = reader.line_num
         if len(row) != len(cols):
             raise _fail(path, lineno, f"found {len(row)} columns, expected {len(cols)} ({','.join(cols)})")
-        rec = dict(zip(cols, row))
+        rec = dict(zip(cols, row, strict=True))
         if rec["label"] not in ("0", "1", "2", "3"):
             raise _fail(path, lineno, f"label {rec['label']!r} is not 0, 1, 2 or 3")
         for k in cols[:7]:
@@ -401,7 +403,8 @@ def _two_col_tagging(path, what: str, split: Callable[[str], list[str]], check: 
             if ncols is None:
                 ncols = len(cols)
             if len(cols) < 2 or len(cols) != ncols:
-                raise _fail(path, lineno, f"found {len(cols)} columns, expected {ncols if ncols and ncols >= 2 else 2} ({what})")
+                expected = ncols if ncols and ncols >= 2 else 2
+                raise _fail(path, lineno, f"found {len(cols)} columns, expected {expected} ({what})")
             tokens.append(_nonempty(path, lineno, cols[0], "token"))
             tags.append(check(path, lineno, cols[-1]))
         if tokens:
@@ -458,7 +461,8 @@ def _squad_paragraphs(path, what: str) -> Iterator[tuple[int, int, str, str, dic
             raise _fail(path, None, f"{where}: expected an object with a 'paragraphs' list")
         for pi, par in enumerate(art["paragraphs"]):
             pw = f"{where}.paragraphs[{pi}]"
-            if not isinstance(par, dict) or not isinstance(par.get("context"), str) or not isinstance(par.get("qas"), list):
+            if (not isinstance(par, dict) or not isinstance(par.get("context"), str)
+                    or not isinstance(par.get("qas"), list)):
                 raise _fail(path, None, f"{pw}: expected an object with 'context' (string) and 'qas' (list)")
             yield ai, pi, art.get("title") or "", pw, par
 
@@ -490,13 +494,16 @@ def read_squad_json(path, check_spans: bool = True) -> list[dict]:
             texts, starts = [], []
             for ni, ans in enumerate(qa["answers"]):
                 aw = f"{qw}.answers[{ni}]"
-                if not isinstance(ans, dict) or not isinstance(ans.get("text"), str) or not isinstance(ans.get("answer_start"), int):
+                if (not isinstance(ans, dict) or not isinstance(ans.get("text"), str)
+                        or not isinstance(ans.get("answer_start"), int)):
                     raise _fail(path, None, f"{aw}: expected {{'text': str, 'answer_start': int}}")
                 s, t = ans["answer_start"], ans["text"]
                 if s < 0 or s + len(t) > len(ctx):
-                    raise _fail(path, None, f"{aw}: answer_start {s} (+{len(t)} chars) lies outside the context ({len(ctx)} chars)")
+                    raise _fail(path, None, f"{aw}: answer_start {s} (+{len(t)} chars) lies outside the context "
+                                            f"({len(ctx)} chars)")
                 if check_spans and ctx[s : s + len(t)] != t:
-                    raise _fail(path, None, f"{aw}: context at answer_start {s} is {ctx[s:s + len(t)]!r}, not the answer {t!r}")
+                    raise _fail(path, None, f"{aw}: context at answer_start {s} is {ctx[s:s + len(t)]!r}, "
+                                            f"not the answer {t!r}")
                 texts.append(t)
                 starts.append(s)
             out.append({
@@ -533,7 +540,7 @@ def read_xquadr_json(path) -> dict[str, list[dict]]:
             raise _fail(path, None, f"{pw}: {len(sents)} sentences but {len(breaks)} sentence breaks; "
                                     f"expected one [start, end] per sentence, at least one")
         spans = []
-        for si, (sent, br) in enumerate(zip(sents, breaks)):
+        for si, (sent, br) in enumerate(zip(sents, breaks, strict=True)):
             _nonempty(path, None, sent, f"{pw}.sentences[{si}]")
             spans.append(_span(path, None, br, len(ctx), f"{pw}.sentence_breaks[{si}]", of="context"))
             candidates.append({"id": f"{ai}.{pi}.{si}", "text": sent, "context": ctx})
@@ -567,13 +574,14 @@ def read_tatoeba_pair(path, target: str | os.PathLike | None = None) -> list[dic
         if isinstance(path, (tuple, list)) and len(path) == 2:
             path, target = path
         else:
-            raise AdaptertxError(f"{path}: tatoeba_pair needs the English file too: read_file(src, 'tatoeba_pair', target=eng)")
+            raise AdaptertxError(f"{path}: tatoeba_pair needs the English file too: "
+                                 "read_file(src, 'tatoeba_pair', target=eng)")
     what = "one sentence per line, line-aligned with the other file"
     src, tgt = _lines(path, what), _lines(target, what)
     if len(src) != len(tgt):
         raise AdaptertxError(f"{path} has {len(src)} lines but {target} has {len(tgt)}; expected line-aligned files")
     out = []
-    for i, (s, t) in enumerate(zip(src, tgt), 1):
+    for i, (s, t) in enumerate(zip(src, tgt, strict=True), 1):
         _nonempty(path, i, s, "sentence")
         _nonempty(target, i, t, "sentence")
         out.append({"id": str(i - 1), "source": s, "target": t})

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pycountry
 
@@ -133,7 +134,7 @@ def _pair(first: str, second: str) -> Callable[[Any, Task], list[dict]]:
     def convert_pair(ds: Any, task: Task) -> list[dict]:
         _columns(ds, task, first, second, "label")
         return [{"id": i, "text_a": a, "text_b": b, "label": _class_label(task, y, n)}
-                for n, (i, a, b, y) in enumerate(zip(_ids(ds, task), ds[first], ds[second], ds["label"]))]
+                for n, (i, a, b, y) in enumerate(zip(_ids(ds, task), ds[first], ds[second], ds["label"], strict=True))]
     return convert_pair
 
 
@@ -143,7 +144,7 @@ def _squad(ds: Any, task: Task) -> list[dict]:
     titles = ds["title"] if "title" in ds.column_names else [""] * len(ds)
     out = []
     for i, title, context, question, answers in zip(_ids(ds, task), titles, ds["context"], ds["question"],
-                                                    ds["answers"]):
+                                                    ds["answers"], strict=True):
         out.append({"id": i, "title": title or "", "context": context, "question": question,
                     "answers": {"text": [str(t) for t in answers["text"]],
                                 "answer_start": [int(s) for s in answers["answer_start"]]}})
@@ -160,10 +161,10 @@ def _copa(ds: Any, task: Task) -> list[dict]:
     fd, path = tempfile.mkstemp(suffix=".jsonl", prefix=f"adaptertx-{task.name}-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for n, row in enumerate(zip(*(ds[k] for k in keys))):
+            for n, row in enumerate(zip(*(ds[k] for k in keys), strict=True)):
                 if row[-1] == -1:
                     raise AdaptertxError(f"{task.name}: row {n} has label -1 (unlabelled); this split cannot be scored")
-                f.write(json.dumps(dict(zip(keys, row), idx=ids[n]), ensure_ascii=False) + "\n")
+                f.write(json.dumps(dict(zip(keys, row, strict=True), idx=ids[n]), ensure_ascii=False) + "\n")
         return read_copa_jsonl(path)
     finally:
         os.unlink(path)
@@ -175,7 +176,7 @@ def _tagging(column: str) -> Callable[[Any, Task], list[dict]]:
         names = _label_names(ds, column) or list(task.labels)
         known = set(task.labels)
         out = []
-        for n, (i, tokens, tags) in enumerate(zip(_ids(ds, task), ds["tokens"], ds[column])):
+        for n, (i, tokens, tags) in enumerate(zip(_ids(ds, task), ds["tokens"], ds[column], strict=True)):
             if len(tokens) != len(tags):
                 raise AdaptertxError(f"{task.name}: row {n} has {len(tokens)} tokens but {len(tags)} tags")
             try:
@@ -196,7 +197,8 @@ def _tatoeba(ds: Any, task: Task) -> list[dict]:
     src, tgt = ds["source_sentence"], ds["target_sentence"]
     if "source_lang" in ds.column_names and len(ds) and ds[0]["source_lang"] in ("eng", "en"):
         src, tgt = tgt, src
-    return [{"id": str(n), "source": s.strip(), "target": t.strip()} for n, (s, t) in enumerate(zip(src, tgt))]
+    return [{"id": str(n), "source": s.strip(), "target": t.strip()}
+            for n, (s, t) in enumerate(zip(src, tgt, strict=True))]
 
 
 # task name -> converter(datasets.Dataset, Task) -> rows in the common schema.

@@ -21,7 +21,7 @@ The rules (documented in ``bundled/README.md``):
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 SPLITS = ("train", "validation", "test")
 
@@ -34,7 +34,7 @@ CARVE_TRAIN = 90
 
 def bucket(dataset: str, key: str) -> int:
     """Stable bucket 0..99 of ``key`` within ``dataset`` (first 8 bytes of SHA-256, mod 100)."""
-    digest = hashlib.sha256(f"{dataset}:{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{dataset}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % 100
 
 

@@ -1,6 +1,6 @@
 """Fused CPU kernels for adaptertx's encoder fast paths, each with a pure-torch reference.
 
-Every op ``<op>`` has one C++ source ``csrc/<op>.cpp``, a dispatching function ``<op>`` and a
+Every op ``<op>`` has one C++ source ``adaptertx/csrc/<op>.cpp``, a dispatching function ``<op>`` and a
 reference ``<op>_ref`` with the same signature, defaults and input checks. The native kernel
 is built on first use (never at import) and serves float32/bfloat16 CPU tensors; anything
 else, a failed build, or ``ADAPTERTX_KERNELS=ref`` takes the reference.

@@ -1,11 +1,14 @@
-"""Lazy JIT build of the C++ kernels in ``csrc/`` and the choice of backend for each op.
+"""Lazy JIT build of the C++ kernels in ``adaptertx/csrc/`` and the choice of backend for each op.
 
-Each op ``<op>`` has one source, ``csrc/<op>.cpp`` (plus the shared ``csrc/common.h``),
-built on first use with :func:`torch.utils.cpp_extension.load` into
+Each op ``<op>`` has one source, ``adaptertx/csrc/<op>.cpp`` (plus the shared
+``adaptertx/csrc/common.h``), shipped inside the package so an installed wheel builds them too.
+It is built on first use with :func:`torch.utils.cpp_extension.load` into
 ``adaptertx.io.cache_dir() / "torch_extensions" / <name>``, where ``<name>`` carries a hash
 of the sources, the compiler flags and the torch version, so a changed source rebuilds. The
-build uses no ``-march`` flag: the AVX-512 code paths are chosen at run time, so a cached
-build also runs on machines without AVX-512.
+sources are compiled from a copy in that folder, so the compiler command does not depend on
+where the package lives and one cached build serves a checkout, another worktree and an
+installed wheel alike. The build uses no ``-march`` flag: the AVX-512 code paths are chosen
+at run time, so a cached build also runs on machines without AVX-512.
 
 ``ADAPTERTX_KERNELS`` selects the backend: unset or ``auto`` (native when it builds and the CPU
 has AVX-512, else the reference, with one log line saying why), ``ref`` (always the pure-torch
@@ -26,13 +29,13 @@ from pathlib import Path
 import torch
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.io import cache_dir
+from adaptertx.io import atomic_write_bytes, cache_dir
 
 log = logging.getLogger("adaptertx.kernels")
 
 OPS = ("bias_gelu", "add_layernorm", "bottleneck_adapter", "segment_mean_pool_normalize", "varlen_attention",
        "dropout", "dequantize_rows")
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
 _SHARED_SOURCES = ("common.h",)
 _CFLAGS = ("-O3", "-fopenmp")
 _LDFLAGS = ("-fopenmp",)
@@ -55,9 +58,13 @@ def _source(op: str) -> Path:
     return CSRC / f"{op}.cpp"
 
 
+def _sources(op: str) -> tuple[Path, ...]:
+    return (_source(op), *(CSRC / s for s in _SHARED_SOURCES))
+
+
 def _build_name(op: str) -> str:
     digest = hashlib.sha256()
-    for path in (_source(op), *(CSRC / s for s in _SHARED_SOURCES)):
+    for path in _sources(op):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     digest.update(" ".join(_CFLAGS + _LDFLAGS).encode())
@@ -74,18 +81,36 @@ def _first_error_line(exc: BaseException) -> str:
     return first[:300]
 
 
+def _stage_sources(op: str, build_dir: Path) -> Path:
+    """Copy ``op``'s sources into ``build_dir / "src"`` and return that folder.
+
+    ninja records the compiler command, which names the source and include paths, and rebuilds
+    when it changes; compiling these copies keeps the command the same wherever the package is.
+    A copy that already holds the same bytes is left alone, so its time stamp stays older than
+    the built object and nothing rebuilds.
+    """
+    staged = build_dir / "src"
+    for path in _sources(op):
+        data = path.read_bytes()
+        target = staged / path.name
+        if not target.is_file() or target.read_bytes() != data:
+            atomic_write_bytes(target, data)
+    return staged
+
+
 def _build(op: str) -> None:
     from torch.utils import cpp_extension
 
     name = _build_name(op)
     build_dir = cache_dir() / "torch_extensions" / name
     build_dir.mkdir(parents=True, exist_ok=True)
+    staged = _stage_sources(op, build_dir)
     cpp_extension.load(
         name=name,
-        sources=[str(_source(op))],
+        sources=[str(staged / _source(op).name)],
         extra_cflags=list(_CFLAGS),
         extra_ldflags=list(_LDFLAGS),
-        extra_include_paths=[str(CSRC)],
+        extra_include_paths=[str(staged)],
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=False,
@@ -157,7 +182,7 @@ def backend_status(build: bool = True) -> dict[str, str]:
         return {op: f"error: {exc}" for op in OPS}
     status = {}
     for op in OPS:
-        src = f"csrc/{op}.cpp"
+        src = f"adaptertx/csrc/{op}.cpp"
         if m == "ref":
             status[op] = f"reference: {ENV}=ref"
         elif m == "auto" and not cpu_has_avx512():

@@ -33,8 +33,8 @@ in float64 by :func:`pack_fusion`; :func:`adapter_fusion` uses them, and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ class FusionWeights:
         if not (len(self.down_b) == len(self.up_w) == len(self.up_b) == len(self.scaling) == n):
             raise KernelInputError(f"{OP}: down_w, down_b, up_w, up_b and scaling must have one entry per adapter")
         d = self.down_w[0].shape[1]
-        for i, (dw, uw) in enumerate(zip(self.down_w, self.up_w)):
+        for i, (dw, uw) in enumerate(zip(self.down_w, self.up_w, strict=True)):
             if dw.dim() != 2 or dw.shape[1] != d or tuple(uw.shape) != (d, dw.shape[0]):
                 raise KernelInputError(f"{OP}: adapter {i}: down_w must be (r, {d}) and up_w ({d}, r), got "
                                        f"{tuple(dw.shape)} and {tuple(uw.shape)}")
@@ -114,7 +114,7 @@ class PackedFusion:
     n: int
     r: int
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "PackedFusion":
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> PackedFusion:
         """The same weights cast/moved (the activation and sizes unchanged)."""
         cast = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         return PackedFusion(cast(self.w_in), cast(self.b_in), cast(self.w_out), cast(self.res_w),
@@ -224,7 +224,8 @@ def adapter_fusion_ref(x: torch.Tensor, query: torch.Tensor, residual: torch.Ten
     dt = x.dtype
     cast = lambda t: None if t is None else t.to(dt)  # noqa: E731
     ups = []
-    for dw, db, uw, ub, s in zip(weights.down_w, weights.down_b, weights.up_w, weights.up_b, weights.scaling):
+    for dw, db, uw, ub, s in zip(weights.down_w, weights.down_b, weights.up_w, weights.up_b, weights.scaling,
+                                 strict=True):
         a = weights.activation(F.linear(x, cast(dw), cast(db)))
         s = s.to(dt) if isinstance(s, torch.Tensor) else s
         ups.append(F.linear(a, cast(uw), cast(ub)) * s)

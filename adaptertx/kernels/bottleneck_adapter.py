@@ -24,11 +24,18 @@ import torch
 import torch.nn.functional as F
 
 from adaptertx.kernels._build import native_op, use_native
-from adaptertx.kernels._common import KernelInputError, check_float, check_residual, check_vector, native_eligible, same_device
+from adaptertx.kernels._common import (
+    KernelInputError,
+    check_float,
+    check_residual,
+    check_vector,
+    native_eligible,
+    same_device,
+)
 
 OP = "bottleneck_adapter"
 
-# name -> (code shared with csrc/bottleneck_adapter.cpp, reference function)
+# name -> (code shared with adaptertx/csrc/bottleneck_adapter.cpp, reference function)
 ACTIVATIONS = {
     "relu": (0, F.relu),
     "gelu": (1, F.gelu),

@@ -4,7 +4,7 @@ Torch's CPU dropout draws a Bernoulli variable per element from a stateful gener
 multiplies by the mask in a second pass; in an adapter training step on a frozen encoder that
 is about a third of the step (attention probabilities are the largest tensors of the forward).
 Here the keep decision for element ``i`` is a counter-based hash of ``(i, seed)``
-(``csrc/dropout.cpp`` gives the formula), so the native kernel makes one pass over ``x``,
+(``adaptertx/csrc/dropout.cpp`` gives the formula), so the native kernel makes one pass over ``x``,
 stores no mask, and the backward pass is the same op on the gradient with the same seed.
 
 :class:`Dropout` is a drop-in ``torch.nn.Dropout`` that uses it for float32/bfloat16 CPU
@@ -153,7 +153,8 @@ def use_fast_dropout(model: nn.Module) -> int:
         setattr(parent, name, Dropout(child.p, child.inplace))
     for module in model.modules():
         cls = type(module)
-        if "Sdpa" in cls.__name__ and hasattr(module, "dropout_prob") and isinstance(getattr(module, "dropout", None), Dropout):
+        if ("Sdpa" in cls.__name__ and hasattr(module, "dropout_prob")
+                and isinstance(getattr(module, "dropout", None), Dropout)):
             eager = _eager_when_training(cls)
             if eager is not None:
                 module.__class__ = eager

@@ -30,7 +30,8 @@ def _check(qkv, cu_seqlens, heads, scale) -> None:
                                f"got {int(cu_seqlens[0])}..{int(cu_seqlens[-1])}")
     if cu_seqlens.numel() > 1 and bool((cu_seqlens[1:] < cu_seqlens[:-1]).any()):
         raise KernelInputError(f"{OP}: cu_seqlens must be non-decreasing")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale)):
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
+                              or not math.isfinite(scale)):
         raise KernelInputError(f"{OP}: scale must be a finite number or None, got {scale!r}")
 
 
@@ -43,7 +44,7 @@ def _ref(qkv, cu_seqlens, heads, scale):
     lengths = (cu[1:] - cu[:-1]).tolist()
     starts = cu[:-1].tolist()
     by_length: dict[int, list[int]] = {}
-    for s, n in zip(starts, lengths):
+    for s, n in zip(starts, lengths, strict=True):
         if n:
             by_length.setdefault(n, []).append(s)
     # Sequences of one length attend together as a (count, heads, length, hd) batch.

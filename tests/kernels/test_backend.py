@@ -24,7 +24,7 @@ def test_status_names_each_op_and_source(monkeypatch):
     for op, line in status.items():
         assert line.startswith(("native (", "reference: ", "not built yet (")), line
         if not line.startswith("reference: "):
-            assert f"csrc/{op}.cpp" in line
+            assert f"adaptertx/csrc/{op}.cpp" in line
 
 
 def test_failed_build_falls_back_once_with_reason(monkeypatch, caplog):
