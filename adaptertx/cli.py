@@ -122,9 +122,8 @@ def models() -> None:
 @_clear_errors
 def tasks_cmd(family: str | None, role: str | None) -> None:
     """The task registry: languages, low-resource marks and what is available offline."""
-    from adaptertx.tasks import tasks as list_tasks
-
     from adaptertx import data
+    from adaptertx.tasks import tasks as list_tasks
 
     bundled = data.available()
     rows = []
@@ -486,8 +485,8 @@ def _encoder_kwargs(precision, reference) -> dict:
 @_clear_errors
 def retrieve_tatoeba(model_name, adapter, layer, data_dir, precision, reference, out, langs, max_pairs) -> None:
     """Tatoeba accuracy (nearest neighbour by cosine) per language, both directions."""
-    from adaptertx.io import atomic_write_text
     from adaptertx.evaluation import evaluate_tatoeba
+    from adaptertx.io import atomic_write_text
 
     scores = evaluate_tatoeba(model_name, _csv(langs), layer=layer, max_pairs=max_pairs, adapter=adapter,
                               data_dir=data_dir, **_encoder_kwargs(precision, reference))
@@ -517,9 +516,9 @@ def retrieve_tatoeba(model_name, adapter, layer, data_dir, precision, reference,
 @_clear_errors
 def retrieve_bucc(model_name, adapter, layer, data_dir, precision, reference, out, lang, split, k) -> None:
     """BUCC bitext mining: ratio-margin candidates, threshold tuned for F1 on the gold pairs."""
+    from adaptertx.evaluation import evaluate_bucc
     from adaptertx.io import atomic_write_text
     from adaptertx.languages import is_low_resource
-    from adaptertx.evaluation import evaluate_bucc
 
     s = evaluate_bucc(model_name, lang, split=split, data_dir=data_dir, layer=layer, adapter=adapter, k=k,
                       **_encoder_kwargs(precision, reference))

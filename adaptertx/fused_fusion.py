@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -186,7 +186,7 @@ class FusedFusion:
                 layer.__dict__.pop("compose_fuse", None)
         self._layers = []
 
-    def __enter__(self) -> "FusedFusion":
+    def __enter__(self) -> FusedFusion:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -261,9 +261,9 @@ def fast_fusion_attention(model: nn.Module) -> int:
     """Give every AdapterFusion layer of ``model`` :func:`_fusion_attention_forward` (same
     computation as the library's, see its doc); returns how many layers were changed.
     Training and inference both use it; adapters added later keep the library's forward."""
-    from adapters.methods.modeling import BertFusion
-
     import types
+
+    from adapters.methods.modeling import BertFusion
 
     changed = 0
     for module in model.modules():

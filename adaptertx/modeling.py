@@ -16,8 +16,8 @@ torch's own dropout elsewhere).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -27,7 +27,6 @@ from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.models import fingerprint, load_tokenizer, resolve
 from adaptertx.settings import ADAPTER, ADAPTER_SEED, QUANT, QUANT_MODES
 from adaptertx.tasks import TRAINABLE_FAMILIES, Task
-
 
 
 @dataclass(frozen=True)

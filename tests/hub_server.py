@@ -103,7 +103,7 @@ class HubServer:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self) -> "HubServer":
+    def start(self) -> HubServer:
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -135,7 +135,7 @@ class HubServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

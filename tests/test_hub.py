@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from hub_server import HubServer
 from safetensors.torch import load_file
 
 from adaptertx.errors import AdaptertxError
@@ -20,8 +21,8 @@ from adaptertx.hub import MANIFEST, check_repo_id, export, push, safe_relpath
 from adaptertx.languages import is_low_resource
 from adaptertx.merging import MergeOptions, merge
 from adaptertx.results import ResultsStore
+from adaptertx.settings import FUSION
 from adaptertx.training import TrainConfig, train
-from hub_server import HubServer
 
 TOKEN = "hf_adaptertxTestToken_7Qz9Xw3Kp2"
 SENTENCES = [("The cat sat on the mat all afternoon.", "A cat was sitting on the mat."),
@@ -377,7 +378,6 @@ PUSH = """
 import json, sys
 from adaptertx.errors import AdaptertxError
 from adaptertx.hub import push
-from adaptertx.settings import FUSION
 try:
     result = push(**json.loads(sys.argv[1]))
 except AdaptertxError as e:

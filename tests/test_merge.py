@@ -9,11 +9,16 @@ from safetensors.torch import load_file
 
 from adaptertx.errors import AdaptertxError
 from adaptertx.merging import MergeOptions, merge
-from adaptertx.merging.strategies import (average_state, initial_adapter_state, normalise_weights, task_arithmetic_state,
-                                          ties_state)
+from adaptertx.merging.strategies import (
+    average_state,
+    initial_adapter_state,
+    normalise_weights,
+    task_arithmetic_state,
+    ties_state,
+)
 from adaptertx.rundir import load_run
-from adaptertx.training import TrainConfig, train
 from adaptertx.settings import FUSION
+from adaptertx.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

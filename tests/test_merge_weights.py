@@ -11,10 +11,9 @@ from safetensors.torch import load_file
 
 from adaptertx.errors import AdaptertxError
 from adaptertx.merging import MergeOptions, merge
-from adaptertx.rundir import load_run
-from adaptertx.merging.strategies import (adapter_state, average_state, initial_adapter_state,
-                             task_arithmetic_state)
 from adaptertx.merging.dev_weights import MAX_GRID, best_candidate, dev_rows, grid_size, simplex_grid
+from adaptertx.merging.strategies import adapter_state, average_state, initial_adapter_state, task_arithmetic_state
+from adaptertx.rundir import load_run
 from adaptertx.training import TrainConfig, train
 
 DEV = 64  # dev examples per task; the runs validated on the same fixed subset (max_examples=64)

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.metrics import (METRICS, accuracy, entity_f1, normalize_answer, normalize_answer_mlqa, score,
-                               squad_scores, tag_accuracy)
+from adaptertx.metrics import (
+    METRICS,
+    accuracy,
+    entity_f1,
+    normalize_answer,
+    normalize_answer_mlqa,
+    score,
+    squad_scores,
+    tag_accuracy,
+)
 from adaptertx.tasks import get_task
 
 

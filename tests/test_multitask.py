@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 from adaptertx.errors import AdaptertxError
 from adaptertx.merging import MergeOptions, merge
 from adaptertx.modeling import build_adapter_model
+from adaptertx.settings import TRAIN
+from adaptertx.tasks import get_task
 from adaptertx.training import train_multitask
 from adaptertx.training.sampling import epoch_plan, sampling_probabilities, task_schedule
-from adaptertx.tasks import get_task
-from adaptertx.settings import TRAIN
 
 TINY = dict(quant="none", max_examples=16, batch_size=4, max_length=32, lr=1e-2, epochs=1)
 IDS = torch.tensor([[0, 3293, 83, 2, 2, 10, 3034, 2], [0, 47, 1294, 2, 2, 7, 2, 1]])

@@ -9,9 +9,9 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation import NONE, EvalConfig, build_target_model, eval_sets, evaluate, fusion_of, load_intermediate
 from adaptertx.evaluation.zero_shot import entity_types, restrict
 from adaptertx.metrics import score, stats_score
+from adaptertx.settings import FUSION
 from adaptertx.tasks import get_task
 from adaptertx.training import TrainConfig, train
-from adaptertx.settings import FUSION
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +172,8 @@ def test_retrieval_under_a_fusion_is_not_applicable(runs, tiny_xlmr_dir):
 
 
 def test_retrieval_under_a_trained_fusion_encodes_with_it(runs, tiny_xlmr_dir, tmp_path):
-    from adaptertx.merging import MergeOptions, merge
     from adaptertx.evaluation import evaluate_tatoeba
+    from adaptertx.merging import MergeOptions, merge
 
     opts = MergeOptions(target="mixture", progress=False,
                         settings=FUSION.replace(max_steps=2, max_examples=12, batch_size=4, max_length=48, lr=1e-2,

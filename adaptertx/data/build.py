@@ -23,12 +23,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from adaptertx.data import FAMILIES, build_splits
+from adaptertx.data.readers import read_conllu, read_udpos_tsv
 from adaptertx.errors import AdaptertxError
 from adaptertx.io import atomic_dir
 from adaptertx.languages import name as lang_name
 from adaptertx.languages import normalize
-from adaptertx.data import FAMILIES, build_splits
-from adaptertx.data.readers import read_conllu, read_udpos_tsv
 
 LICENSES = {
     "anli": "CC BY-NC 4.0", "siqa": "CC BY 4.0", "cosmosqa": "CC BY 4.0", "commonsenseqa": "MIT",

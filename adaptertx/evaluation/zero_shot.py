@@ -37,8 +37,18 @@ from safetensors.torch import load_file
 from adaptertx import data, rundir
 from adaptertx.data.remote import hub_source, load_remote, remote_splits
 from adaptertx.errors import AdaptertxError
-from adaptertx.evaluation.common import (FORMATS, EvalConfig, EvalResult, LanguageResult, ids_sha, is_low,
-                                         progress_bar, rounded, sums, trace)
+from adaptertx.evaluation.common import (
+    FORMATS,
+    EvalConfig,
+    EvalResult,
+    LanguageResult,
+    ids_sha,
+    is_low,
+    progress_bar,
+    rounded,
+    sums,
+    trace,
+)
 from adaptertx.evaluation.intermediate import NONE, Intermediate, load_into
 from adaptertx.evaluation.retrieval_targets import evaluate_retrieval
 from adaptertx.fused_fusion import enable_fused_fusion, fast_fusion_attention
@@ -46,7 +56,7 @@ from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.languages import normalize, normalize_or_keep
 from adaptertx.merging.fusion import fusion_regulariser
 from adaptertx.metrics import PRIMARY, example_stats, stats_score
-from adaptertx.modeling import BuiltModel, add_head, adapter_config, load_base, load_trainable_state
+from adaptertx.modeling import BuiltModel, adapter_config, add_head, load_base, load_trainable_state
 from adaptertx.models import fingerprint, hub_reachable
 from adaptertx.tasks import Task, get_task
 from adaptertx.training import TrainConfig, train_one_task

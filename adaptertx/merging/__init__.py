@@ -17,8 +17,8 @@ fingerprints, normalised and given weights and where they came from — ``weight
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from adaptertx import rundir
 from adaptertx.errors import AdaptertxError

@@ -27,8 +27,15 @@ from adaptertx import rundir
 from adaptertx.errors import AdaptertxError
 from adaptertx.fused_fusion import fast_fusion_attention
 from adaptertx.io import atomic_dir
-from adaptertx.merging.common import (MIXTURE, MergeOptions, MergeResult, adapter_config_name, adapter_seed, recipe,
-                                      unique_names)
+from adaptertx.merging.common import (
+    MIXTURE,
+    MergeOptions,
+    MergeResult,
+    adapter_config_name,
+    adapter_seed,
+    recipe,
+    unique_names,
+)
 from adaptertx.modeling import BuiltModel, add_head, load_base_checked
 from adaptertx.rundir import TrainedAdapter, check_same_base
 from adaptertx.settings import FUSION

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,9 +27,17 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.io import atomic_dir, atomic_write_text
 from adaptertx.merging.common import MergeOptions, MergeResult, check_out, recipe, unique_names
 from adaptertx.merging.dev_weights import choose_weights
-from adaptertx.merging.strategies import (adapter_state, average_state, check_keys, check_same_adapter_config,
-                                          initial_adapter_state, normalise_weights, seeds_differ,
-                                          task_arithmetic_state, ties_state)
+from adaptertx.merging.strategies import (
+    adapter_state,
+    average_state,
+    check_keys,
+    check_same_adapter_config,
+    initial_adapter_state,
+    normalise_weights,
+    seeds_differ,
+    task_arithmetic_state,
+    ties_state,
+)
 from adaptertx.modeling import rename_key
 from adaptertx.rundir import HEAD_FILES, TrainedAdapter, check_same_base
 

@@ -22,7 +22,6 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.registry import add_unique
 from adaptertx.settings import DEFAULT_MODEL
 
-
 # Model types the rest of adaptertx (adapters, the packed encoder) knows how to drive.
 SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "roberta")
 

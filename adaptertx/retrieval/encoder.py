@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adaptertx.errors import AdaptertxError
 from adaptertx.environment import default_dtype
+from adaptertx.errors import AdaptertxError
 from adaptertx.retrieval.mine import knn
 
 log = logging.getLogger("adaptertx.retrieval")

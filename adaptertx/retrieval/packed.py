@@ -21,14 +21,20 @@ temperature; other setups (parallel, stacks, LoRA, ...) are refused with a clear
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.kernels import add_layernorm, bias_gelu, bottleneck_adapter, segment_mean_pool_normalize, varlen_attention
+from adaptertx.kernels import (
+    add_layernorm,
+    bias_gelu,
+    bottleneck_adapter,
+    segment_mean_pool_normalize,
+    varlen_attention,
+)
 from adaptertx.kernels.adapter_fusion import adapter_fusion, pack_fusion
 from adaptertx.quantize import Int8Linear, dequantize_rows, quantize_rows
 

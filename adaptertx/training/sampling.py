@@ -17,7 +17,7 @@ it has batches cycles through fresh shuffles of its data, one drawn less often s
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -15,12 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from hub_server import HubServer
 
 from adaptertx.data.readers import read_copa_jsonl
 from adaptertx.data.remote import convert, hub_config, hub_source, load_remote, remote_splits
 from adaptertx.errors import AdaptertxError
 from adaptertx.tasks import MASAKHANER_LABELS, NER_LABELS, UPOS_LABELS, get_task
-from hub_server import HubServer
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent

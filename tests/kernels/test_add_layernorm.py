@@ -4,7 +4,6 @@ import torch.nn.functional as F
 
 from adaptertx.kernels import KernelInputError, add_layernorm, add_layernorm_ref
 
-
 SHAPES = [(1, 768), (7, 383), (5, 1), (0, 16), (65, 384)]
 
 

@@ -4,7 +4,6 @@ import torch.nn.functional as F
 
 from adaptertx.kernels import KernelInputError, bias_gelu, bias_gelu_ref
 
-
 SHAPES = [(1, 768), (7, 383), (5, 1), (33, 64), (0, 16), (130, 3072)]
 
 

@@ -4,7 +4,6 @@ import torch.nn.functional as F
 
 from adaptertx.kernels import KernelInputError, add_layernorm, bottleneck_adapter, bottleneck_adapter_ref
 
-
 ACT32 = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "swish": F.silu, "leakyrelu": F.leaky_relu}
 
 

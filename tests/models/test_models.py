@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.models import MODELS, fingerprint, load_model, register_model, resolve, ModelSpec
+from adaptertx.models import MODELS, ModelSpec, fingerprint, load_model, register_model, resolve
 
 
 def test_default_model_is_a_real_bert(me5):
