@@ -112,19 +112,19 @@ def test_fusion_cell_scores_come_from_the_fused_path_and_match_the_library(runs,
     setup, reloaded with plain ``adapters`` (the library's Fusion forward), predicts the same."""
     from adapters import AutoAdapterModel
 
-    from adaptertx import data, fusion
+    from adaptertx import data, fused_fusion
     from adaptertx.features import decode_predictions, encode_examples
     from adaptertx.models import load_tokenizer
     from adaptertx.training.data import subset
 
     served = []
-    original = fusion.FusedFusion._forward_for
+    original = fused_fusion.FusedFusion._forward_for
 
     def counting(self, layer):
         forward = original(self, layer)
         return lambda state: served.append(1) or forward(state)
 
-    monkeypatch.setattr(fusion.FusedFusion, "_forward_for", counting)
+    monkeypatch.setattr(fused_fusion.FusedFusion, "_forward_for", counting)
     result = evaluate(tiny("xcopa", tiny_xlmr_dir, languages=("sw",)), fusion_of([runs["siqa"], runs["mrpc"]]),
                       tmp_path / "cell", progress=False)
     assert served  # the fused path computed the Fuse layers of the test predictions

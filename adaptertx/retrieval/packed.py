@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
 from adaptertx.errors import AdaptertxError
+from adaptertx.fused_fusion import layer_weights
 from adaptertx.kernels import (
     add_layernorm,
     bias_gelu,
@@ -192,8 +193,6 @@ def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype) -> tu
 def _fusion_weights(base: torch.nn.Module, fuse, dtype: torch.dtype) -> tuple[list, list]:
     """Per layer: the packed Fusion (:func:`adaptertx.kernels.adapter_fusion.pack_fusion`) of
     ``fuse`` in its FFN adapter layer, or None, and (softmax temperature, query before LN)."""
-    from adaptertx.fusion import layer_weights
-
     for name in fuse.children:
         _seq_bn_config(base, name)
     packed, settings = [], []
