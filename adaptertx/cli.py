@@ -165,25 +165,30 @@ def data_show(task: str, lang: str, split: str | None, count: int) -> None:
     t = get_task(task)
     code = t.check_language(lang)
     if not t.bundled:
-        raise AdaptertxError(f"task {t.name!r} has no bundled data; {t.hub.note or 'its source is the Hub: ' + str(t.hub.dataset)}")
+        raise AdaptertxError(f"task {t.name!r} has no bundled data; "
+                             f"{t.hub.note or 'its source is the Hub: ' + str(t.hub.dataset)}")
     langs = bundled_data.available(t.bundled)[t.bundled]
     if code not in langs:
         raise AdaptertxError(f"task {t.name!r} has no bundled data for {code!r}; bundled: {', '.join(sorted(langs))}")
     split = split or ("test" if "test" in langs[code] else next(iter(langs[code])))
     rows = bundled_data.load(t.bundled, code, split)
-    click.echo(f"{t.name} · {code} · {split}: {len(rows)} examples" + (" (low-resource)" if code in t.low_resource else ""))
+    click.echo(f"{t.name} · {code} · {split}: {len(rows)} examples"
+               + (" (low-resource)" if code in t.low_resource else ""))
     for row in rows[:count]:
         click.echo(json.dumps(row, ensure_ascii=False))
 
 
 @main.command("train")
 @click.argument("task")
-@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="Base model name, folder or Hub id.")
-@click.option("--adapter", default=ADAPTER, show_default=True, help="adapters config: seq_bn, double_seq_bn, par_bn, lora, ia3, ...")
+@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
+              help="Base model name, folder or Hub id.")
+@click.option("--adapter", default=ADAPTER, show_default=True,
+              help="adapters config: seq_bn, double_seq_bn, par_bn, lora, ia3, ...")
 @click.option("--quant", type=click.Choice(QUANT_MODES), default=QUANT, show_default=True, help=_QUANT_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @_training_options(TRAIN)
-@click.option("--adapter-seed", default=ADAPTER_SEED, show_default=True, help="Adapter/head initialisation (keep one per base).")
+@click.option("--adapter-seed", default=ADAPTER_SEED, show_default=True,
+              help="Adapter/head initialisation (keep one per base).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
 @_clear_errors
@@ -196,7 +201,8 @@ def train_cmd(task, model_name, adapter, quant, out, adapter_seed, resume, overw
     result = train(config, resume=resume, overwrite=overwrite)
     fmt = lambda d: ", ".join(f"{k} {v:.1f}" for k, v in d.items())  # noqa: E731
     click.echo(f"{task}: best epoch {result.best_epoch}; validation {fmt(result.validation)}; "
-               f"test {fmt(result.test) or 'n/a (no English test split)'}; {result.steps} steps in {result.seconds:.0f}s")
+               f"test {fmt(result.test) or 'n/a (no English test split)'}; "
+               f"{result.steps} steps in {result.seconds:.0f}s")
     click.echo(f"adapter: {result.out / 'adapter'}")
 
 
@@ -221,12 +227,14 @@ def train_cmd(task, model_name, adapter, quant, out, adapter_seed, resume, overw
                                "Others: the task whose head goes into adapter/.")
 @click.option("--name", help="Name of the merged adapter (fusion: of its head).")
 @click.option("--density", default=0.2, show_default=True, help="TIES: kept fraction of each task vector.")
-@click.option("--scale", default=1.0, show_default=True, help="TIES / task arithmetic: factor on the merged task vector.")
+@click.option("--scale", default=1.0, show_default=True,
+              help="TIES / task arithmetic: factor on the merged task vector.")
 @click.option("--fusion-config", type=click.Choice(["dynamic", "static"]), default="dynamic", show_default=True)
 @_training_options(what="Fusion / multitask training (default: their presets; lr 5e-5 / 1e-4): ")
 @click.option("--quant", type=click.Choice(QUANT_MODES),
               help="Fusion / multitask: base storage (default: the runs', or int8 with --tasks).")
-@click.option("--model", "model_name", help="Multitask with --tasks: base model name, folder or Hub id (default me5-small).")
+@click.option("--model", "model_name",
+              help="Multitask with --tasks: base model name, folder or Hub id (default me5-small).")
 @click.option("--resume", is_flag=True, help="Fusion / multitask: continue the unfinished training in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
 @_clear_errors
@@ -273,7 +281,8 @@ def merge_cmd(run_dirs, method, out, tasks, sampling, temperature, weights, dev_
     click.echo(f"{method}: {len(result.recipe['inputs'])} adapter(s) -> {result.out} (name {result.name})")
     if result.recipe.get("weights"):
         click.echo("weights: " + ", ".join(f"{i['task']} {w:.3f}" for i, w in zip(result.recipe["inputs"],
-                                                                                 result.recipe["weights"])))
+                                                                                 result.recipe["weights"],
+                                                                                 strict=True)))
     if result.recipe.get("weights_from") == "dev":
         _print_dev_search(result.recipe)
     for warning in result.recipe.get("warnings", []):
@@ -332,10 +341,12 @@ def runs_cmd(root: str) -> None:
 
 @main.command("evaluate")
 @click.argument("target")
-@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="Base model name, folder or Hub id.")
+@click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
+              help="Base model name, folder or Hub id.")
 @click.option("--intermediate", default="none", show_default=True,
               help="'none', a finished `adaptertx train` run, or an `adaptertx merge` folder.")
-@click.option("--fusion", "fusion_runs", help="Comma-separated run folders to fuse (the Fusion trains with the target).")
+@click.option("--fusion", "fusion_runs",
+              help="Comma-separated run folders to fuse (the Fusion trains with the target).")
 @click.option("--quant", type=click.Choice(QUANT_MODES), default=QUANT, show_default=True, help=_QUANT_HELP)
 @click.option("--adapter", default=ADAPTER, show_default=True, help="The target adapter's config.")
 @click.option("--langs", help="Comma-separated languages (default: every language with data).")
@@ -452,7 +463,8 @@ def retrieve() -> None:
 def _encoder_options(fn):
     """Options shared by the retrieve commands: model, adapter, layer, precision, backend."""
     options = [
-        click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True, help="Model name, folder or Hub id."),
+        click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
+                     help="Model name, folder or Hub id."),
         click.option("--adapter", type=click.Path(exists=True, file_okay=False),
                      help="Adapter to apply (seq_bn): a run or merged folder (or its adapter/), including an "
                           "AdapterFusion from `adaptertx merge --method fusion` (its adapters and Fusion)."),
@@ -460,10 +472,12 @@ def _encoder_options(fn):
         click.option("--data-dir", type=click.Path(exists=True, file_okay=False), help="Score your own files instead "
                      "of the bundled data (Tatoeba: tatoeba.xxx-eng.xxx + .eng line-aligned pairs; BUCC: "
                      "{lang}-en.{split}.{lang}, .en, .gold)."),
-        click.option("--bf16", "precision", flag_value="bf16", help="bf16 weights and compute (default where the CPU has bf16)."),
+        click.option("--bf16", "precision", flag_value="bf16",
+                     help="bf16 weights and compute (default where the CPU has bf16)."),
         click.option("--fp32", "precision", flag_value="fp32", help="fp32 weights and compute."),
         click.option("--int8", "precision", flag_value="int8", help="int8 weight storage, bf16 compute."),
-        click.option("--reference", is_flag=True, help="Use the plain Hugging Face pipeline instead of the packed encoder."),
+        click.option("--reference", is_flag=True,
+                     help="Use the plain Hugging Face pipeline instead of the packed encoder."),
         click.option("--out", type=click.Path(dir_okay=False), help="Also write the scores as JSON here."),
     ]
     for option in reversed(options):
@@ -492,8 +506,8 @@ def retrieve_tatoeba(model_name, adapter, layer, data_dir, precision, reference,
                               data_dir=data_dir, **_encoder_kwargs(precision, reference))
     rows = [(s.lang + (" *" if s.low_resource else ""), s.pairs, f"{s.x_to_en:.1f}", f"{s.en_to_x:.1f}")
             for s in scores]
-    click.echo(tabulate(rows, headers=["lang", "pairs", "x→en %", "en→x %"], colalign=("left", "right", "right", "right"),
-                        disable_numparse=True))
+    click.echo(tabulate(rows, headers=["lang", "pairs", "x→en %", "en→x %"],
+                        colalign=("left", "right", "right", "right"), disable_numparse=True))
     for label, group in (("all", scores), ("low-resource *", [s for s in scores if s.low_resource]),
                          ("other", [s for s in scores if not s.low_resource])):
         if group:

@@ -171,7 +171,8 @@ def _budget(raw: dict, where: str, base: TargetSettings | None = None) -> Target
     unknown = set(raw) - set(BUDGET_KEYS) - {"tasks", "languages", "overrides", "max_eval_examples", "data",
                                              "max_candidates"}
     if unknown:
-        raise AdaptertxError(f"{where}: unknown keys {', '.join(sorted(unknown))}; budget keys are {', '.join(BUDGET_KEYS)}")
+        raise AdaptertxError(f"{where}: unknown keys {', '.join(sorted(unknown))}; "
+                             f"budget keys are {', '.join(BUDGET_KEYS)}")
     values = {k: raw[k] for k in BUDGET_KEYS if k in raw}
     try:
         return (base or TARGET).replace(**values)
@@ -231,7 +232,8 @@ def _load_configs(raw: dict, path: Path) -> tuple[ConfigSpec, ...]:
         need = {"none": (0, 0), "single": (1, 1)}.get(method, (2, 99))
         if not need[0] <= len(tasks) <= need[1]:
             raise AdaptertxError(f"{where}: method {method!r} takes {need[0]}" +
-                                 (f"-{need[1]}" if need[1] != need[0] and need[1] < 99 else "+" if need[1] == 99 else "") +
+                                 (f"-{need[1]}" if need[1] != need[0] and need[1] < 99
+                                  else "+" if need[1] == 99 else "") +
                                  f" tasks, got {len(tasks)}")
         extra = set(c) - {"name", "method", "tasks", "weights", "sampling", "temperature", "fusion_data"}
         if extra:
@@ -365,7 +367,8 @@ def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
     todo = [x for x in cells if not store.finished(cell_id(x[0].name, x[1], x[2]))]
     skipped = [cell_id(c.name, t, s) for c, t, s in cells if store.finished(cell_id(c.name, t, s))]
     if skipped:
-        echo(f"{len(skipped)} of {len(cells)} cells already finished in {out / STORE_FILE}; running the other {len(todo)}")
+        echo(f"{len(skipped)} of {len(cells)} cells already finished in {out / STORE_FILE}; "
+             f"running the other {len(todo)}")
     ran, failed = [], {}
     if not todo:
         return StudyResult(out, ran, skipped, failed, time.time() - start)
@@ -398,7 +401,8 @@ def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
         inter = inters[spec.name]
         base = {"cell": cid, "config": spec.name, "method": spec.method, "target": target, "seed": seed,
                 "intermediate": {"tasks": list(spec.tasks),
-                                 "dir": str(inter.source) if not isinstance(inter, Exception) and inter.source else None}}
+                                 "dir": (str(inter.source) if not isinstance(inter, Exception) and inter.source
+                                         else None)}}
         try:
             if isinstance(inter, Exception):
                 raise inter

@@ -75,8 +75,8 @@ def layer_weights(layer, block) -> FusionWeights:
 def _same_activation(acts, block):
     names = {getattr(a, "__name__", type(a).__name__) for a in acts}
     if len(names) != 1:
-        raise AdaptertxError(f"the adapters of {block.name!r} use different non-linearities ({', '.join(sorted(names))}); "
-                             f"fused inference needs one")
+        raise AdaptertxError(f"the adapters of {block.name!r} use different non-linearities "
+                             f"({', '.join(sorted(names))}); fused inference needs one")
     return acts[0]
 
 

@@ -204,7 +204,8 @@ def load_source(source: str | os.PathLike) -> Source:
 def _run_source(root: Path) -> Source:
     run = rundir.finished_run(root, "run")
     adapter = root / "adapter"
-    rundir.require_files(adapter, ("adapter_config.json", "adapter.safetensors"), "run (adapter/ in the AdapterHub layout)")
+    rundir.require_files(adapter, ("adapter_config.json", "adapter.safetensors"),
+                         "run (adapter/ in the AdapterHub layout)")
     if not run.get("fingerprint"):
         raise AdaptertxError(f"{root / 'run.json'} records no base fingerprint")
     cfg = rundir.read_json(adapter / "adapter_config.json")
@@ -254,7 +255,8 @@ def _merged_source(root: Path) -> Source:
     if method == "fusion":
         if run is None:
             raise AdaptertxError(f"{root} holds no run.json: an AdapterFusion folder is a finished training run")
-        rundir.require_files(adapter, ("adapter_setup.json",), "AdapterFusion folder (adapter/ from save_adapter_setup)")
+        rundir.require_files(adapter, ("adapter_setup.json",),
+                             "AdapterFusion folder (adapter/ from save_adapter_setup)")
         files = _walk(root, adapter)
         if not any(f.endswith("model_adapter_fusion.safetensors") for f in files):
             raise AdaptertxError(f"{adapter} holds no fusion weights (model_adapter_fusion.safetensors)")

@@ -112,7 +112,8 @@ def adapter_config(adapter: str):
     try:
         return AdapterConfig.load(adapter)
     except (ValueError, TypeError, KeyError, OSError):
-        raise AdaptertxError(f"unknown adapter config {adapter!r}; try seq_bn, double_seq_bn, par_bn, lora or ia3") from None
+        raise AdaptertxError(f"unknown adapter config {adapter!r}; "
+                             f"try seq_bn, double_seq_bn, par_bn, lora or ia3") from None
 
 
 def build_adapter_model(model_name: str, task: Task | Sequence[Task], *, adapter: str = ADAPTER,
@@ -188,5 +189,6 @@ def load_trainable_state(model: PreTrainedModel, state: dict[str, torch.Tensor])
     with torch.no_grad():
         for n, p in params.items():
             if p.shape != state[n].shape:
-                raise AdaptertxError(f"checkpoint tensor {n} has shape {tuple(state[n].shape)}, model needs {tuple(p.shape)}")
+                raise AdaptertxError(f"checkpoint tensor {n} has shape {tuple(state[n].shape)}, "
+                                     f"model needs {tuple(p.shape)}")
             p.copy_(state[n])

@@ -395,8 +395,10 @@ def _trace_rows(report: Report) -> list[list[str]]:
         tr = c.get("trace", {})
         ver = tr.get("versions", {})
         splits = sorted({f"{r['split']}:{r['source']}" for r in c.get("languages", {}).values()})
-        ckpts = ", ".join(f"{k['role']}:{Path(k['path']).parent.parent.name if k['role'] == 'target' else Path(k['path']).parent.name}"
-                          f"@{k['sha256'][:10]}" for k in tr.get("checkpoints", []))
+        ckpts = ", ".join(
+            f"{k['role']}:"
+            f"{Path(k['path']).parent.parent.name if k['role'] == 'target' else Path(k['path']).parent.name}"
+            f"@{k['sha256'][:10]}" for k in tr.get("checkpoints", []))
         rows.append([c["cell"], c.get("status", "?"), tr.get("fingerprint") or "–", str(c.get("seed")),
                      "; ".join(splits) or "–", ckpts or "–",
                      " ".join(f"{k}={ver[k]}" for k in ("adaptertx", "torch", "transformers", "adapters") if k in ver)])
@@ -468,7 +470,8 @@ def write_report(store: str | os.PathLike, out: str | os.PathLike | None = None,
     atomic_write_text(folder / "report.md", md)
     body = {"study": report.study.get("study"), "study_hash": report.study.get("study_hash"),
             "baseline": report.baseline, "scores": report.scores, "averages": report.averages,
-            "gains": [c.__dict__ for c in report.gains], "multi_vs_single": [c.__dict__ for c in report.multi_vs_single],
+            "gains": [c.__dict__ for c in report.gains],
+            "multi_vs_single": [c.__dict__ for c in report.multi_vs_single],
             "overall": report.overall, "missing": report.missing,
             "failed": [{"cell": c["cell"], "error": c.get("error")} for c in report.failed]}
     atomic_write_text(folder / "report.json", json.dumps(body, indent=2) + "\n")

@@ -259,7 +259,8 @@ def prepare(out: Path, config: dict, *, resume: bool, overwrite: bool, method: s
         if run_file.exists() and run_status(out) == "finished":
             raise AdaptertxError(f"{out} already holds a finished run; pass --overwrite to replace it")
         if run_file.exists():
-            raise AdaptertxError(f"{out} holds an unfinished run; pass --resume to continue it or --overwrite to start again")
+            raise AdaptertxError(f"{out} holds an unfinished run; "
+                                 f"pass --resume to continue it or --overwrite to start again")
         raise AdaptertxError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
 
 

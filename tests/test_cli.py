@@ -29,9 +29,9 @@ def test_tasks_lists_every_task_with_offline_availability():
     out = run("tasks").output
     for name in TASKS:
         assert f"\n{name} " in out or out.startswith(f"{name} ")
-    line = next(l for l in out.splitlines() if l.startswith("mnli "))
+    line = next(row for row in out.splitlines() if row.startswith("mnli "))
     assert "Hub only" in line
-    line = next(l for l in out.splitlines() if l.startswith("masakhaner "))
+    line = next(row for row in out.splitlines() if row.startswith("masakhaner "))
     assert "10 lang" in line and "validation=" in line and "test=" in line
     retrieval = run("tasks", "--family", "retrieval").output
     assert "tatoeba" in retrieval and "xnli" not in retrieval
@@ -42,7 +42,7 @@ def test_data_show_prints_real_examples():
     assert result.exit_code == 0
     lines = result.output.splitlines()
     assert lines[0].startswith("xnli · sw · test:") and "(low-resource)" in lines[0]
-    rows = [json.loads(l) for l in lines[1:]]
+    rows = [json.loads(line) for line in lines[1:]]
     assert len(rows) == 2 and all(r["label"] in ("entailment", "neutral", "contradiction") for r in rows)
 
 

@@ -129,7 +129,7 @@ def test_qa_gold_positions_round_trip(qa_features, qa_examples):
     assert list(pred) == [ex["id"] for ex in qa_examples]
     ok = [normalize_answer(pred[ex["id"]]) == normalize_answer(ex["answers"]["text"][0]) for ex in qa_examples]
     assert sum(ok) / len(ok) >= 0.98
-    multi_ok = [o for ex, o in zip(qa_examples, ok) if windows[ex["id"]] > 1]
+    multi_ok = [o for ex, o in zip(qa_examples, ok, strict=True) if windows[ex["id"]] > 1]
     assert sum(multi_ok) / len(multi_ok) >= 0.98
     # The answer is found in a later window for some examples.
     first_row = {}

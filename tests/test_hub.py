@@ -156,7 +156,8 @@ def test_round_trip_merge_with_every_head(sources, tmp_path, tiny_xlmr_dir, tiny
     tokenizer = tiny_xlmr[1]
     result = export(sources["avg"], "me/avg", tmp_path / "export")
     assert result.kind == "merge" and result.method == "average"
-    assert {"heads/mrpc/model_head.safetensors", "heads/copa/model_head.safetensors", "recipe.json"} <= set(result.files)
+    assert ({"heads/mrpc/model_head.safetensors", "heads/copa/model_head.safetensors", "recipe.json"}
+            <= set(result.files))
     exported = plain_model(tiny_xlmr_dir)
     name = exported.load_adapter(str(result.out), set_active=True, use_safetensors=True)
     reference = plain_model(tiny_xlmr_dir)
@@ -268,7 +269,8 @@ def test_results_of_another_base_or_folder_are_refused(sources, tmp_path):
     fp = json.loads((src / "recipe.json").read_text())["fingerprint"]
     mixed = _study(tmp_path / "mixed", [_cell("a|xcopa|seed0", "xcopa", src, 0, {"sw": 50.0}, fp),
                                         _cell("a|xcopa|seed1", "xcopa", src, 1, {"sw": 51.0}, "0123456789abcdef")])
-    with pytest.raises(AdaptertxError, match=r"fingerprint mismatch: results cells a\|xcopa\|seed1 \(0123456789abcdef\)"):
+    with pytest.raises(AdaptertxError,
+                       match=r"fingerprint mismatch: results cells a\|xcopa\|seed1 \(0123456789abcdef\)"):
         export(src, "me/avg", tmp_path / "export", results=mixed)
     others = _study(tmp_path / "others", [_cell("b|xcopa|seed0", "xcopa", sources["mrpc"], 0, {"sw": 5.0}, fp)])
     with pytest.raises(AdaptertxError, match="holds no finished cells for"):

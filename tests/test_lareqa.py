@@ -115,7 +115,8 @@ def test_reader(files, tmp_path):
 
     plain = tmp_path / "plain.json"
     plain.write_text(json.dumps(xquadr(PARAGRAPHS["en"], breaks=False)), encoding="utf-8")
-    with pytest.raises(AdaptertxError, match=r"plain\.json: data\[0\]\.paragraphs\[0\]: no 'sentences' and 'sentence_breaks'"):
+    with pytest.raises(AdaptertxError,
+                       match=r"plain\.json: data\[0\]\.paragraphs\[0\]: no 'sentences' and 'sentence_breaks'"):
         read_file(plain, "xquadr_json")
     doc = xquadr(PARAGRAPHS["en"])
     doc["data"][0]["paragraphs"][1]["sentence_breaks"] = [[0, 24]]
@@ -154,7 +155,7 @@ def _brute_force(model_dir, files):
         qs = encoder([q["question"] for q in s["questions"]])
         order = torch.argsort(qs @ cands.T, dim=1, descending=True)
         aps = []
-        for q, row in zip(s["questions"], order.tolist()):
+        for q, row in zip(s["questions"], order.tolist(), strict=True):
             ranked = [ids[j] for j in row][:20]
             hits, total = 0, 0.0
             for i, c in enumerate(ranked):

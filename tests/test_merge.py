@@ -188,7 +188,8 @@ def test_bad_input_is_a_clear_error_and_nothing_is_overwritten(runs, tmp_path):
         (dict(method="average", run_dirs=[runs["mrpc"], unfinished]), "is not finished"),
         (dict(method="average", run_dirs=[runs["mrpc"], tmp_path]), "has no run.json"),
         (dict(method="fusion", run_dirs=pair), "needs --target"),
-        (dict(method="fusion", run_dirs=pair, options=MergeOptions(target="mrpc", weights=[1, 1])), "--weights applies"),
+        (dict(method="fusion", run_dirs=pair, options=MergeOptions(target="mrpc", weights=[1, 1])),
+         "--weights applies"),
         (dict(method="average", run_dirs=pair, options=MergeOptions(target="xnli")), "none of the inputs' tasks"),
         (dict(method="ties", run_dirs=pair, options=MergeOptions(density=0)), "density"),
         (dict(method="nosuch", run_dirs=pair), "unknown merge method 'nosuch'"),
@@ -202,8 +203,9 @@ def test_bad_input_is_a_clear_error_and_nothing_is_overwritten(runs, tmp_path):
         assert not (tmp_path / "merged").exists(), message
     for method in ("average", "ties", "fusion"):
         with pytest.raises(AdaptertxError, match="exists and is not empty"):
-            merge(method, pair, existing, MergeOptions(target="mrpc" if method == "fusion" else None,
-                                                       settings=FUSION.replace(max_steps=1) if method == "fusion" else None))
+            merge(method, pair, existing,
+                  MergeOptions(target="mrpc" if method == "fusion" else None,
+                               settings=FUSION.replace(max_steps=1) if method == "fusion" else None))
     assert [p.name for p in existing.iterdir()] == ["keep.txt"] and (existing / "keep.txt").read_text() == "mine"
 
 
@@ -234,7 +236,8 @@ def test_fusion_trains_saves_a_standard_setup_and_fused_inference_matches(runs, 
     assert run["status"] == "finished" and run["fusion"]["adapters"] == ["mrpc", "copa"]
     recipe = json.loads((result.out / "recipe.json").read_text())
     assert recipe["method"] == "fusion" and recipe["target"] == "mrpc" and "accuracy" in recipe["validation"]
-    files = {p.relative_to(result.out / "adapter").as_posix() for p in (result.out / "adapter").rglob("*") if p.is_file()}
+    files = {p.relative_to(result.out / "adapter").as_posix() for p in (result.out / "adapter").rglob("*")
+             if p.is_file()}
     assert "mrpc,copa/model_adapter_fusion.safetensors" in files and "fusion_mrpc/model_head.safetensors" in files
     assert not any(f.endswith(".bin") for f in files)
 
@@ -245,7 +248,8 @@ def test_fusion_trains_saves_a_standard_setup_and_fused_inference_matches(runs, 
     params = dict(model.named_parameters())
     assert all(torch.equal(params[k], v) for k, v in saved.items())
     # The trained fusion moved away from its initialisation.
-    assert any(not torch.allclose(v, torch.eye(v.shape[0]), atol=1e-5) for k, v in saved.items() if k.endswith("value.weight"))
+    assert any(not torch.allclose(v, torch.eye(v.shape[0]), atol=1e-5) for k, v in saved.items()
+               if k.endswith("value.weight"))
     ids = torch.tensor([[0, 3293, 83, 2, 2, 10, 3034, 2], [0, 47, 1294, 2, 2, 7, 2, 1]])
     mask = torch.tensor([[1] * 8, [1] * 7 + [0]])
     with torch.no_grad():

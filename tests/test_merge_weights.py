@@ -124,7 +124,7 @@ def test_greedy_soup_and_auto_switch(runs, tmp_path):
     order = sorted(range(3), key=lambda i: -singles[i]["mean"])
     soup, best, tried = [order[0]], singles[order[0]]["mean"], candidates[3:]
     assert len(tried) == 2
-    for i, trial in zip(order[1:], tried):
+    for i, trial in zip(order[1:], tried, strict=True):
         members = soup + [i]
         assert trial["weights"] == [1 / len(members) if j in members else 0.0 for j in range(3)]
         if trial["mean"] >= best:

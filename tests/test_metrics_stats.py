@@ -14,7 +14,7 @@ from adaptertx.tasks import get_task
 
 
 def from_stats(task, rows):
-    cols = [sum(col) for col in zip(*rows)]
+    cols = [sum(col) for col in zip(*rows, strict=True)]
     return stats_score(task, [*cols, len(rows)])
 
 
@@ -44,7 +44,7 @@ def test_classification_accuracy_xnli():
     assert 0 < want["accuracy"] < 100
     assert all(len(r) == 1 and r[0] in (0.0, 1.0) for r in rows)
     # A mapping by example id gives the same rows as a list in example order.
-    assert example_stats(task, {ex["id"]: p for ex, p in zip(examples, preds)}, examples) == rows
+    assert example_stats(task, {ex["id"]: p for ex, p in zip(examples, preds, strict=True)}, examples) == rows
 
 
 def test_multiple_choice_accuracy_xcopa():
@@ -52,7 +52,7 @@ def test_multiple_choice_accuracy_xcopa():
     rng = random.Random(2)
     preds = [rng.randrange(2) for _ in examples]
     want, rows = check("xcopa", preds, examples)
-    assert want["accuracy"] == 100.0 * sum(p == ex["label"] for p, ex in zip(preds, examples)) / 40
+    assert want["accuracy"] == 100.0 * sum(p == ex["label"] for p, ex in zip(preds, examples, strict=True)) / 40
     assert 0 < want["accuracy"] < 100
     assert check("xcopa", [ex["label"] for ex in examples], examples)[0] == {"accuracy": 100.0}
 

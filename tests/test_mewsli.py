@@ -83,7 +83,8 @@ def test_readers(release, tmp_path):
     doc = article(*ARTICLES[0])
     doc["mentions"][0]["mention_span"]["start"] += 1
     bad = write_jsonl(tmp_path / "bad.jsonl", [doc])
-    with pytest.raises(AdaptertxError, match=r"bad\.jsonl, line 1: mentions\[0\]: the article text at .* not the mention 'Paris'"):
+    with pytest.raises(AdaptertxError,
+                       match=r"bad\.jsonl, line 1: mentions\[0\]: the article text at .* not the mention 'Paris'"):
         read_file(bad, "mewsli_mentions")
     doc = article(*ARTICLES[0])
     doc["context"]["sentence_spans"][1] = [40, 999]
@@ -93,7 +94,8 @@ def test_readers(release, tmp_path):
     write_jsonl(tmp_path / "bad.jsonl", [{"entity_id": "Q1", "description": " "}])
     with pytest.raises(AdaptertxError, match="'description' is missing or empty"):
         read_file(bad, "mewsli_candidates")
-    write_jsonl(tmp_path / "bad.jsonl", [{"entity_id": "Q1", "description": "a"}, {"entity_id": "Q1", "description": "b"}])
+    write_jsonl(tmp_path / "bad.jsonl", [{"entity_id": "Q1", "description": "a"},
+                                         {"entity_id": "Q1", "description": "b"}])
     with pytest.raises(AdaptertxError, match="duplicate example id 'Q1'"):
         read_file(bad, "mewsli_candidates")
 

@@ -77,7 +77,8 @@ def test_epoch_plan_covers_each_task_and_splits_rows_across_processes():
     plan = epoch_plan(rows, 4, probs, seed=1, epoch=0)
     assert len(plan) == 3 + 2  # ceil(10 / 4) + ceil(7 / 4)
     assert [t for t, _ in plan] == task_schedule(probs, 5, seed=1, epoch=0)
-    assert all(t1 == t2 and torch.equal(i1, i2) for (t1, i1), (t2, i2) in zip(plan, epoch_plan(rows, 4, probs, 1, 0)))
+    assert all(t1 == t2 and torch.equal(i1, i2)
+               for (t1, i1), (t2, i2) in zip(plan, epoch_plan(rows, 4, probs, 1, 0), strict=True))
     # Every batch has rows of its own task only, at most batch_size of them; a task's first pass
     # visits each of its rows once.
     for t, idx in plan:
@@ -90,7 +91,7 @@ def test_epoch_plan_covers_each_task_and_splits_rows_across_processes():
     r0 = epoch_plan([16, 16], 2, [0.5, 0.5], seed=2, epoch=0, rank=0, world=2)
     r1 = epoch_plan([16, 16], 2, [0.5, 0.5], seed=2, epoch=0, rank=1, world=2)
     assert [t for t, _ in r0] == [t for t, _ in r1] and len(r0) == 8 and len(set(t for t, _ in r0)) == 2
-    for (t, a), (_, b) in zip(r0, r1):
+    for (_, a), (_, b) in zip(r0, r1, strict=True):
         assert not set(a.tolist()) & set(b.tolist())
 
 
@@ -118,7 +119,8 @@ def test_each_head_gets_gradient_only_from_its_tasks_batches(tiny_xlmr_dir, tmp_
         build_adapter_model(tiny_xlmr_dir, tasks, quant="none")
 
     # In the training loop: after one optimiser step only the drawn task's head has moved.
-    init = {n: p.detach().clone() for n, p in build_adapter_model(tiny_xlmr_dir, tasks, quant="none", name="multitask").model
+    init = {n: p.detach().clone()
+            for n, p in build_adapter_model(tiny_xlmr_dir, tasks, quant="none", name="multitask").model
             .named_parameters() if n.startswith("heads.")}
     result = train_multitask(["mrpc", "copa"], tmp_path / "one", model=tiny_xlmr_dir, max_steps=1, progress=False,
                              **TINY)
@@ -143,7 +145,8 @@ def test_output_layout_loads_in_plain_adapters_with_the_trained_logits(trained, 
     assert sorted(p.name for p in (out / "adapter").iterdir()) == [
         "adapter.safetensors", "adapter_config.json", "head_config.json", "model_head.safetensors"]
     for task in ("mrpc", "copa"):
-        assert sorted(p.name for p in (out / "heads" / task).iterdir()) == ["head_config.json", "model_head.safetensors"]
+        assert sorted(p.name for p in (out / "heads" / task).iterdir()) == ["head_config.json",
+                                                                             "model_head.safetensors"]
     assert not list(out.rglob("*.bin")) and not list(out.rglob("*.pt"))
     run = json.loads((out / "run.json").read_text())
     recipe = json.loads((out / "recipe.json").read_text())
@@ -161,7 +164,7 @@ def test_output_layout_loads_in_plain_adapters_with_the_trained_logits(trained, 
         (recipe["validation"]["mrpc"]["accuracy"] + recipe["validation"]["copa"]["accuracy"]) / 2)
     assert recipe["train"]["max_steps"] == 3 and "adaptertx" in recipe["versions"]
     assert recipe["steps"] == 3 and sum(recipe["batches"].values()) == 3
-    steps = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps if "loss" in s] == [1, 2, 3]
 
     # The trained model: the same construction with the best checkpoint's tensors.
@@ -213,14 +216,15 @@ def test_resume_reaches_the_same_result(tmp_path, tiny_xlmr_dir):
         train_multitask(["mrpc", "copa"], tmp_path / "b", resume=True, **dict(kw, lr=5e-4))
     resumed = train_multitask(["mrpc", "copa"], tmp_path / "b", resume=True, **kw)
     assert resumed.steps == full.steps == 10
-    for rel in ("adapter/adapter.safetensors", "heads/mrpc/model_head.safetensors", "heads/copa/model_head.safetensors"):
+    for rel in ("adapter/adapter.safetensors", "heads/mrpc/model_head.safetensors",
+                "heads/copa/model_head.safetensors"):
         a, b = load_file(str(full.out / rel)), load_file(str(resumed.out / rel))
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    log_a = [json.loads(l) for l in (full.out / "metrics.jsonl").read_text().splitlines()]
-    log_b = [json.loads(l) for l in (resumed.out / "metrics.jsonl").read_text().splitlines()]
-    assert [(l["step"], l.get("tasks")) for l in log_a] == [(l["step"], l.get("tasks")) for l in log_b]
+    log_a = [json.loads(line) for line in (full.out / "metrics.jsonl").read_text().splitlines()]
+    log_b = [json.loads(line) for line in (resumed.out / "metrics.jsonl").read_text().splitlines()]
+    assert [(rec["step"], rec.get("tasks")) for rec in log_a] == [(rec["step"], rec.get("tasks")) for rec in log_b]
     assert resumed.validation.keys() == full.validation.keys()
     assert all(resumed.validation[t] == pytest.approx(full.validation[t]) for t in full.validation)
     assert json.loads((resumed.out / "recipe.json").read_text())["batches"] == full.recipe["batches"]

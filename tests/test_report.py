@@ -42,7 +42,7 @@ def make_cell(config: str, method: str, target: str, seed: int, langs: dict[str,
     task = get_task(target)
     languages = {}
     for lang, rows in langs.items():
-        sums = [sum(col) for col in zip(*rows)]
+        sums = [sum(col) for col in zip(*rows, strict=True)]
         got = scores[lang] if scores else stats_score(task, [*sums, len(rows)])
         languages[lang] = {"scores": {k: round(v, 4) for k, v in got.items()}, "n": len(rows),
                            "low_resource": is_low_resource(lang), "split": "test", "source": "bundled",

@@ -28,8 +28,8 @@ def test_each_family_trains_end_to_end(tmp_path, tiny_xlmr_dir, task, metric):
     # A standard AdapterHub folder: adapter + head, safetensors only.
     files = sorted(p.name for p in (result.out / "adapter").iterdir())
     assert files == ["adapter.safetensors", "adapter_config.json", "head_config.json", "model_head.safetensors"]
-    lines = [json.loads(l) for l in (result.out / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines if "loss" in l] == [1, 2, 3]
+    lines = [json.loads(line) for line in (result.out / "metrics.jsonl").read_text().splitlines()]
+    assert [rec["step"] for rec in lines if "loss" in rec] == [1, 2, 3]
     versus = run["test_vs_majority"]
     if task in ("mrpc", "copa"):
         assert versus["difference"] == pytest.approx(run["test"]["accuracy"] - run["test_majority_baseline"])
@@ -82,9 +82,9 @@ def test_resume_reaches_the_same_result(tmp_path, tiny_xlmr_dir):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    log_a = [json.loads(l) for l in (full.out / "metrics.jsonl").read_text().splitlines()]
-    log_b = [json.loads(l) for l in (resumed.out / "metrics.jsonl").read_text().splitlines()]
-    assert [l.get("step") for l in log_a] == [l.get("step") for l in log_b]
+    log_a = [json.loads(line) for line in (full.out / "metrics.jsonl").read_text().splitlines()]
+    log_b = [json.loads(line) for line in (resumed.out / "metrics.jsonl").read_text().splitlines()]
+    assert [rec.get("step") for rec in log_a] == [rec.get("step") for rec in log_b]
     assert resumed.validation == pytest.approx(full.validation)
 
 

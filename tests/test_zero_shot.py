@@ -84,7 +84,8 @@ def test_zero_shot_scores_match_plain_adapters_reload(runs, tiny_xlmr_dir, tmp_p
     model = AutoAdapterModel.from_pretrained(tiny_xlmr_dir)
     model.load_adapter_setup(str(tmp_path / "cell" / "adapter"), use_safetensors=True)
     model.eval()
-    after = {k.replace("inter0_siqa", "siqa"): v for k, v in model.state_dict().items() if ".adapters.inter0_siqa." in k}
+    after = {k.replace("inter0_siqa", "siqa"): v for k, v in model.state_dict().items()
+             if ".adapters.inter0_siqa." in k}
     assert after and all(torch.equal(after[k].cpu(), before[k]) for k in after if k in before)
     rows = subset(data.load("xcopa", "sw", "test"), 8)
     feats = encode_examples(get_task("copa"), rows, load_tokenizer(tiny_xlmr_dir), max_length=48)
@@ -137,7 +138,7 @@ def test_fusion_cell_scores_come_from_the_fused_path_and_match_the_library(runs,
     with torch.no_grad():
         logits = model(**feats.batch(range(len(rows)), labels=False)).logits
     preds = decode_predictions(get_task("copa"), feats, logits)
-    assert [[float(p == r["label"])] for p, r in zip(preds, rows)] == result.languages["sw"].stats
+    assert [[float(p == r["label"])] for p, r in zip(preds, rows, strict=True)] == result.languages["sw"].stats
 
 
 def test_missing_languages_are_reported_not_skipped(tiny_xlmr_dir):

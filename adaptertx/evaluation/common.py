@@ -163,7 +163,7 @@ def progress_bar(items, progress: bool, desc: str):
 
 def sums(stats: list[list[float]]) -> list[float]:
     """Column sums of per-example counts, then the number of examples."""
-    cols = [sum(col) for col in zip(*stats)] if stats else []
+    cols = [sum(col) for col in zip(*stats, strict=True)] if stats else []
     return [*cols, len(stats)]
 
 

@@ -94,7 +94,8 @@ def tatoeba_files(data_dir: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
                 continue
             code = normalize_or_keep(m.group("lang"))
             if code in found:
-                raise AdaptertxError(f"{root}: two file pairs for language {code!r}: {found[code][0].name} and {src.name}")
+                raise AdaptertxError(f"{root}: two file pairs for language {code!r}: {found[code][0].name} "
+                                     f"and {src.name}")
             found[code] = (src, eng)
     if not found:
         raise AdaptertxError(f"{root} holds no Tatoeba-style pairs: expected files like tatoeba.deu-eng.deu "
@@ -138,7 +139,8 @@ def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: 
             wanted = [normalize_or_keep(code) for code in langs]
             missing = [c for c in wanted if c not in files]
             if missing:
-                raise AdaptertxError(f"no pairs for {', '.join(missing)} in {data_dir}; found {', '.join(sorted(files))}")
+                raise AdaptertxError(f"no pairs for {', '.join(missing)} in {data_dir}; "
+                                     f"found {', '.join(sorted(files))}")
             codes = wanted
         else:
             codes = sorted(files)
@@ -197,11 +199,12 @@ def _bucc_data(lang: str, data_dir: str | os.PathLike | None, split: str):
     code = normalize_or_keep(raw)
     paths = {}
     for key, suffix in (("source", raw), ("target", "en"), ("gold", "gold")):
-        candidates = [root / f"{name}-en.{split}.{suffix if key != 'source' else name}" for name in dict.fromkeys((raw, code))]
+        candidates = [root / f"{name}-en.{split}.{suffix if key != 'source' else name}"
+                      for name in dict.fromkeys((raw, code))]
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
-            raise AdaptertxError(f"{root}: missing {candidates[0].name} (BUCC files are {{lang}}-en.{{split}}.{{lang}}, "
-                                 f".en and .gold)")
+            raise AdaptertxError(f"{root}: missing {candidates[0].name} "
+                                 f"(BUCC files are {{lang}}-en.{{split}}.{{lang}}, .en and .gold)")
         paths[key] = path
     source = data.read_file(paths["source"], "bucc_sentences")
     target = data.read_file(paths["target"], "bucc_sentences")
@@ -242,7 +245,7 @@ def evaluate_bucc(model_name: str, lang: str = "zh", *, split: str = "dev", data
     tgt = encoder([bucc.target[i] for i in tgt_ids], progress=progress)
     found = mine(src, tgt, k, block=block)
     gold = set(bucc.gold)
-    correct = [(src_ids[s], tgt_ids[t]) in gold for s, t in zip(found.src.tolist(), found.tgt.tolist())]
+    correct = [(src_ids[s], tgt_ids[t]) in gold for s, t in zip(found.src.tolist(), found.tgt.tolist(), strict=True)]
     best = optimize_threshold(found.score, correct, len(gold))
     return BuccScore(bucc.lang, len(src_ids), len(tgt_ids), len(gold), len(correct), best.extracted, best.threshold,
                      100 * best.precision, 100 * best.recall, 100 * best.f1, encoder.truncated)
@@ -371,7 +374,7 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
         q_emb = q_encoder([q["question"] for q in questions])
         _, index = knn(q_emb, cand_emb, MAP_K)
         stats = [[average_precision_at_k(answers[q["id"]], [cand_ids[j] for j in row], MAP_K)]
-                 for q, row in zip(questions, index.tolist())]
+                 for q, row in zip(questions, index.tolist(), strict=True)]
         scores = stats_score(task, sums(stats))
         results[code] = LanguageResult(rounded(scores), len(questions), is_low(code), "test", str(own[code]), stats,
                                        ids_sha(questions))
@@ -484,7 +487,7 @@ def _evaluate_mewsli(config: EvalConfig, adapter: str | None, progress: bool
         rows = queries[code]
         _, index = knn(q_encoder([f"{m['mention']}: {m['sentence']}" for m in rows]), cand_emb, MAP_K)
         stats = [[average_precision_at_k({m["entity_id"]}, [cand_ids[j] for j in row], MAP_K)]
-                 for m, row in zip(rows, index.tolist())]
+                 for m, row in zip(rows, index.tolist(), strict=True)]
         results[code] = LanguageResult(rounded(stats_score(task, sums(stats))), len(rows), is_low(code), split,
                                        str(mentions_path), stats, ids_sha(rows))
     return results, missing, notes

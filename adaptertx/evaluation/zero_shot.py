@@ -97,7 +97,8 @@ def eval_sets(task: Task, config: EvalConfig) -> tuple[dict[str, tuple[list[dict
             try:
                 code = normalize(lang)
             except AdaptertxError:
-                raise AdaptertxError(f"unknown language {lang!r} for {task.name}; give its file with --data-file") from None
+                raise AdaptertxError(f"unknown language {lang!r} for {task.name}; "
+                                     f"give its file with --data-file") from None
             if code not in task.languages and code not in own:
                 raise AdaptertxError(f"task {task.name!r} has no language {lang!r}; its languages are "
                                      f"{', '.join(task.languages)} (others need --data-file)")
@@ -179,7 +180,8 @@ def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathL
         return evaluate_retrieval(config, inter, task, start, progress)
     sets, missing = eval_sets(task, config)
     if not sets:
-        raise AdaptertxError(f"no data to evaluate {task.name} on: " + "; ".join(f"{k}: {v}" for k, v in missing.items()))
+        raise AdaptertxError(f"no data to evaluate {task.name} on: "
+                             + "; ".join(f"{k}: {v}" for k, v in missing.items()))
     train_task = get_task(task.english_train)
     built = _train_target(config, inter, train_task, Path(out), progress)
 

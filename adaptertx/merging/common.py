@@ -80,7 +80,7 @@ def recipe(method: str, inputs: list[TrainedAdapter], weights: list[float] | Non
     return {
         "method": method,
         "name": name,
-        "inputs": [i.record(w) for i, w in zip(inputs, weights or [None] * len(inputs))],
+        "inputs": [i.record(w) for i, w in zip(inputs, weights or [None] * len(inputs), strict=True)],
         "weights": weights,
         "weights_given": given,
         "fingerprint": inputs[0].fingerprint,

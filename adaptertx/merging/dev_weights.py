@@ -232,7 +232,7 @@ class _Scorer:
                 p.copy_(merged[k])
         scores = {}
         model = self.built.model
-        for t, head, feats, bs in zip(self.tasks, self.heads, self.features, self.batch_sizes):
+        for t, head, feats, bs in zip(self.tasks, self.heads, self.features, self.batch_sizes, strict=True):
             model.active_head = head
             scores[t.task.name] = score_features(self.built, t.task, feats, t.rows, batch_size=bs)[t.metric]
         row = {"weights": list(weights), "scores": scores, "mean": sum(scores.values()) / len(scores)}

@@ -72,7 +72,7 @@ def _fusion_model(model_name: str, quant: str, seed: int, inputs: list[TrainedAd
     (initialised from ``seed``, with the one-GEMM fusion attention), on the base the adapters
     were trained on (refused otherwise)."""
     model, tokenizer, base_print = load_base_checked(model_name, quant, inputs[0].fingerprint)
-    for inp, name in zip(inputs, names):
+    for inp, name in zip(inputs, names, strict=True):
         model.load_adapter(str(inp.adapter_dir), load_as=name, with_head=False, use_safetensors=True)
         if heads:
             model.load_head(str(inp.adapter_dir), load_as=inp.task, use_safetensors=True)

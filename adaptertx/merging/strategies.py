@@ -85,7 +85,7 @@ def adapter_state(inp: TrainedAdapter, name: str = "merged") -> dict[str, torch.
 
 def check_keys(states: list[dict[str, torch.Tensor]], inputs: list[TrainedAdapter]) -> None:
     first = states[0]
-    for s, inp in zip(states[1:], inputs[1:]):
+    for s, inp in zip(states[1:], inputs[1:], strict=True):
         if s.keys() != first.keys():
             diff = sorted(set(s) ^ set(first))[:3]
             raise AdaptertxError(f"the adapter in {inp.run_dir} has other tensors than {inputs[0].run_dir} ({diff})")
@@ -105,7 +105,7 @@ def average_state(states: list[dict[str, torch.Tensor]], weights: list[float]) -
     out = {}
     for key, first in states[0].items():
         acc = torch.zeros_like(first, dtype=torch.float32)
-        for s, w in zip(states, weights):
+        for s, w in zip(states, weights, strict=True):
             acc.add_(s[key].float(), alpha=w)
         out[key] = acc.to(first.dtype)
     return out
@@ -115,7 +115,8 @@ def task_arithmetic_state(init: dict[str, torch.Tensor], states: list[dict[str, 
                           weights: list[float], scale: float) -> dict[str, torch.Tensor]:
     """``init + scale * sum_i (N weights[i]) (states[i] - init)`` (Ilharco et al., 2023)."""
     n = len(states)
-    return {k: (init[k].float() + scale * sum(n * w * (s[k].float() - init[k].float()) for s, w in zip(states, weights))
+    return {k: (init[k].float() + scale * sum(n * w * (s[k].float() - init[k].float())
+                                              for s, w in zip(states, weights, strict=True))
                 ).to(init[k].dtype) for k in init}
 
 
@@ -132,7 +133,7 @@ def ties_state(init: dict[str, torch.Tensor], states: list[dict[str, torch.Tenso
     n = len(states)
     keys = list(init)
     taus = []
-    for s, w in zip(states, weights):
+    for s, w in zip(states, weights, strict=True):
         flat = torch.cat([(s[k].float() - init[k].float()).reshape(-1) for k in keys])
         keep = max(1, int(round(density * flat.numel())))
         if keep < flat.numel():
@@ -160,7 +161,8 @@ def initial_adapter_state(inp: TrainedAdapter, name: str = "merged") -> dict[str
     try:
         model = AutoAdapterModel.from_config(AutoConfig.from_pretrained(resolve(inp.model)))
     except (OSError, ValueError) as e:
-        raise AdaptertxError(f"could not load the configuration of base {inp.model!r}: {str(e).splitlines()[0]}") from None
+        raise AdaptertxError(f"could not load the configuration of base {inp.model!r}: "
+                             f"{str(e).splitlines()[0]}") from None
     torch.manual_seed(inp.adapter_seed)
     model.add_adapter(inp.adapter_name, config=AdapterConfig.load(inp.adapter_config))
     saved = load_file(str(inp.adapter_dir / "adapter.safetensors"))

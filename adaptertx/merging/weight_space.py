@@ -49,7 +49,7 @@ Combine = Callable[[list[dict], list[float], str], dict]
 def copy_heads(inputs: list[TrainedAdapter], tmp: Path) -> dict[str, str]:
     """Each input's head into ``tmp/heads/<task>/``; returns task → folder (relative)."""
     heads = {}
-    for inp, label in zip(inputs, unique_names(inputs)):
+    for inp, label in zip(inputs, unique_names(inputs), strict=True):
         if inp.has_head:
             dest = tmp / "heads" / label
             dest.mkdir(parents=True)
@@ -111,7 +111,8 @@ def _weight_space(method: str, inputs: list[TrainedAdapter], out: Path, options:
     warnings = []
     if seeds_differ(inputs):
         message = (f"the adapters started from different initialisations (adapter seeds "
-                   f"{', '.join(str(i.adapter_seed) for i in inputs)}): a weight-space merge of them is rarely meaningful")
+                   f"{', '.join(str(i.adapter_seed) for i in inputs)}): "
+                   f"a weight-space merge of them is rarely meaningful")
         log.warning(message)
         warnings.append(message)
     check_out(out, overwrite)

@@ -176,7 +176,7 @@ def mine(src_emb: torch.Tensor, tgt_emb: torch.Tensor, k: int = 4, *, block: int
     score = torch.cat([f_best, b_best]).cpu()
     order = torch.sort(score, descending=True, stable=True).indices
     seen_s, seen_t, keep = set(), set(), []
-    for i, s, t in zip(order.tolist(), src[order].tolist(), tgt[order].tolist()):
+    for i, s, t in zip(order.tolist(), src[order].tolist(), tgt[order].tolist(), strict=True):
         if s not in seen_s and t not in seen_t:
             seen_s.add(s)
             seen_t.add(t)
@@ -213,7 +213,8 @@ def optimize_threshold(scores: torch.Tensor | list[float], correct: torch.Tensor
     if n_gold < 1:
         raise AdaptertxError("threshold search needs at least one gold pair")
     if int(correct.sum()) > n_gold:
-        raise AdaptertxError(f"{int(correct.sum())} candidates are marked correct but there are only {n_gold} gold pairs")
+        raise AdaptertxError(f"{int(correct.sum())} candidates are marked correct "
+                             f"but there are only {n_gold} gold pairs")
     if scores.numel() == 0:
         return ThresholdResult(float("inf"), 0, 0, 0.0, 0.0, 0.0)
     order = torch.sort(scores, descending=True, stable=True).indices

@@ -4,8 +4,9 @@ The tokens of a batch are packed without padding into one (tokens, dim) tensor; 
 linear layers, LayerNorms and the GELU run on that tensor (through the fused ops in
 :mod:`adaptertx.kernels`), and only attention sees each sequence on its own
 (:func:`adaptertx.kernels.varlen_attention`, which reads q, k and v in place from the fused
-QKV projection, with no padding and no mask). The forward stops at the requested layer, and :meth:`PackedEncoder.encode` mean-pools and
-L2-normalises each sentence (special tokens included, as XTREME's retrieval protocol does).
+QKV projection, with no padding and no mask). The forward stops at the requested layer, and
+:meth:`PackedEncoder.encode` mean-pools and L2-normalises each sentence (special tokens
+included, as XTREME's retrieval protocol does).
 
 Reads the weights of a loaded Hugging Face ``BertModel`` or ``XLMRobertaModel`` (or a model
 whose ``base_model`` is one) with absolute position embeddings. Linear weights are taken in
@@ -179,7 +180,8 @@ def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype) -> tu
         a = bank[name]
         down, up = a.adapter_down[0], a.adapter_up
         if not isinstance(down, torch.nn.Linear) or not isinstance(up, torch.nn.Linear):
-            raise AdaptertxError(f"adapter {name!r}: unexpected bottleneck layers {type(down).__name__}/{type(up).__name__}")
+            raise AdaptertxError(f"adapter {name!r}: unexpected bottleneck layers "
+                                 f"{type(down).__name__}/{type(up).__name__}")
         scaling = a.scaling
         scaling = float(scaling.detach().reshape(-1)[0]) if isinstance(scaling, torch.Tensor) else float(scaling)
         per_layer.append((down.weight.detach().to(dtype), None if down.bias is None else down.bias.detach().to(dtype),
@@ -226,7 +228,8 @@ class PackedEncoder:
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None, int8: bool | None = None,
                  adapter: str | None = None) -> None:
-        base = model if hasattr(model, "embeddings") and hasattr(model, "encoder") else getattr(model, "base_model", None)
+        base = (model if hasattr(model, "embeddings") and hasattr(model, "encoder")
+                else getattr(model, "base_model", None))
         if base is None or not hasattr(base, "embeddings") or not hasattr(base, "encoder"):
             raise AdaptertxError(f"PackedEncoder needs a BertModel-like encoder, got {type(model).__name__}")
         cfg = base.config
@@ -259,7 +262,7 @@ class PackedEncoder:
         elif self.adapter is not None:
             fusions, settings = _fusion_weights(base, self.adapter, self.dtype)
         self.layers = []
-        for layer, ad, fu, st in zip(base.encoder.layer, adapters, fusions, settings):
+        for layer, ad, fu, st in zip(base.encoder.layer, adapters, fusions, settings, strict=True):
             att = layer.attention
             lin = lambda *ms: _read_linears(ms, self.dtype, self.int8)  # noqa: E731
             self.layers.append({

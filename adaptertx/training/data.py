@@ -98,7 +98,7 @@ def majority_comparison(task: Task, predictions, rows: list[dict], train_rows: l
     if len(preds) != len(rows):
         raise AdaptertxError(f"{task.name}: {len(preds)} predictions for {len(rows)} examples")
     diffs = torch.tensor([float(p == row["label"]) - float(majority == row["label"])
-                          for p, row in zip(preds, rows)], dtype=torch.float64)
+                          for p, row in zip(preds, rows, strict=True)], dtype=torch.float64)
     n = len(rows)
     mean = diffs.mean().item()
     half = 1.96 * (diffs.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("inf"))

@@ -371,7 +371,8 @@ def _end_of_epoch(built: BuiltModel, validation: Validation, accelerator, model,
                   epoch: int) -> None:
     """Evaluate, keep the best weights, checkpoint (end of an epoch or of the step budget)."""
     scores, value = validation(built)
-    record = {"step": state["step"], "epoch": epoch, "validation": scores, **({"mean": value} if validation.heads else {})}
+    record = {"step": state["step"], "epoch": epoch, "validation": scores,
+              **({"mean": value} if validation.heads else {})}
     state["history"].append(record)
     ckpt_dir = out / "checkpoints"
     if accelerator.is_main_process:

@@ -244,9 +244,9 @@ def train_mixture(config: MultitaskConfig, build: Callable[[list[Task]], BuiltMo
                    for t in task_list}
     dev_feats = {t.name: encode(t, splits[t.name][1], built.tokenizer, config.max_length, "validation")
                  for t in task_list}
-    probabilities = dict(zip(config.tasks, probs))
+    probabilities = dict(zip(config.tasks, probs, strict=True))
     run_info = {"fingerprint": built.fingerprint, "adapter_name": config.name, "inputs": runs or [],
-                "sizes": dict(zip(config.tasks, sizes)), "probabilities": probabilities}
+                "sizes": dict(zip(config.tasks, sizes, strict=True)), "probabilities": probabilities}
     if not resume:
         rundir.start(out, config.to_json(), overwrite=overwrite, method=method, **run_info)
     plan = MixturePlan(tuple(task_list), train_feats, tuple(probs), config.batch_size, config.seed)

@@ -17,7 +17,8 @@ FAMILY_KEYS = {
 }
 UPOS = set("ADJ ADP ADV AUX CCONJ DET INTJ NOUN NUM PART PRON PROPN PUNCT SCONJ SYM VERB X".split())
 # Large validation sets whose full re-parse would slow the suite; checked on a sample.
-SLOW = {("udpos", lang) for lang in ("de", "ru", "en", "es", "fr", "it", "ro", "ko", "pl", "fi", "et", "pt", "hi", "ar", "bg", "zh")}
+SLOW = {("udpos", lang) for lang in ("de", "ru", "en", "es", "fr", "it", "ro", "ko", "pl", "fi", "et", "pt", "hi", "ar",
+                                     "bg", "zh")}
 
 EXPECTED = [
     ("xnli", "en", {"train": 735, "validation": 232, "test": 1523}),
@@ -58,12 +59,13 @@ def _check_example(family: str, dataset: str, ex: dict) -> None:
     elif family == "multiple_choice":
         assert isinstance(ex["context"], str) and isinstance(ex["question"], str)
         assert all(isinstance(c, str) and c for c in ex["choices"])
-        assert len(ex["choices"]) == {"copa": 2, "xcopa": 2, "siqa": 3, "cosmosqa": 4, "commonsenseqa": 5, "hellaswag": 4}[dataset]
+        assert len(ex["choices"]) == {"copa": 2, "xcopa": 2, "siqa": 3, "cosmosqa": 4, "commonsenseqa": 5,
+                                      "hellaswag": 4}[dataset]
         assert isinstance(ex["label"], int) and 0 <= ex["label"] < len(ex["choices"])
     elif family == "extractive_qa":
         ans = ex["answers"]
         assert ans["text"] and len(ans["text"]) == len(ans["answer_start"])
-        for t, s in zip(ans["text"], ans["answer_start"]):
+        for t, s in zip(ans["text"], ans["answer_start"], strict=True):
             assert ex["context"][s : s + len(t)] == t
     elif family == "tagging":
         assert ex["tokens"] and len(ex["tokens"]) == len(ex["tags"])
@@ -120,7 +122,8 @@ def test_language_codes_normalized():
     assert len(data.available("tatoeba")["tatoeba"]) == 112
     langs = data.available("tatoeba")["tatoeba"]
     assert {"de", "zh", "kab", "sw", "fa"} <= set(langs)
-    assert set(data.available("masakhaner")["masakhaner"]) == {"am", "ha", "ig", "rw", "lg", "luo", "pcm", "sw", "wo", "yo"}
+    assert set(data.available("masakhaner")["masakhaner"]) == {"am", "ha", "ig", "rw", "lg", "luo", "pcm", "sw", "wo",
+                                                                "yo"}
     # codes given in other spellings are normalised on load
     assert len(data.load("tatoeba", "deu", "test")) == 1000
     assert data.load("masakhaner", "swa", "test") == data.load("masakhaner", "sw", "test")

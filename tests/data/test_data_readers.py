@@ -33,19 +33,28 @@ GOOD = {
                  [{"id": "1-2", "text_a": "a", "text_b": "b", "label": "0"}]),
     "anli_jsonl": (json.dumps({"uid": "u", "premise": "p", "hypothesis": "h", "label": "n"}) + "\n",
                    [{"id": "u", "text_a": "p", "text_b": "h", "label": "neutral"}]),
-    "copa_jsonl": (json.dumps({"premise": "p", "choice1": "a", "choice2": "b", "question": "effect", "label": 1, "idx": 7}) + "\n",
-                   [{"id": "7", "context": "p", "question": "What happened as a result?", "choices": ["a", "b"], "label": 1}]),
-    "xcopa_jsonl": (json.dumps({"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 0, "idx": 1, "changed": False}) + "\n",
-                    [{"id": "1", "context": "p", "question": "What was the cause?", "choices": ["a", "b"], "label": 0}]),
-    "siqa_jsonl": (json.dumps({"context": "c", "question": "q", "answerA": "a", "answerB": "b", "answerC": "c", "correct": "B"}) + "\n",
+    "copa_jsonl": (json.dumps({"premise": "p", "choice1": "a", "choice2": "b", "question": "effect", "label": 1,
+                               "idx": 7}) + "\n",
+                   [{"id": "7", "context": "p", "question": "What happened as a result?", "choices": ["a", "b"],
+                     "label": 1}]),
+    "xcopa_jsonl": (json.dumps({"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 0,
+                                "idx": 1, "changed": False}) + "\n",
+                    [{"id": "1", "context": "p", "question": "What was the cause?", "choices": ["a", "b"],
+                      "label": 0}]),
+    "siqa_jsonl": (json.dumps({"context": "c", "question": "q", "answerA": "a", "answerB": "b", "answerC": "c",
+                               "correct": "B"}) + "\n",
                    [{"id": "0", "context": "c", "question": "q", "choices": ["a", "b", "c"], "label": 1}]),
     "commonsenseqa_jsonl": (
-        json.dumps({"id": "x", "question": {"stem": "q?", "choices": [{"label": "A", "text": "a"}, {"label": "B", "text": "b"}]}, "answerKey": "B"}) + "\n"
-        + json.dumps({"id": "y", "question": "q2?", "choices": {"label": ["A", "B"], "text": ["c", "d"]}, "answerKey": "A"}) + "\n",
+        json.dumps({"id": "x", "question": {"stem": "q?", "choices": [{"label": "A", "text": "a"},
+                                                                      {"label": "B", "text": "b"}]},
+                    "answerKey": "B"}) + "\n"
+        + json.dumps({"id": "y", "question": "q2?", "choices": {"label": ["A", "B"], "text": ["c", "d"]},
+                      "answerKey": "A"}) + "\n",
         [{"id": "x", "context": "", "question": "q?", "choices": ["a", "b"], "label": 1},
          {"id": "y", "context": "", "question": "q2?", "choices": ["c", "d"], "label": 0}]),
     "cosmosqa_csv": ('id,context,question,answer0,answer1,answer2,answer3,label\nk,"c, with comma",q,a,b,c,d,3\n',
-                     [{"id": "k", "context": "c, with comma", "question": "q", "choices": ["a", "b", "c", "d"], "label": 3}]),
+                     [{"id": "k", "context": "c, with comma", "question": "q", "choices": ["a", "b", "c", "d"],
+                       "label": 3}]),
     "hellaswag_txt": ("ctx\n2\ne0\ne1\ne2\ne3\n",
                       [{"id": "0", "context": "ctx", "question": "", "choices": ["e0", "e1", "e2", "e3"], "label": 2}]),
     "conllu": (CONLLU, [{"id": "0", "tokens": ["de", "le", "chat"], "tags": ["ADP", "DET", "NOUN"]},
@@ -55,8 +64,10 @@ GOOD = {
                    {"id": "1", "tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]}]),
     "panx_tsv": ("Hy\tO\nJan\tB-PER\n", [{"id": "0", "tokens": ["Hy", "Jan"], "tags": ["O", "B-PER"]}]),
     "udpos_tsv": ("From\tADP\nhere\tADV\n\nOk\tINTJ\n\n",
-                  [{"id": "0", "tokens": ["From", "here"], "tags": ["ADP", "ADV"]}, {"id": "1", "tokens": ["Ok"], "tags": ["INTJ"]}]),
-    "squad_json": (json.dumps(SQUAD), [{"id": "q1", "title": "T", "context": "Paris is in France.", "question": "Where is Paris?",
+                  [{"id": "0", "tokens": ["From", "here"], "tags": ["ADP", "ADV"]},
+                   {"id": "1", "tokens": ["Ok"], "tags": ["INTJ"]}]),
+    "squad_json": (json.dumps(SQUAD), [{"id": "q1", "title": "T", "context": "Paris is in France.",
+                                        "question": "Where is Paris?",
                                         "answers": {"text": ["France"], "answer_start": [12]}}]),
     "bucc_sentences": ("zh-1\t你好\nzh-2\t再见\n", {"zh-1": "你好", "zh-2": "再见"}),
     "bucc_gold": ("zh-1\ten-9\n", [("zh-1", "en-9")]),
@@ -74,11 +85,17 @@ BAD = [
     ("anli_jsonl", '{"uid": "u",\n', 1, "invalid JSON"),
     ("copa_jsonl", json.dumps({"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 0}) + "\n"
      + json.dumps({"premise": "p", "choice1": "a", "choice2": "b", "question": "why", "label": 0}) + "\n", 2, "cause"),
-    ("xcopa_jsonl", json.dumps({"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 2}) + "\n", 1, "label"),
-    ("siqa_jsonl", json.dumps({"context": "c", "question": "q", "answerA": "a", "answerB": "b", "answerC": "c", "correct": "D"}) + "\n", 1, "correct"),
-    ("siqa_jsonl", json.dumps({"context": "c", "question": "q", "answerA": "a", "answerC": "c", "correct": "A"}) + "\n", 1, "answerB"),
-    ("commonsenseqa_jsonl", json.dumps({"id": "y", "question": "q", "choices": {"label": ["A", "B"], "text": ["c", "d"]}, "answerKey": "E"}) + "\n", 1, "answerKey"),
-    ("cosmosqa_csv", "id,context,question,answer0,answer1,answer2,answer3,label\nk,c,q,a,b,c,d,3\nk2,c,q,a,b,c,d\n", 3, "columns"),
+    ("xcopa_jsonl", json.dumps({"premise": "p", "choice1": "a", "choice2": "b", "question": "cause",
+                                "label": 2}) + "\n", 1, "label"),
+    ("siqa_jsonl", json.dumps({"context": "c", "question": "q", "answerA": "a", "answerB": "b", "answerC": "c",
+                               "correct": "D"}) + "\n", 1, "correct"),
+    ("siqa_jsonl", json.dumps({"context": "c", "question": "q", "answerA": "a", "answerC": "c", "correct": "A"}) + "\n",
+     1, "answerB"),
+    ("commonsenseqa_jsonl", json.dumps({"id": "y", "question": "q",
+                                        "choices": {"label": ["A", "B"], "text": ["c", "d"]},
+                                        "answerKey": "E"}) + "\n", 1, "answerKey"),
+    ("cosmosqa_csv", "id,context,question,answer0,answer1,answer2,answer3,label\n"
+                     "k,c,q,a,b,c,d,3\nk2,c,q,a,b,c,d\n", 3, "columns"),
     ("cosmosqa_csv", "id,context,question,answer0,answer1,answer2,answer3,label\nk,c,q,a,b,c,d,7\n", 2, "label"),
     ("hellaswag_txt", "ctx\n2\ne0\ne1\ne2\ne3\nctx\n9\ne0\ne1\ne2\ne3\n", 8, "label"),
     ("hellaswag_txt", "ctx\n2\ne0\ne1\n", 4, "multiple of 6"),
@@ -128,7 +145,8 @@ def test_crlf_is_accepted(tmp_path):
 def test_tatoeba_pair(tmp_path):
     src = _write(tmp_path, "t.deu", "Hallo.\nDanke.\n")
     eng = _write(tmp_path, "t.eng", "Hello.\nThanks.\n")
-    expected = [{"id": "0", "source": "Hallo.", "target": "Hello."}, {"id": "1", "source": "Danke.", "target": "Thanks."}]
+    expected = [{"id": "0", "source": "Hallo.", "target": "Hello."},
+                {"id": "1", "source": "Danke.", "target": "Thanks."}]
     assert read_file(src, "tatoeba_pair", target=eng) == expected
     assert read_file((src, eng), "tatoeba_pair") == expected
     short = _write(tmp_path, "s.eng", "Hello.\n")
@@ -167,7 +185,8 @@ def test_squad_structure_errors_name_the_json_path(tmp_path):
     bad = json.loads(json.dumps(SQUAD))
     bad["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = 3
     p = _write(tmp_path, "q.json", json.dumps(bad))
-    with pytest.raises(AdaptertxError, match=r"q\.json: data\[0\]\.paragraphs\[0\]\.qas\[0\]\.answers\[0\]: context at answer_start 3"):
+    with pytest.raises(AdaptertxError,
+                       match=r"q\.json: data\[0\]\.paragraphs\[0\]\.qas\[0\]\.answers\[0\]: context at answer_start 3"):
         read_file(p, "squad_json")
     del bad["data"][0]["paragraphs"][0]["qas"][0]["id"]
     p = _write(tmp_path, "q.json", json.dumps(bad))

