@@ -56,12 +56,31 @@ def test_build_name_changes_with_source(monkeypatch, tmp_path):
     src.mkdir()
     (src / "common.h").write_text("// a\n")
     (src / "bias_gelu.cpp").write_text("// one\n")
+    (src / "add_layernorm.cpp").write_text("// one\n")
     monkeypatch.setattr(_build, "CSRC", src)
     first = _build._build_name("bias_gelu")
+    assert first.startswith("adaptertx_bias_gelu_") and _build._build_name("bias_gelu") == first
+    # Another op's source is not part of this op's build.
+    other = _build._build_name("add_layernorm")
+    assert other.startswith("adaptertx_add_layernorm_")
+    (src / "add_layernorm.cpp").write_text("// two\n")
+    assert _build._build_name("bias_gelu") == first and _build._build_name("add_layernorm") != other
+    # The op's own source and the shared header each change the name; their old bytes bring it back.
     (src / "bias_gelu.cpp").write_text("// two\n")
-    assert _build._build_name("bias_gelu") != first
+    second = _build._build_name("bias_gelu")
+    assert second != first and _build._build_name("bias_gelu") == second
     (src / "common.h").write_text("// b\n")
-    assert len({first, _build._build_name("bias_gelu")}) == 2
+    third = _build._build_name("bias_gelu")
+    assert third not in (first, second)
+    (src / "common.h").write_text("// a\n")
+    (src / "bias_gelu.cpp").write_text("// one\n")
+    assert _build._build_name("bias_gelu") == first
+    # So do the compiler flags and the torch version.
+    monkeypatch.setattr(_build, "_CFLAGS", ("-O2", "-fopenmp"))
+    assert _build._build_name("bias_gelu") != first
+    monkeypatch.setattr(_build, "_CFLAGS", ("-O3", "-fopenmp"))
+    monkeypatch.setattr(_build.torch, "__version__", torch.__version__ + "+other")
+    assert _build._build_name("bias_gelu") != first
 
 
 def test_auto_prefers_reference_without_avx512(monkeypatch):
