@@ -1,4 +1,4 @@
-import time
+import socket
 
 import pytest
 import torch
@@ -52,12 +52,30 @@ def test_folder_without_config_is_a_clear_error(tmp_path):
 
 
 def test_unreachable_hub_fails_fast_and_clearly(monkeypatch):
+    import adaptertx.models as models
+
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    start = time.monotonic()
+    # Fast means little work: one connect to the endpoint, with a short timeout, and the
+    # configuration then looked up in the local cache only (asking the Hub would retry).
+    connects, config_loads = [], []
+    connect, from_pretrained = socket.socket.connect, models.AutoConfig.from_pretrained
+
+    def counting_connect(sock, address):
+        connects.append((address, sock.gettimeout()))
+        return connect(sock, address)
+
+    def counting_from_pretrained(*args, **kwargs):
+        config_loads.append(kwargs.get("local_files_only"))
+        return from_pretrained(*args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", counting_connect)
+    monkeypatch.setattr(models.AutoConfig, "from_pretrained", counting_from_pretrained)
     with pytest.raises(AdaptertxError, match="could not load model 'someone/not-cached-model'.*Hub is not "
                                              "reachable.*'me5-small'"):
         load_model("someone/not-cached-model")
-    assert time.monotonic() - start < 10
+    assert [address for address, _ in connects] == [("127.0.0.1", 9)]
+    assert 0 < connects[0][1] <= 5
+    assert config_loads == [True]
 
 
 def test_unknown_names():
