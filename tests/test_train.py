@@ -46,10 +46,22 @@ def test_adapter_on_the_int8_default_model_memorises_a_batch(tmp_path, me5_dir):
     assert losses[0] > 0.5 and losses[-1] < 0.5 * losses[0]
 
 
-def test_saved_adapter_loads_in_plain_adapters_with_same_outputs(tmp_path, tiny_xlmr_dir):
+def test_saved_adapter_loads_in_plain_adapters_with_same_outputs(tmp_path, tiny_xlmr_dir, monkeypatch):
     from adapters import AutoAdapterModel
 
+    import adaptertx.train as train_module
+
+    build, built_models = train_module.build_adapter_model, []
+
+    def keep_built(*args, **kwargs):
+        built_models.append(build(*args, **kwargs))
+        return built_models[-1]
+
+    monkeypatch.setattr(train_module, "build_adapter_model", keep_built)
     result = train(config(tmp_path, "mrpc", tiny_xlmr_dir, max_steps=2, quant="none"), progress=False)
+    (built,) = built_models
+    trained = built.model.eval()  # holds the best adapter and head, as saved
+
     model = AutoAdapterModel.from_pretrained(tiny_xlmr_dir)
     name = model.load_adapter(str(result.out / "adapter"), use_safetensors=True)
     model.set_active_adapters(name)
@@ -58,8 +70,18 @@ def test_saved_adapter_loads_in_plain_adapters_with_same_outputs(tmp_path, tiny_
     params = dict(model.named_parameters())
     for key, value in saved.items():
         torch.testing.assert_close(params[key], value)
-    logits = model(input_ids=torch.tensor([[0, 3293, 83, 2, 2, 10, 3034, 2]])).logits
-    assert logits.shape == (1, 2)
+    batch = built.tokenizer(["The cat sat on the mat.", "Stocks fell sharply on Monday."],
+                            ["A cat was sitting on a mat.", "Markets rose on Tuesday morning."],
+                            padding=True, return_tensors="pt")
+    with torch.no_grad():
+        reloaded_logits = model(**batch).logits
+        trained_logits = trained(**batch).logits
+        hidden = model.base_model(**batch).last_hidden_state
+        bare_hidden = AutoAdapterModel.from_pretrained(tiny_xlmr_dir).base_model(**batch).last_hidden_state
+    assert reloaded_logits.shape == (2, 2)
+    torch.testing.assert_close(reloaded_logits, trained_logits)
+    # The adapter changes the encoder's output, so the comparison above sees a lost adapter.
+    assert not torch.allclose(hidden, bare_hidden, atol=1e-4)
 
 
 def test_resume_reaches_the_same_result(tmp_path, tiny_xlmr_dir):
