@@ -66,15 +66,46 @@ def _write(path, lines):
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
-def test_tatoeba_user_files(tiny_xlmr_dir, tmp_path):
-    _write(tmp_path / "tatoeba.deu-eng.deu", ["Ich habe Hunger.", "Das ist ein Buch.", "Guten Morgen."])
-    _write(tmp_path / "tatoeba.deu-eng.eng", ["I am hungry.", "This is a book.", "Good morning."])
-    _write(tmp_path / "tatoeba.kab-eng.kab", ["Azul.", "Tanemmirt."])
-    _write(tmp_path / "tatoeba.kab-eng.eng", ["Hello.", "Thanks."])
-    assert sorted(tatoeba_files(tmp_path)) == ["de", "kab"]
-    scores = evaluate_tatoeba(tiny_xlmr_dir, data_dir=tmp_path, progress=False)
-    assert [(s.lang, s.pairs, s.low_resource) for s in scores] == [("de", 3, False), ("kab", 2, True)]
-    assert all(0 <= s.x_to_en <= 100 for s in scores)
+def _embed(model, tokenizer, hf_pooled, sentences):
+    """The tiny model's sentence embeddings from the padded Hugging Face forward: mean of the
+    last hidden state (its default retrieval layer), no prefix, float32; (n, hidden)."""
+    return hf_pooled(model, tokenizer(sentences)["input_ids"], model.config.num_hidden_layers,
+                     tokenizer.pad_token_id)
+
+
+def _nearest_is_own(sim):
+    """Row i's largest entry is at column i; (n,) bool. Refuses near ties, whose winner a
+    rounding difference could flip."""
+    top = sim.topk(2, dim=1).values
+    assert (top[:, 0] - top[:, 1] > 1e-4).all(), sim
+    return sim.argmax(1) == torch.arange(len(sim))
+
+
+def test_tatoeba_user_files(tiny_xlmr, tiny_xlmr_dir, tmp_path, hf_pooled):
+    # fr is a known value: identical sentences on both sides, the English side permuted so
+    # that only the last one stays in place, so 1 of 4 is found, both ways.
+    same = ["Bonjour.", "Merci beaucoup.", "Le chat dort sur le canapé.", "Il pleut depuis ce matin."]
+    pairs = {"de": (["Ich habe Hunger.", "Das ist ein Buch.", "Guten Morgen."],
+                    ["I am hungry.", "This is a book.", "Good morning."]),
+             "fr": (same, [same[1], same[2], same[0], same[3]]),
+             "kab": (["Azul.", "Tanemmirt."], ["Hello.", "Thanks."])}
+    for lang, stem in (("de", "deu"), ("fr", "fra"), ("kab", "kab")):
+        _write(tmp_path / f"tatoeba.{stem}-eng.{stem}", pairs[lang][0])
+        _write(tmp_path / f"tatoeba.{stem}-eng.eng", pairs[lang][1])
+    assert sorted(tatoeba_files(tmp_path)) == ["de", "fr", "kab"]
+    scores = evaluate_tatoeba(tiny_xlmr_dir, data_dir=tmp_path, dtype=torch.float32, progress=False)
+    assert [(s.lang, s.pairs, s.low_resource) for s in scores] == [("de", 3, False), ("fr", 4, False),
+                                                                   ("kab", 2, True)]
+    assert (scores[1].hits, scores[1].x_to_en, scores[1].en_to_x) == ((False, False, False, True), 25.0, 25.0)
+    # Each direction's accuracy is the share of sentences whose most similar sentence on the
+    # other side (cosine of the Hugging Face forward's pooled states) is their translation.
+    model, tokenizer = tiny_xlmr
+    for s in scores:
+        src, tgt = (_embed(model, tokenizer, hf_pooled, side) for side in pairs[s.lang])
+        hits, back = _nearest_is_own(src @ tgt.T), _nearest_is_own(tgt @ src.T)
+        assert s.hits == tuple(hits.tolist()), s.lang
+        assert s.x_to_en == pytest.approx(100 * hits.float().mean().item()), s.lang
+        assert s.en_to_x == pytest.approx(100 * back.float().mean().item()), s.lang
     with pytest.raises(AdaptertxError, match="layer 9 is outside the model"):
         evaluate_tatoeba(tiny_xlmr_dir, data_dir=tmp_path, layer=9, progress=False)
     with pytest.raises(AdaptertxError, match="no pairs for sw"):
@@ -100,11 +131,42 @@ def _bucc(tmp_path, gold):
     _write(tmp_path / "zh-en.dev.gold", gold)
 
 
-def test_bucc_user_files(tiny_xlmr_dir, tmp_path):
+def _bucc_brute_force(src, tgt, gold, k=4):
+    """Precision, recall and F1 (percent) and the number extracted at the best threshold, from
+    every pair's ratio margin. src: (n, dim), tgt: (m, dim) with n, m <= k (every row is in
+    every neighbourhood); gold: set of (source row, target row)."""
+    sim = (src @ tgt.T).double()
+    fwd_mean = sim.topk(min(k, sim.shape[1]), dim=1).values.mean(1)
+    bwd_mean = sim.topk(min(k, sim.shape[0]), dim=0).values.mean(0)
+    margin = sim / ((fwd_mean[:, None] + bwd_mean[None, :]) / 2)
+    best = [(margin[i].max().item(), i, margin[i].argmax().item()) for i in range(sim.shape[0])]
+    best += [(margin[:, j].max().item(), margin[:, j].argmax().item(), j) for j in range(sim.shape[1])]
+    used_s, used_t, kept = set(), set(), []
+    for score, i, j in sorted(best, key=lambda c: -c[0]):
+        if i not in used_s and j not in used_t:
+            used_s.add(i), used_t.add(j)
+            kept.append((i, j) in gold)
+    f1s = [(2 * sum(kept[:n]) / (n + len(gold)), n) for n in range(1, len(kept) + 1)]
+    f1, n = max(f1s, key=lambda t: (t[0], -t[1]))
+    if f1 == 0:
+        return 0.0, 0.0, 0.0, 0, len(kept)
+    return 100 * sum(kept[:n]) / n, 100 * sum(kept[:n]) / len(gold), 100 * f1, n, len(kept)
+
+
+def test_bucc_user_files(tiny_xlmr, tiny_xlmr_dir, tmp_path, hf_pooled):
     _bucc(tmp_path, ["zh-1\ten-2", "zh-2\ten-3", "zh-3\ten-1"])
-    score = evaluate_bucc(tiny_xlmr_dir, "zh", data_dir=tmp_path, progress=False)
+    # Two English sentences replaced by copies of their gold source sentence: those two pairs
+    # are mined first and right, so F1 is at least 2 * 2 / (2 + 3) = 80%.
+    zh = ["我饿了。", "这是一本书。", "早上好。"]
+    en = ["Good morning.", zh[0], zh[1], "The weather is nice."]
+    _write(tmp_path / "zh-en.dev.en", [f"en-{i}\t{s}" for i, s in enumerate(en, 1)])
+    score = evaluate_bucc(tiny_xlmr_dir, "zh", data_dir=tmp_path, dtype=torch.float32, progress=False)
     assert (score.source_sentences, score.target_sentences, score.gold) == (3, 4, 3)
-    assert 0 <= score.f1 <= 100 and score.extracted <= score.candidates
+    model, tokenizer = tiny_xlmr
+    src, tgt = _embed(model, tokenizer, hf_pooled, zh), _embed(model, tokenizer, hf_pooled, en)
+    want = _bucc_brute_force(src, tgt, {(0, 1), (1, 2), (2, 0)})
+    assert (score.precision, score.recall, score.f1, score.extracted, score.candidates) == pytest.approx(want)
+    assert score.f1 >= 80 - 1e-9 and score.recall >= 200 / 3 - 1e-9
     _bucc(tmp_path, ["zh-1\ten-2", "zh-9\ten-3"])
     with pytest.raises(AdaptertxError, match="names 'zh-9', which is not in zh-en.dev.zh"):
         evaluate_bucc(tiny_xlmr_dir, "zh", data_dir=tmp_path, progress=False)
