@@ -41,7 +41,7 @@ def test_classification_accuracy_xnli():
     rng = random.Random(1)
     preds = [rng.choice(task.labels) for _ in examples]
     want, rows = check("xnli", preds, examples)
-    assert want["accuracy"] == 100.0 * sum(p == ex["label"] for p, ex in zip(preds, examples)) / 48
+    assert want["accuracy"] == 100.0 * sum(p == ex["label"] for p, ex in zip(preds, examples, strict=True)) / 48
     assert 0 < want["accuracy"] < 100
     assert all(len(r) == 1 and r[0] in (0.0, 1.0) for r in rows)
     # A mapping by example id gives the same rows as a list in example order.

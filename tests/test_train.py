@@ -49,7 +49,7 @@ def test_adapter_on_the_int8_default_model_memorises_a_batch(tmp_path, me5_dir):
 def test_saved_adapter_loads_in_plain_adapters_with_same_outputs(tmp_path, tiny_xlmr_dir, monkeypatch):
     from adapters import AutoAdapterModel
 
-    import adaptertx.train as train_module
+    import adaptertx.training.single as train_module
 
     build, built_models = train_module.build_adapter_model, []
 

@@ -30,7 +30,7 @@ def _keep_python(i: int, p: float, seed: int) -> bool:
     return h >= math.floor(p * 2**32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keep_list(numel: int, p: float, seed: int) -> tuple[bool, ...]:
     return tuple(_keep_python(i, p, seed) for i in range(numel))
 

@@ -142,7 +142,7 @@ def _bucc_brute_force(src, tgt, gold, k=4):
     best = [(margin[i].max().item(), i, margin[i].argmax().item()) for i in range(sim.shape[0])]
     best += [(margin[:, j].max().item(), margin[:, j].argmax().item(), j) for j in range(sim.shape[1])]
     used_s, used_t, kept = set(), set(), []
-    for score, i, j in sorted(best, key=lambda c: -c[0]):
+    for _score, i, j in sorted(best, key=lambda c: -c[0]):
         if i not in used_s and j not in used_t:
             used_s.add(i), used_t.add(j)
             kept.append((i, j) in gold)
