@@ -233,7 +233,18 @@ def test_resume_reaches_the_same_result(tmp_path, tiny_xlmr_dir):
 # ------------------------------------------------------------------------------ from runs, bad input, CLI
 
 
-def test_merge_of_runs_trains_on_their_tasks_and_base(runs, tmp_path):
+def test_merge_of_runs_trains_on_their_tasks_and_base(runs, tmp_path, monkeypatch):
+    import adaptertx.training.multitask as multitask_module
+    from adaptertx.modeling import trainable_state
+
+    build, initial = multitask_module.build_adapter_model, []
+
+    def keep_initial(*args, **kwargs):  # the multi-task model's tensors before its first step
+        built = build(*args, **kwargs)
+        initial.append({k: v for k, v in trainable_state(built.model).items() if ".adapters.multitask." in k})
+        return built
+
+    monkeypatch.setattr(multitask_module, "build_adapter_model", keep_initial)
     opts = MergeOptions(sampling="temperature", temperature=3.0, progress=False,
                         settings=TRAIN.replace(max_steps=2, max_examples=16, batch_size=4, max_length=32))
     result = merge("multitask", [runs["mrpc"], runs["copa"]], tmp_path / "mt", opts)
@@ -243,12 +254,27 @@ def test_merge_of_runs_trains_on_their_tasks_and_base(runs, tmp_path):
     assert [i["task"] for i in recipe["inputs"]] == ["mrpc", "copa"]
     assert recipe["temperature"] == 3.0 and recipe["train"]["quant"] == "none"
     assert recipe["train"]["adapter_seed"] == run["config"]["adapter_seed"]
-    # The multi-task adapter starts from the runs' shared initialisation.
+    # The multi-task adapter starts from the runs' shared initialisation: value for value the
+    # adapter of a single-task model built with the runs' adapter seed.
     from adaptertx.merging.strategies import initial_adapter_state
     from adaptertx.rundir import load_run
 
-    init = initial_adapter_state(load_run(runs["mrpc"]), "multitask")
-    assert init.keys() == load_file(str(result.out / "adapter" / "adapter.safetensors")).keys()
+    (multi_init,) = initial
+    single = build_adapter_model(run["config"]["model"], get_task("mrpc"), quant="none",
+                                 adapter_seed=run["config"]["adapter_seed"]).model
+    single_init = {k.replace(".adapters.mrpc.", ".adapters.multitask."): v
+                   for k, v in trainable_state(single).items() if ".adapters.mrpc." in k}
+    assert multi_init and multi_init.keys() == single_init.keys()
+    for key, value in single_init.items():
+        torch.testing.assert_close(multi_init[key], value, rtol=0, atol=0, msg=lambda m, key=key: f"{key}: {m}")
+    recreated = initial_adapter_state(load_run(runs["mrpc"]), "multitask")
+    saved = load_file(str(result.out / "adapter" / "adapter.safetensors"))
+    assert recreated.keys() == multi_init.keys() == saved.keys()
+    assert all(torch.equal(recreated[k], multi_init[k]) for k in multi_init)
+    other_seed = build_adapter_model(run["config"]["model"], get_task("mrpc"), quant="none",
+                                     adapter_seed=run["config"]["adapter_seed"] + 1).model
+    assert any(not torch.equal(v, single_init[k.replace(".adapters.mrpc.", ".adapters.multitask.")])
+               for k, v in trainable_state(other_seed).items() if ".adapters.mrpc." in k)
     # One run: returned unchanged, like every method.
     one = merge("multitask", [runs["copa"]], tmp_path / "one")
     assert (one.out / "adapter" / "adapter.safetensors").read_bytes() == \
