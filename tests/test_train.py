@@ -1,12 +1,18 @@
 import json
 import logging
+import re
+import string
+from collections import Counter
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import adaptertx.training.single as train_module
 from adaptertx.errors import AdaptertxError
-from adaptertx.training import TrainConfig, train
+from adaptertx.tasks import get_task
+from adaptertx.training import TrainConfig, scoring, train
+from adaptertx.training.data import encode, english_splits
 
 
 def config(tmp_path, task, model, **kw):
@@ -16,14 +22,73 @@ def config(tmp_path, task, model, **kw):
     return TrainConfig(**base)
 
 
+@pytest.fixture
+def built_models(monkeypatch):
+    """Every model ``train`` builds, as built; a finished run leaves its best adapter and head
+    loaded in it."""
+    build, models = train_module.build_adapter_model, []
+
+    def keep_built(*args, **kwargs):
+        models.append(build(*args, **kwargs))
+        return models[-1]
+
+    monkeypatch.setattr(train_module, "build_adapter_model", keep_built)
+    return models
+
+
+def _squad_normalize(text):
+    """The SQuAD evaluation script's answer normalisation."""
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def _squad_f1(pred, gold):
+    p, g = _squad_normalize(pred).split(), _squad_normalize(gold).split()
+    if not p or not g:
+        return float(p == g)
+    same = sum((Counter(p) & Counter(g)).values())
+    return 0.0 if same == 0 else 2 * same / (len(p) + len(g))
+
+
+def _by_hand(task, preds, rows):
+    """The task's validation scores (percent) counted directly from predictions and gold."""
+    if task.family in ("classification", "multiple_choice"):
+        return {"accuracy": 100 * sum(p == r["label"] for p, r in zip(preds, rows, strict=True)) / len(rows)}
+    if task.metric == "accuracy":  # tagging: over words, not sentences
+        words = [(p, g) for pt, r in zip(preds, rows, strict=True) for p, g in zip(pt, r["tags"], strict=True)]
+        return {"accuracy": 100 * sum(p == g for p, g in words) / len(words)}
+    if task.metric == "entity_f1":
+        from seqeval.metrics import f1_score
+
+        return {"f1": 100 * f1_score([r["tags"] for r in rows], list(preds))}
+    answers = [preds.get(r["id"], "") for r in rows]  # extractive QA: {id: answer text}
+    golds = [[g for g in r["answers"]["text"] if _squad_normalize(g)] or [""] for r in rows]
+    return {"f1": 100 * sum(max(_squad_f1(a, g) for g in gs) for a, gs in zip(answers, golds, strict=True)) / len(rows),
+            "exact_match": 100 * sum(max(_squad_normalize(a) == _squad_normalize(g) for g in gs)
+                                     for a, gs in zip(answers, golds, strict=True)) / len(rows)}
+
+
 @pytest.mark.parametrize("task,metric", [("mrpc", "accuracy"), ("copa", "accuracy"), ("xquad", "f1"),
                                          ("conll03", "f1"), ("udpos", "accuracy")])
-def test_each_family_trains_end_to_end(tmp_path, tiny_xlmr_dir, task, metric):
+def test_each_family_trains_end_to_end(tmp_path, tiny_xlmr_dir, task, metric, built_models):
     max_length = 128 if task == "xquad" else 48  # room for the context after a 64-token question
-    result = train(config(tmp_path, task, tiny_xlmr_dir, max_steps=3, max_length=max_length), progress=False)
+    cfg = config(tmp_path, task, tiny_xlmr_dir, max_steps=3, max_length=max_length)
+    result = train(cfg, progress=False)
     run = json.loads((result.out / "run.json").read_text())
     assert run["status"] == "finished" and run["steps"] == 3
-    assert metric in run["validation"] and 0 <= run["validation"][metric] <= 100
+    # One epoch, so the validation scores are the final adapter's: its predictions on the
+    # validation rows, scored by hand.
+    (built,) = built_models
+    the_task = get_task(task)
+    train_rows, dev_rows, test_rows = english_splits(the_task, cfg.max_examples)
+
+    def predict(rows):  # as the run's evaluation does it
+        features = encode(the_task, rows, built.tokenizer, max_length, "held-out")
+        return scoring.predict(built, the_task, features, batch_size=2 * cfg.batch_size)
+
+    want = _by_hand(the_task, predict(dev_rows), dev_rows)
+    assert metric in run["validation"]
+    assert {k: run["validation"][k] for k in want} == pytest.approx(want)
     assert run["trainable_params"] < 0.02 * run["total_params"] or task == "udpos"
     # A standard AdapterHub folder: adapter + head, safetensors only.
     files = sorted(p.name for p in (result.out / "adapter").iterdir())
@@ -32,6 +97,12 @@ def test_each_family_trains_end_to_end(tmp_path, tiny_xlmr_dir, task, metric):
     assert [rec["step"] for rec in lines if "loss" in rec] == [1, 2, 3]
     versus = run["test_vs_majority"]
     if task in ("mrpc", "copa"):
+        # The baseline: the training rows' most frequent label, scored on the test rows.
+        counts = Counter(r["label"] for r in train_rows)
+        majority = max(sorted(counts, key=str), key=counts.get)
+        assert run["test_majority_baseline"] == pytest.approx(
+            100 * sum(r["label"] == majority for r in test_rows) / len(test_rows))
+        assert run["test"] == pytest.approx(_by_hand(the_task, predict(test_rows), test_rows))
         assert versus["difference"] == pytest.approx(run["test"]["accuracy"] - run["test_majority_baseline"])
         assert versus["low"] <= versus["difference"] <= versus["high"] and versus["n"] == 24
     else:
@@ -46,18 +117,9 @@ def test_adapter_on_the_int8_default_model_memorises_a_batch(tmp_path, me5_dir):
     assert losses[0] > 0.5 and losses[-1] < 0.5 * losses[0]
 
 
-def test_saved_adapter_loads_in_plain_adapters_with_same_outputs(tmp_path, tiny_xlmr_dir, monkeypatch):
+def test_saved_adapter_loads_in_plain_adapters_with_same_outputs(tmp_path, tiny_xlmr_dir, built_models):
     from adapters import AutoAdapterModel
 
-    import adaptertx.training.single as train_module
-
-    build, built_models = train_module.build_adapter_model, []
-
-    def keep_built(*args, **kwargs):
-        built_models.append(build(*args, **kwargs))
-        return built_models[-1]
-
-    monkeypatch.setattr(train_module, "build_adapter_model", keep_built)
     result = train(config(tmp_path, "mrpc", tiny_xlmr_dir, max_steps=2, quant="none"), progress=False)
     (built,) = built_models
     trained = built.model.eval()  # holds the best adapter and head, as saved
