@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from adaptertx.errors import AdaptertxError, import_optional
 from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.models import fingerprint, load_tokenizer, resolve
-from adaptertx.settings import ADAPTER, ADAPTER_SEED, QUANT, QUANT_MODES
+from adaptertx.settings import ADAPTER, ADAPTER_SEED, QUANT, check_quant
 from adaptertx.tasks import TRAINABLE_FAMILIES, Task
 
 
@@ -60,8 +60,7 @@ def load_base(model_name: str, quant: str) -> tuple[PreTrainedModel, PreTrainedT
     """The base encoder as an ``adapters`` flexible-head model, stored as ``quant`` asks."""
     from adapters import AutoAdapterModel
 
-    if quant not in QUANT_MODES:
-        raise AdaptertxError(f"unknown quantisation {quant!r}; choose one of {', '.join(QUANT_MODES)}")
+    check_quant(quant)
     source = resolve(model_name)
     kwargs = {}
     if quant == "bnb-int8":

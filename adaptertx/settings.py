@@ -35,6 +35,13 @@ QUANT = "int8"
 QUANT_MODES = ("int8", "bnb-int8", "bf16", "none")
 
 
+def check_quant(quant: str) -> str:
+    """``quant`` unchanged, or a one-line error naming the storage modes."""
+    if quant not in QUANT_MODES:
+        raise AdaptertxError(f"unknown quantisation {quant!r}; choose one of {', '.join(QUANT_MODES)}")
+    return quant
+
+
 def _help(text: str, default: Any = dataclasses.MISSING) -> Any:
     return field(default=default, metadata={"help": text})
 

@@ -17,7 +17,7 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation.intermediate import Intermediate
 from adaptertx.languages import is_low_resource
 from adaptertx.rundir import sha256_file
-from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, QUANT_MODES, TargetSettings
+from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, TargetSettings, check_quant
 from adaptertx.tasks import Task, get_task, tasks
 
 #: The public release format of each target's files (``--data-file``), by task.
@@ -58,8 +58,7 @@ class EvalConfig(TargetSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.quant not in QUANT_MODES:
-            raise AdaptertxError(f"unknown quantisation {self.quant!r}; choose one of {', '.join(QUANT_MODES)}")
+        check_quant(self.quant)
         task = get_task(self.target)
         if task.role != "target":
             raise AdaptertxError(f"{self.target!r} is an intermediate task, not a target; targets: "

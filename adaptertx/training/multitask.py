@@ -50,7 +50,7 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.io import atomic_dir, atomic_write_text
 from adaptertx.metrics import score
 from adaptertx.modeling import BuiltModel, build_adapter_model, check_trainable, rename_key
-from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, QUANT_MODES, TrainSettings
+from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, TrainSettings, check_quant
 from adaptertx.tasks import Task, get_task
 from adaptertx.training.data import encode, english_splits, majority_baseline, majority_comparison
 from adaptertx.training.loop import MixturePlan, Validation, fit
@@ -114,8 +114,7 @@ class MultitaskConfig(TrainSettings):
         if not self.name or any(c in self.name for c in "., /"):
             raise AdaptertxError(f"adapter name {self.name!r} must be non-empty without '.', ',', '/' or spaces")
         super().__post_init__()
-        if self.quant not in QUANT_MODES:
-            raise AdaptertxError(f"unknown quantisation {self.quant!r}; choose one of {', '.join(QUANT_MODES)}")
+        check_quant(self.quant)
 
     def to_json(self) -> dict:
         """The config as JSON values (``tasks`` as a list), as written into run.json."""

@@ -27,11 +27,10 @@ import torch
 from accelerate.utils import set_seed
 
 from adaptertx import rundir
-from adaptertx.errors import AdaptertxError
 from adaptertx.io import atomic_dir
 from adaptertx.metrics import score
 from adaptertx.modeling import BuiltModel, build_adapter_model, check_trainable
-from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, QUANT_MODES, TrainSettings
+from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, TrainSettings, check_quant
 from adaptertx.tasks import Task, get_task
 from adaptertx.training.data import encode, english_splits, majority_baseline, majority_comparison
 from adaptertx.training.loop import SingleTaskPlan, Validation, fit
@@ -61,8 +60,7 @@ class TrainConfig(TrainSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.quant not in QUANT_MODES:
-            raise AdaptertxError(f"unknown quantisation {self.quant!r}; choose one of {', '.join(QUANT_MODES)}")
+        check_quant(self.quant)
 
     def to_json(self) -> dict:
         """The config as ``run.json`` holds it."""
