@@ -110,6 +110,8 @@ class LanguageResult:
         split, source: which split of which data (``bundled``, ``hub:<dataset>/<config>`` or a file path).
         stats: one row of counts per example (``None`` where the metric has none, e.g. BUCC F1).
         ids_sha: SHA-256 of the example ids in order (paired comparisons check it).
+        floor: the primary score of a model that learned nothing on the same examples:
+            ``{"majority", "chance"}`` (:func:`adaptertx.floors.floors`; either may be ``None``).
     """
 
     scores: dict
@@ -119,11 +121,17 @@ class LanguageResult:
     source: str
     stats: list | None = None
     ids_sha: str | None = None
+    floor: dict | None = None
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """A target's zero-shot results under one intermediate configuration."""
+    """A target's zero-shot results under one intermediate configuration.
+
+    ``learned`` is the target adapter's English held-out score against its majority floor
+    (:func:`adaptertx.floors.versus_floor`, with ``"learned"``: the interval above zero, and
+    ``"split"``); ``None`` for retrieval targets, which train nothing.
+    """
 
     target: str
     metric: str
@@ -132,12 +140,13 @@ class EvalResult:
     missing: dict[str, str]
     trace: dict
     notes: list[str] = field(default_factory=list)
+    learned: dict | None = None
 
     def record(self) -> dict:
         """As stored in a results store (see :mod:`adaptertx.results`)."""
         return {"target": self.target, "metric": self.metric, "primary": self.primary,
                 "languages": {k: dataclasses.asdict(v) for k, v in self.languages.items()},
-                "missing": self.missing, "trace": self.trace, "notes": self.notes}
+                "missing": self.missing, "trace": self.trace, "notes": self.notes, "learned": self.learned}
 
 
 def is_low(code: str) -> bool:

@@ -25,6 +25,7 @@ so reports recompute scores and bootstrap intervals from the stored counts alone
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -51,6 +52,7 @@ from adaptertx.evaluation.common import (
 )
 from adaptertx.evaluation.intermediate import NONE, Intermediate, load_into
 from adaptertx.evaluation.retrieval_targets import evaluate_retrieval
+from adaptertx.floors import chance, floors, learned
 from adaptertx.fused_fusion import enable_fused_fusion, fast_fusion_attention
 from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.languages import normalize, normalize_or_keep
@@ -60,7 +62,7 @@ from adaptertx.modeling import BuiltModel, adapter_config, add_head, load_base, 
 from adaptertx.models import fingerprint, hub_reachable
 from adaptertx.tasks import Task, get_task
 from adaptertx.training import TrainConfig, train_one_task
-from adaptertx.training.data import encode, subset
+from adaptertx.training.data import encode, english_splits, subset
 from adaptertx.training.scoring import predict
 
 log = logging.getLogger(__name__)
@@ -177,13 +179,14 @@ def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathL
     task = get_task(config.target)
     start = time.time()
     if task.family == "retrieval":
-        return evaluate_retrieval(config, inter, task, start, progress)
+        return _with_chance(task, evaluate_retrieval(config, inter, task, start, progress))
     sets, missing = eval_sets(task, config)
     if not sets:
         raise AdaptertxError(f"no data to evaluate {task.name} on: "
                              + "; ".join(f"{k}: {v}" for k, v in missing.items()))
     train_task = get_task(task.english_train)
     built = _train_target(config, inter, train_task, Path(out), progress)
+    train_rows = english_splits(train_task, config.max_examples)[0]  # the majority floor's labels
 
     notes = []
     keep = None
@@ -206,9 +209,34 @@ def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathL
             gold = [dict(r, tags=restrict(r["tags"], keep)) for r in rows]
         stats = example_stats(task, preds, gold, lang=lang)
         scores = stats_score(task, sums(stats))
-        results[lang] = LanguageResult(rounded(scores), len(rows), is_low(lang), split, source, stats, ids_sha(rows))
+        floor = rounded_floor(floors(task, gold, train_rows, lang=lang))
+        results[lang] = LanguageResult(rounded(scores), len(rows), is_low(lang), split, source, stats, ids_sha(rows),
+                                       floor)
     record = trace(config, inter, built.fingerprint, Path(out), start)
-    return EvalResult(task.name, task.metric, PRIMARY[task.metric], results, missing, record, notes)
+    return EvalResult(task.name, task.metric, PRIMARY[task.metric], results, missing, record, notes,
+                      target_learned(Path(out)))
+
+
+def _with_chance(task: Task, result: EvalResult) -> EvalResult:
+    """Tatoeba's floor: chance, one right sentence among the language's ``n`` candidates."""
+    if task.metric != "retrieval_accuracy":
+        return result
+    langs = {k: dataclasses.replace(v, floor=rounded_floor({"majority": None, "chance": chance(task, candidates=v.n)}))
+             for k, v in result.languages.items()}
+    return dataclasses.replace(result, languages=langs)
+
+
+def rounded_floor(floor: dict) -> dict:
+    return {k: None if v is None else round(v, 4) for k, v in floor.items()}
+
+
+def target_learned(out: Path) -> dict | None:
+    """The target run's English held-out score against its majority floor, from its ``run.json``
+    (:func:`adaptertx.floors.versus_floor`), with ``"learned"`` (``None``: not recorded)."""
+    versus = rundir.read_json(out / rundir.RUN_FILE).get("test_vs_majority")
+    if not isinstance(versus, dict) or "low" not in versus:
+        return {"learned": None, "why": "the target run recorded no comparison with its floor"}
+    return {**versus, "split": "test", "learned": learned(versus)}
 
 
 def _fused_inference(model):

@@ -3,7 +3,7 @@
 - :mod:`.single` — one task's adapter and head (``adaptertx train``);
 - :mod:`.multitask` — one adapter on several tasks at once, one head each;
 - :mod:`.sampling` — how a multi-task run draws its batches;
-- :mod:`.data` — the English splits, encoded features and the majority baseline;
+- :mod:`.data` — the English splits and encoded features (their floors: :mod:`adaptertx.floors`);
 - :mod:`.scoring` — predictions and scores on encoded examples.
 """
 

@@ -1,9 +1,8 @@
-"""The English data a training run learns from: splits, encoded features, the majority baseline."""
+"""The English data a training run learns from: its splits and encoded features."""
 
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
@@ -59,50 +58,6 @@ def english_splits(task: Task, limit: int | None) -> tuple[list[dict], list[dict
         log.info("%s: no English validation split; holding out %d training examples", task.name, cut)
     test_rows = rows("test") if "test" in splits else None
     return subset(train_rows, limit), subset(dev_rows, limit), None if test_rows is None else subset(test_rows, limit)
-
-
-def majority_label(task: Task, train_rows: list[dict]):
-    """The most frequent label of the training rows (ties: the smallest), or ``None`` for
-    families other than classification and multiple choice, or without rows."""
-    if task.family not in ("classification", "multiple_choice") or not train_rows:
-        return None
-    counts: dict = {}
-    for row in train_rows:
-        counts[row["label"]] = counts.get(row["label"], 0) + 1
-    return min(counts, key=lambda label: (-counts[label], str(label)))
-
-
-def majority_baseline(task: Task, rows: list[dict], train_rows: list[dict]) -> float | None:
-    """Accuracy (percent) on ``rows`` of always predicting the training split's most frequent
-    label (:func:`majority_label`), the usual majority-class baseline. With balanced
-    multiple-choice answers it is chance, ``100 / num_choices``, up to the test split's own
-    imbalance. ``None`` for other families or without rows."""
-    label = majority_label(task, train_rows)
-    if label is None or not rows:
-        return None
-    return 100.0 * sum(row["label"] == label for row in rows) / len(rows)
-
-
-def majority_comparison(task: Task, predictions, rows: list[dict], train_rows: list[dict]) -> dict | None:
-    """The model's accuracy minus :func:`majority_baseline` on the same ``rows``, in points,
-    with a 95% interval of that paired difference (normal approximation over the per-example
-    differences, each -1, 0 or +1): ``{"difference", "low", "high", "n"}``. A low end above 0
-    is what "clearly beats the majority baseline" means in ``adaptertx runs``.
-
-    ``None`` for families other than classification and multiple choice, or without rows.
-    """
-    majority = majority_label(task, train_rows)
-    if majority is None or not rows:
-        return None
-    preds = [predictions[row["id"]] for row in rows] if isinstance(predictions, dict) else list(predictions)
-    if len(preds) != len(rows):
-        raise AdaptertxError(f"{task.name}: {len(preds)} predictions for {len(rows)} examples")
-    diffs = torch.tensor([float(p == row["label"]) - float(majority == row["label"])
-                          for p, row in zip(preds, rows, strict=True)], dtype=torch.float64)
-    n = len(rows)
-    mean = diffs.mean().item()
-    half = 1.96 * (diffs.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("inf"))
-    return {"difference": 100 * mean, "low": 100 * (mean - half), "high": 100 * (mean + half), "n": n}
 
 
 def subset(rows: list[dict], limit: int | None) -> list[dict]:

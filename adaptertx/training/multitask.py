@@ -47,12 +47,13 @@ from safetensors.torch import load_file, save_file
 from adaptertx import rundir
 from adaptertx.environment import versions
 from adaptertx.errors import AdaptertxError
+from adaptertx.floors import versus_floor
 from adaptertx.io import atomic_dir, atomic_write_text
 from adaptertx.metrics import score
 from adaptertx.modeling import BuiltModel, build_adapter_model, check_trainable, rename_key
 from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, TrainSettings, check_quant
 from adaptertx.tasks import Task, get_task
-from adaptertx.training.data import encode, english_splits, majority_baseline, majority_comparison
+from adaptertx.training.data import encode, english_splits
 from adaptertx.training.loop import MixturePlan, Validation, fit
 from adaptertx.training.sampling import SAMPLINGS, sampling_probabilities
 from adaptertx.training.scoring import predict
@@ -296,6 +297,6 @@ def _test_all(built: BuiltModel, model, config: MultitaskConfig, task_list: list
         model.active_head = task.name
         preds = predict(built, task, feats, batch_size=config.batch_size * 2)
         test_scores[task.name] = score(task, preds, test_rows, lang="en")
-        baselines[task.name] = majority_baseline(task, test_rows, train_rows)
-        comparisons[task.name] = majority_comparison(task, preds, test_rows, train_rows)
+        comparisons[task.name] = versus_floor(task, preds, test_rows, train_rows)
+        baselines[task.name] = None if comparisons[task.name] is None else comparisons[task.name]["floor"]
     return test_scores, baselines, comparisons

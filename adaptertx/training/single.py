@@ -27,12 +27,13 @@ import torch
 from accelerate.utils import set_seed
 
 from adaptertx import rundir
+from adaptertx.floors import versus_floor
 from adaptertx.io import atomic_dir
 from adaptertx.metrics import score
 from adaptertx.modeling import BuiltModel, build_adapter_model, check_trainable
 from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, TrainSettings, check_quant
 from adaptertx.tasks import Task, get_task
-from adaptertx.training.data import encode, english_splits, majority_baseline, majority_comparison
+from adaptertx.training.data import encode, english_splits
 from adaptertx.training.loop import SingleTaskPlan, Validation, fit
 from adaptertx.training.scoring import predict
 
@@ -153,9 +154,12 @@ def train_one_task(config: TrainConfig, task: Task, build: Callable[[], BuiltMod
         rundir.write_run(out, config.to_json(), "finished", fingerprint=built.fingerprint, adapter_name=built.name,
                          **run_info, best_epoch=state["best_epoch"], validation=state["best"], test=test_scores,
                          steps=state["step"], seconds=round(seconds, 1),
-                         test_majority_baseline=None if test_rows is None else majority_baseline(task, test_rows,
-                                                                                                 train_rows),
-                         test_vs_majority=None if test_rows is None else majority_comparison(task, test_preds,
-                                                                                            test_rows, train_rows),
+                         **_versus_floor(task, test_preds, test_rows, train_rows),
                          trainable_params=fitted.trainable_params, total_params=fitted.total_params)
     return RunResult(out, state["best_epoch"], state["best"], test_scores, state["step"], seconds)
+
+
+def _versus_floor(task: Task, preds, test_rows: list[dict] | None, train_rows: list[dict]) -> dict:
+    """The run record's floor keys: the majority floor's test score and the paired comparison."""
+    versus = None if test_rows is None else versus_floor(task, preds, test_rows, train_rows)
+    return {"test_majority_baseline": None if versus is None else versus["floor"], "test_vs_majority": versus}
