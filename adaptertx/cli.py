@@ -498,22 +498,24 @@ def _encoder_kwargs(precision, reference) -> dict:
 @click.option("--max-pairs", type=int, help="Use only the first N pairs per language.")
 @_clear_errors
 def retrieve_tatoeba(model_name, adapter, layer, data_dir, precision, reference, out, langs, max_pairs) -> None:
-    """Tatoeba accuracy (nearest neighbour by cosine) per language, both directions."""
+    """Tatoeba accuracy (nearest neighbour by cosine) per language, both directions: en→x (XTREME's) first."""
     from adaptertx.evaluation import evaluate_tatoeba
     from adaptertx.io import atomic_write_text
 
     scores = evaluate_tatoeba(model_name, _csv(langs), layer=layer, max_pairs=max_pairs, adapter=adapter,
                               data_dir=data_dir, **_encoder_kwargs(precision, reference))
-    rows = [(s.lang + (" *" if s.low_resource else ""), s.pairs, f"{s.x_to_en:.1f}", f"{s.en_to_x:.1f}")
-            for s in scores]
-    click.echo(tabulate(rows, headers=["lang", "pairs", "x→en %", "en→x %"],
-                        colalign=("left", "right", "right", "right"), disable_numparse=True))
+    rows = [(s.lang + (" *" if s.low_resource else ""), s.pairs, f"{s.en_to_x:.1f}", f"{s.x_to_en:.1f}",
+             f"{s.x_to_en_f1:.1f}") for s in scores]
+    click.echo(tabulate(rows, headers=["lang", "pairs", "en→x %", "x→en %", "x→en F1 %"],
+                        colalign=("left", "right", "right", "right", "right"), disable_numparse=True))
     for label, group in (("all", scores), ("low-resource *", [s for s in scores if s.low_resource]),
                          ("other", [s for s in scores if not s.low_resource])):
         if group:
-            mean = sum(s.x_to_en for s in group) / len(group)
-            back = sum(s.en_to_x for s in group) / len(group)
-            click.echo(f"mean, {label} ({len(group)} langs): x→en {mean:.1f}%  en→x {back:.1f}%")
+            mean = {k: sum(getattr(s, k) for s in group) / len(group) for k in ("en_to_x", "x_to_en", "x_to_en_f1")}
+            click.echo(f"mean, {label} ({len(group)} langs): en→x {mean['en_to_x']:.1f}%  x→en {mean['x_to_en']:.1f}%  "
+                       f"x→en F1 {mean['x_to_en_f1']:.1f}%")
+    if scores:
+        click.echo(f"en→x is XTREME's Tatoeba score, x→en and its F1 are MTEB's; prefix {scores[0].prefix!r}")
     truncated = sum(s.truncated for s in scores)
     if truncated:
         click.echo(f"{truncated} sentences were longer than the model's limit and were truncated")
@@ -544,6 +546,7 @@ def retrieve_bucc(model_name, adapter, layer, data_dir, precision, reference, ou
                           f"{s.threshold:.4f}", f"{s.precision:.1f}", f"{s.recall:.1f}", f"{s.f1:.1f}")],
                         headers=["pair", "source", "target", "gold", "extracted", "threshold", "P %", "R %", "F1 %"],
                         disable_numparse=True))
+    click.echo(f"XTREME's mining protocol (ratio margin, k={k}, F1-tuned threshold); prefix {s.prefix!r}")
     if s.truncated:
         click.echo(f"{s.truncated} sentences were longer than the model's limit and were truncated")
     if out:

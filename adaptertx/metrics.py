@@ -8,7 +8,18 @@
 * :func:`entity_f1`: span-level micro precision / recall / F1 of CoNLL-2000's ``conlleval``
   as implemented by ``seqeval`` in its default mode (an ``I-`` tag after ``O`` or after a
   different type starts an entity).
-* :func:`tag_accuracy`: word-level tag accuracy (UD part of speech).
+* :func:`tag_accuracy`: word-level tag accuracy (CCG supertags; beside F1 for UD-POS).
+* :func:`tag_f1`: the score XTREME and XTREME-R report for UD-POS (google-research/xtreme
+  ``third_party/run_tag.py``): ``seqeval``'s chunk precision / recall / F1 over the tag
+  sequences of the whole test set, with word accuracy beside it. A POS tag has no ``B-``/``I-``
+  prefix, so seqeval reads its first letter as the chunk tag and the rest as the chunk type
+  (``NOUN`` is tag ``N``, type ``OUN``): a run of equal tags is one chunk, ``SCONJ`` and ``SYM``
+  (tag ``S``: single) are one chunk per word, ``CCONJ`` and ``SCONJ`` share the type ``CONJ``,
+  and ``X`` (type ``_``, that of the ``O`` seqeval puts between sentences) is no chunk at the end
+  of a sentence. A chunk counts when its type and both ends match. So F1 is not word accuracy, and the two
+  differ by points on the same predictions (either way: clustered errors cost F1 less).
+* :func:`bitext_f1`: MTEB's BitextMining F1 of nearest-neighbour matches (its main Tatoeba and
+  BUCC score): scikit-learn's support-weighted F1 of the predicted indices against the gold ones.
 * :func:`average_precision_at_k`: average precision of one ranking cut at ``k``, as LAReQA's
   reference ``mean_avg_prec_at_k`` computes it (mAP@20 is its mean over questions).
 
@@ -30,7 +41,8 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.tasks import Task
 
 __all__ = ["accuracy", "squad_scores", "normalize_answer", "normalize_answer_mlqa", "entity_f1", "tag_accuracy",
-           "METRICS", "score", "MLQA_LANGUAGES", "average_precision_at_k", "MAP_K"]
+           "tag_f1", "tag_chunks", "bitext_f1", "RETRIEVAL_DIRECTIONS", "METRICS", "score", "MLQA_LANGUAGES",
+           "average_precision_at_k", "MAP_K"]
 
 
 def _check_lengths(predictions: Sequence, references: Sequence, what: str) -> None:
@@ -80,6 +92,72 @@ def entity_f1(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[s
         return {"precision": 100.0 * float(precision_score(gold, pred, zero_division=0)),
                 "recall": 100.0 * float(recall_score(gold, pred, zero_division=0)),
                 "f1": 100.0 * float(f1_score(gold, pred, zero_division=0))}
+
+
+def tag_chunks(tag_seqs: Sequence[Sequence[str]]) -> list[set[tuple[str, int, int]]]:
+    """``seqeval``'s chunks ``(type, first word, last word)`` of sentences scored together, per
+    sentence: the chunks its ``f1_score`` finds when given all of them at once (the sentences
+    joined with an ``O`` between them, as ``run_tag.py`` scores a test set), each in the
+    sentence holding its last word; offsets count words over the joined sentences.
+
+    Calling seqeval once over all sentences keeps its behaviour at sentence starts exactly (a
+    sentence opening with ``X``, whose seqeval type ``_`` equals that of the ``O`` between
+    sentences, continues the previous chunk's start, as it does in ``run_tag.py``)."""
+    import warnings
+    from bisect import bisect_right
+
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    seqs = [list(t) for t in tag_seqs]
+    starts, at = [], 0
+    for t in seqs:
+        starts.append(at)
+        at += len(t) + 1  # the "O" seqeval puts after every sentence
+    out: list[set[tuple[str, int, int]]] = [set() for _ in seqs]
+    if not any(seqs):
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seqeval warns that POS tags do not look like BIO tags
+        chunks = get_entities(seqs)
+    for chunk in chunks:
+        out[bisect_right(starts, chunk[2]) - 1].add(tuple(chunk))
+    return out
+
+
+def tag_f1(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence[str]]) -> dict[str, float]:
+    """XTREME's UD-POS scores: ``{"precision", "recall", "f1"}`` of ``seqeval``'s ``f1_score``
+    family over the tag sequences (as ``third_party/run_tag.py``), plus ``"accuracy"``
+    (:func:`tag_accuracy`). Where neither side holds a chunk, precision, recall and F1 are 0."""
+    _check_lengths(pred_tags, gold_tags, "tag_f1")
+    accuracy_ = tag_accuracy(pred_tags, gold_tags)
+    import warnings
+
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    gold, pred = [list(g) for g in gold_tags], [list(p) for p in pred_tags]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # POS tags are not BIO tags; seqeval says so for each
+        return {"precision": 100.0 * float(precision_score(gold, pred, zero_division=0)),
+                "recall": 100.0 * float(recall_score(gold, pred, zero_division=0)),
+                "f1": 100.0 * float(f1_score(gold, pred, zero_division=0)), "accuracy": accuracy_}
+
+
+def bitext_f1(nearest: Sequence[int]) -> float:
+    """MTEB's BitextMining F1 (percent) of nearest-neighbour matches: query ``i``'s gold match is
+    candidate ``i`` and ``nearest[i]`` is the candidate it found. As scikit-learn's
+    ``f1_score(gold, nearest, average="weighted")`` (each gold index has support 1): a correct
+    query ``i`` scores ``2 / (k + 1)``, where ``k`` is how many queries found candidate ``i``,
+    a wrong one 0, averaged over queries. At most the accuracy; equal when no candidate is
+    found twice.
+
+    >>> round(bitext_f1([0, 0, 2]), 4)  # query 0 right but candidate 0 found twice; query 2 right
+    55.5556
+    """
+    nearest = [int(j) for j in nearest]
+    if not nearest:
+        raise AdaptertxError("bitext_f1: nothing to score")
+    found = Counter(nearest)
+    return 100.0 * sum(2.0 / (found[i] + 1) for i, j in enumerate(nearest) if i == j) / len(nearest)
 
 
 # ----------------------------------------------------------------------------- SQuAD / MLQA
@@ -230,6 +308,11 @@ def _score_entity_f1(task: Task, predictions, examples, lang: str | None) -> dic
     return entity_f1(preds, [ex["tags"] for ex in examples])
 
 
+def _score_tag_f1(task: Task, predictions, examples, lang: str | None) -> dict[str, float]:
+    preds = _aligned(predictions, examples, task.name)
+    return tag_f1(preds, [ex["tags"] for ex in examples])
+
+
 MetricFn = Callable[[Task, object, Sequence[Mapping], "str | None"], dict]
 
 # Task.metric → scorer(task, predictions, examples, lang) -> {score name: percent}.
@@ -237,6 +320,7 @@ METRICS: dict[str, MetricFn] = {
     "accuracy": _score_accuracy,
     "f1_em": _score_f1_em,
     "entity_f1": _score_entity_f1,
+    "tag_f1": _score_tag_f1,
 }
 
 
@@ -252,7 +336,8 @@ def score(task: Task, predictions, examples: Sequence[Mapping], *, lang: str | N
         lang: the examples' language; selects MLQA's normalisation for ``mlqa``.
 
     Returns:
-        ``{"accuracy"}``, ``{"exact_match", "f1"}`` or ``{"precision", "recall", "f1"}``, in percent.
+        ``{"accuracy"}``, ``{"exact_match", "f1"}``, ``{"precision", "recall", "f1"}`` or (``tag_f1``)
+        ``{"precision", "recall", "f1", "accuracy"}``, in percent.
     """
     scorer = METRICS.get(task.metric)
     if scorer is None:
@@ -268,9 +353,11 @@ def score(task: Task, predictions, examples: Sequence[Mapping], *, lang: str | N
 # A score is a function of sums over test examples. Storing each example's counts lets a
 # report recompute any score, and resample test examples for bootstrap intervals, without
 # the predictions. Rows per metric (and family):
-#   accuracy (classification, multiple choice), retrieval_accuracy: [correct]
+#   accuracy (classification, multiple choice):                     [correct]
 #   accuracy (tagging):                                             [correct words, words]
 #   entity_f1:                                                      [true positive, predicted, gold] entities
+#   tag_f1:                      [true positive, predicted, gold] chunks (:func:`tag_chunks`), [correct words, words]
+#   retrieval_accuracy (Tatoeba), in the order of RETRIEVAL_DIRECTIONS: [en->x hit, x->en hit]
 #   f1_em:                                                          [exact match, F1], each in [0, 1]
 #   map@20:                                                         [average precision at 20], in [0, 1]
 
@@ -317,10 +404,35 @@ def _entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
     return set(get_entities(list(tags)))
 
 
+def _tag_rows(task: Task, preds: list, examples: Sequence[Mapping]) -> list[list[float]]:
+    """Tagging rows: ``[correct words, words]`` (``accuracy``), and for ``tag_f1`` the chunk
+    counts of :func:`tag_chunks` first, ``[true positive, predicted, gold, correct words, words]``."""
+    for i, (p, ex) in enumerate(zip(preds, examples, strict=True)):
+        if len(p) != len(ex["tags"]):
+            raise AdaptertxError(f"{task.metric}: sentence {i} has {len(p)} predicted tags for "
+                                 f"{len(ex['tags'])} words")
+    words = [[sum(a == b for a, b in zip(p, ex["tags"], strict=True)), len(ex["tags"])]
+             for p, ex in zip(preds, examples, strict=True)]
+    if task.metric == "accuracy":
+        return words
+    pred_chunks, gold_chunks = tag_chunks(preds), tag_chunks([ex["tags"] for ex in examples])
+    return [[len(pc & gc), len(pc), len(gc), *w] for pc, gc, w in zip(pred_chunks, gold_chunks, words, strict=True)]
+
+
+def _prf(tp: float, n_pred: float, n_gold: float) -> dict[str, float]:
+    precision = 100.0 * tp / n_pred if n_pred else 0.0
+    recall = 100.0 * tp / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
 def example_stats(task: Task, predictions, examples: Sequence[Mapping], *,
                   lang: str | None = None) -> list[list[float]]:
     """One row of counts per example (in ``examples`` order); :func:`stats_score` of them
-    equals :func:`score` of the same predictions."""
+    equals :func:`score` of the same predictions. For ``retrieval_accuracy`` (Tatoeba) a
+    prediction is the pair of indices found for the pair ``(en→x, x→en)`` (the English sentence's
+    nearest source sentence, the source sentence's nearest English one) and ``ex["target_index"]``
+    is the right one."""
     if not examples:
         raise AdaptertxError(f"task {task.name!r}: no examples to score")
     if task.metric == "f1_em":
@@ -337,17 +449,18 @@ def example_stats(task: Task, predictions, examples: Sequence[Mapping], *,
             pe, ge = _entities(p), _entities(ex["tags"])
             rows.append([len(pe & ge), len(pe), len(ge)])
         return rows
-    if task.metric == "accuracy" and task.family == "tagging":
+    if task.family == "tagging" and task.metric in ("accuracy", "tag_f1"):
+        return _tag_rows(task, preds, examples)
+    if task.metric == "accuracy":
+        return [[float(p == ex["label"])] for p, ex in zip(preds, examples, strict=True)]
+    if task.metric == "retrieval_accuracy":
         rows = []
         for i, (p, ex) in enumerate(zip(preds, examples, strict=True)):
-            if len(p) != len(ex["tags"]):
-                raise AdaptertxError(f"tag_accuracy: sentence {i} has {len(p)} predicted tags for "
-                                     f"{len(ex['tags'])} words")
-            rows.append([sum(a == b for a, b in zip(p, ex["tags"], strict=True)), len(ex["tags"])])
+            if isinstance(p, (str, bytes)) or not hasattr(p, "__len__") or len(p) != len(RETRIEVAL_DIRECTIONS):
+                raise AdaptertxError(f"retrieval_accuracy: pair {i} needs the index each direction found "
+                                     f"({', '.join(RETRIEVAL_DIRECTIONS)}), got {p!r}")
+            rows.append([float(int(found) == ex["target_index"]) for found in p])
         return rows
-    if task.metric in ("accuracy", "retrieval_accuracy"):
-        key = "label" if task.metric == "accuracy" else "target_index"
-        return [[float(p == ex[key])] for p, ex in zip(preds, examples, strict=True)]
     if task.metric == "map@20":
         rows = []
         for i, (p, ex) in enumerate(zip(preds, examples, strict=True)):
@@ -365,23 +478,41 @@ def stats_score(task: Task, sums: Sequence[float]) -> dict[str, float]:
     *cols, n = sums
     if n <= 0:
         raise AdaptertxError(f"task {task.name!r}: no examples to score")
+    key = (task.metric, task.family == "tagging")
+    width = _STATS_COLUMNS.get(key, _STATS_COLUMNS.get((task.metric, False)))
+    if width is None:
+        raise AdaptertxError(f"task {task.name!r} uses metric {task.metric!r}, which has no per-example counts")
+    if len(cols) != width:
+        raise AdaptertxError(f"task {task.name!r} ({task.metric}) keeps {width} counts per example, these have "
+                             f"{len(cols)}: they were written under another definition of the metric; score the "
+                             f"cell again")
     if task.metric == "f1_em":
         return {"exact_match": 100.0 * cols[0] / n, "f1": 100.0 * cols[1] / n}
     if task.metric == "entity_f1":
-        tp, n_pred, n_gold = cols
-        precision = 100.0 * tp / n_pred if n_pred else 0.0
-        recall = 100.0 * tp / n_gold if n_gold else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return {"precision": precision, "recall": recall, "f1": f1}
+        return _prf(*cols)
+    if task.metric == "tag_f1":
+        return {**_prf(*cols[:3]), "accuracy": 100.0 * cols[3] / cols[4] if cols[4] else 0.0}
     if task.metric == "accuracy" and task.family == "tagging":
         return {"accuracy": 100.0 * cols[0] / cols[1] if cols[1] else 0.0}
-    if task.metric in ("accuracy", "retrieval_accuracy"):
+    if task.metric == "retrieval_accuracy":
+        return {d: 100.0 * c / n for d, c in zip(RETRIEVAL_DIRECTIONS, cols, strict=True)}
+    if task.metric == "accuracy":
         return {"accuracy": 100.0 * cols[0] / n}
-    if task.metric == "map@20":
-        return {"map@20": 100.0 * cols[0] / n}
-    raise AdaptertxError(f"task {task.name!r} uses metric {task.metric!r}, which has no per-example counts")
+    return {"map@20": 100.0 * cols[0] / n}
+
+
+#: Counts per example of each metric (``(metric, is tagging)``; see the table above).
+_STATS_COLUMNS = {("f1_em", False): 2, ("entity_f1", True): 3, ("tag_f1", True): 5, ("accuracy", True): 2,
+                  ("accuracy", False): 1, ("retrieval_accuracy", False): 2, ("map@20", False): 1}
+
+#: Tatoeba's two directions, the headline first. en→x (each English sentence searches the
+#: source-language sentences) is what XTREME's ``third_party/evaluate_retrieval.py`` scores:
+#: its ``similarity_search(x, y)`` indexes the source sentences ``x`` and searches them with the
+#: English ones ``y``, for XTREME (Hu et al., 2020) and XTREME-R (Ruder et al., 2021) alike.
+#: x→en is what MTEB scores (its queries are the ``xxx`` side of ``xxx-eng``).
+RETRIEVAL_DIRECTIONS = ("en_to_x", "x_to_en")
 
 
 #: The score each metric is compared by (reports, best checkpoints).
-PRIMARY = {"accuracy": "accuracy", "f1_em": "f1", "entity_f1": "f1", "retrieval_accuracy": "accuracy",
-           "map@20": "map@20"}
+PRIMARY = {"accuracy": "accuracy", "f1_em": "f1", "entity_f1": "f1", "tag_f1": "f1",
+           "retrieval_accuracy": RETRIEVAL_DIRECTIONS[0], "map@20": "map@20"}

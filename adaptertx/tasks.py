@@ -53,8 +53,11 @@ class Task:
         family: one of :data:`FAMILIES`.
         role: ``"intermediate"`` (an English task adapters are trained on) or ``"target"``
             (evaluated zero-shot across languages).
-        metric: the standard metric: ``accuracy``, ``f1_em`` (SQuAD F1/EM), ``entity_f1``
-            (span-level F1, seqeval), ``retrieval_accuracy``, ``bucc_f1``, ``map@20``.
+        metric: the standard metric, as the task's reference scores it: ``accuracy``, ``f1_em``
+            (SQuAD F1/EM), ``entity_f1`` (span-level F1, seqeval), ``tag_f1`` (XTREME's UD-POS F1:
+            seqeval over the POS tag sequences, word accuracy beside it), ``retrieval_accuracy``
+            (Tatoeba, both directions, en→x first), ``bucc_f1``, ``map@20``
+            (see :mod:`adaptertx.metrics`).
         languages: the task's languages in the public release (adaptertx codes).
         hub: where the full data lives on the Hub.
         bundled: the key of the bundled dataset in :mod:`adaptertx.data`, or ``None``.
@@ -171,7 +174,7 @@ register(Task("xcopa", "multiple_choice", "target", "accuracy",
               ("et", "ht", "id", "it", "qu", "sw", "ta", "th", "tr", "vi", "zh"),
               HubSource("cambridgeltl/xcopa", "{lang}"), bundled="xcopa", num_choices=2,
               english_train="copa", description="Cross-lingual choice of plausible alternatives"))
-register(Task("udpos", "tagging", "target", "accuracy",
+register(Task("udpos", "tagging", "target", "tag_f1",
               ("af", "ar", "bg", "de", "el", "en", "es", "et", "eu", "fa", "fi", "fr", "he", "hi", "hu",
                "id", "it", "ja", "kk", "ko", "lt", "mr", "nl", "pl", "pt", "ro", "ru", "ta", "te", "th",
                "tl", "tr", "uk", "ur", "vi", "wo", "yo", "zh"),
@@ -205,7 +208,7 @@ register(Task("tatoeba", "retrieval", "target", "retrieval_accuracy",
                "sk", "sl", "es", "sq", "sr", "sv", "swg", "sw", "ta", "tt", "te", "tl", "th", "tk", "tr",
                "tzl", "ug", "uk", "ur", "uz", "vi", "war", "wuu", "xh", "yi", "yue", "ms"),
               HubSource("google/xtreme", "tatoeba.{lang}", note="the Hub config uses ISO 639-3 codes"),
-              bundled="tatoeba", description="Tatoeba sentence retrieval x->en (LASER test pairs)"))
+              bundled="tatoeba", description="Tatoeba sentence retrieval, en->x and x->en (LASER test pairs)"))
 register(Task("lareqa", "retrieval", "target", "map@20",
               ("ar", "de", "el", "en", "es", "hi", "ru", "th", "tr", "vi", "zh"),
               HubSource("google-research-datasets/xquad_r", "{lang}"),

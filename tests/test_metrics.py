@@ -8,6 +8,7 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.metrics import (
     METRICS,
     accuracy,
+    bitext_f1,
     entity_f1,
     normalize_answer,
     normalize_answer_mlqa,
@@ -108,7 +109,7 @@ def test_tag_accuracy_is_over_words():
 
 
 def test_score_dispatch():
-    assert set(METRICS) == {"accuracy", "f1_em", "entity_f1"}
+    assert set(METRICS) == {"accuracy", "f1_em", "entity_f1", "tag_f1"}
     xnli = get_task("xnli")
     examples = [{"id": "1", "label": "neutral"}, {"id": "2", "label": "entailment"}]
     assert score(xnli, ["neutral", "contradiction"], examples) == {"accuracy": 50.0}
@@ -118,8 +119,13 @@ def test_score_dispatch():
     xcopa = get_task("xcopa")
     assert score(xcopa, [1, 1], [{"id": "a", "label": 1}, {"id": "b", "label": 0}]) == {"accuracy": 50.0}
     udpos = get_task("udpos")
+    # UD-POS: XTREME's seqeval F1 over the tag chunks, accuracy beside it. NOUN is right; a
+    # sentence-final X is no chunk at all in seqeval (its type "_" is that of the "O" after the
+    # sentence, so it never closes): one predicted chunk, right; two gold ones.
     assert score(udpos, [["NOUN", "X"]], [{"id": "s", "tokens": ["a", "b"], "tags": ["NOUN", "VERB"]}]) == \
-        {"accuracy": 50.0}
+        pytest.approx({"precision": 100.0, "recall": 50.0, "f1": 200 / 3, "accuracy": 50.0})
+    ccg = get_task("ccg")  # CCG supertagging stays word accuracy
+    assert score(ccg, [["N", "S"]], [{"id": "s", "tokens": ["a", "b"], "tags": ["N", "NP"]}]) == {"accuracy": 50.0}
     panx = get_task("panx")
     tagged = [{"id": "s", "tokens": ["a", "b"], "tags": ["B-PER", "O"]}]
     assert score(panx, [["B-PER", "O"]], tagged)["f1"] == 100.0
@@ -128,3 +134,22 @@ def test_score_dispatch():
     assert score(get_task("xquad"), {"q": "«casa»"}, [qa("q", "casa")], lang="es")["exact_match"] == 0.0
     with pytest.raises(AdaptertxError, match="retrieval_accuracy"):
         score(get_task("tatoeba"), [], [{"id": "x"}])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bitext_f1_is_mteb_sklearn_weighted_f1(seed):
+    # MTEB's BitextMining F1: sklearn's support-weighted F1 of the found indices against gold i.
+    import random
+
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rng = random.Random(seed)
+    n = 200
+    nearest = [i if rng.random() < 0.6 else rng.randrange(n // 4) for i in range(n)]
+    gold = list(range(n))
+    want = 100 * f1_score(gold, nearest, average="weighted", zero_division=0)
+    assert bitext_f1(nearest) == pytest.approx(want, abs=1e-9)
+    assert bitext_f1(nearest) < 100 * accuracy_score(gold, nearest)  # candidates found twice cost F1
+    assert bitext_f1(gold) == 100.0
+    with pytest.raises(AdaptertxError, match="nothing to score"):
+        bitext_f1([])

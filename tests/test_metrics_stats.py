@@ -64,9 +64,9 @@ def test_tagging_accuracy_udpos_is_over_words():
     rng = random.Random(3)
     preds = [[t if rng.random() < 0.7 else rng.choice(task.labels) for t in ex["tags"]] for ex in examples]
     want, rows = check("udpos", preds, examples)
-    assert [r[1] for r in rows] == [len(ex["tags"]) for ex in examples]
+    assert [r[4] for r in rows] == [len(ex["tags"]) for ex in examples]
     # Word-level, not a mean of sentence accuracies (sentences differ in length).
-    per_sentence = sum(r[0] / r[1] for r in rows) / len(rows) * 100
+    per_sentence = sum(r[3] / r[4] for r in rows) / len(rows) * 100
     assert abs(per_sentence - want["accuracy"]) > 1e-6
     assert 0 < want["accuracy"] < 100
 
@@ -182,11 +182,18 @@ def test_mlqa_chinese_scored_by_characters():
 
 
 def test_retrieval_accuracy_counts():
+    # A prediction is what each direction found for the pair: (en→x, x→en), the headline first.
     task = get_task("tatoeba")
+    assert PRIMARY[task.metric] == "en_to_x"
     examples = [{"id": str(i), "source": "s", "target": "t", "target_index": i} for i in range(4)]
-    rows = example_stats(task, [0, 1, 3, 3], examples)
-    assert rows == [[1.0], [1.0], [0.0], [1.0]]
-    assert from_stats(task, rows) == {"accuracy": 75.0}
+    rows = example_stats(task, [(0, 0), (1, 2), (3, 2), (3, 3)], examples)
+    assert rows == [[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
+    assert from_stats(task, rows) == {"en_to_x": 75.0, "x_to_en": 75.0}
+    assert from_stats(task, rows[1:2]) == {"en_to_x": 100.0, "x_to_en": 0.0}
+    with pytest.raises(AdaptertxError, match="needs the index each direction found"):
+        example_stats(task, [0, 1, 3, 3], examples)
+    with pytest.raises(AdaptertxError, match="keeps 2 counts per example, these have 1"):
+        stats_score(task, [3, 4])
 
 
 def test_errors():
@@ -221,3 +228,64 @@ def test_errors():
             score(get_task(name), [0], [{"id": "0"}])
     with pytest.raises(AdaptertxError, match="no examples to score"):
         stats_score(xnli, [0.0, 0])
+
+
+def _seqeval_corpus(preds, examples):
+    """seqeval's scores over the whole test set at once, as XTREME's run_tag.py computes them."""
+    import warnings
+
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    gold = [list(ex["tags"]) for ex in examples]
+    pred = [list(p) for p in preds]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {"precision": 100 * precision_score(gold, pred), "recall": 100 * recall_score(gold, pred),
+                "f1": 100 * f1_score(gold, pred)}
+
+
+@pytest.mark.parametrize("lang,split,p", [("en", "test", 0.1), ("de", "validation", 0.2), ("zh", "validation", 0.05)])
+def test_udpos_f1_is_run_tag_seqeval_over_the_test_set(lang, split, p):
+    # Real UD-POS sentences (German has sentences that open with X, where seqeval continues the
+    # previous chunk's start: scoring sentences one by one would differ there).
+    task = get_task("udpos")
+    assert task.metric == "tag_f1" and PRIMARY[task.metric] == "f1"
+    examples = data.load("udpos", lang, split)[:1500]
+    if lang == "de":
+        assert any(ex["tags"][0] == "X" for ex in examples)
+    rng = random.Random(lang)
+    preds = [_perturb(ex["tags"], task.labels, rng, p) for ex in examples]
+    want, rows = check("udpos", preds, examples)
+    reference = _seqeval_corpus(preds, examples)
+    for k in ("precision", "recall", "f1"):
+        assert want[k] == pytest.approx(reference[k], abs=1e-9), k
+    words = [(a, b) for pt, ex in zip(preds, examples, strict=True) for a, b in zip(pt, ex["tags"], strict=True)]
+    assert want["accuracy"] == pytest.approx(100 * sum(a == b for a, b in words) / len(words))
+    assert abs(want["f1"] - want["accuracy"]) > 0.1  # a different score on the same predictions
+    assert [r[3:] for r in rows] == [[sum(a == b for a, b in zip(pt, ex["tags"], strict=True)), len(ex["tags"])]
+                                     for pt, ex in zip(preds, examples, strict=True)]
+    # The bootstrap resamples rows: any multiset of rows gives the score of those counts.
+    sample = [rows[i] for i in random.Random(5).choices(range(len(rows)), k=len(rows))]
+    tp, n_pred, n_gold, right, n_words = (sum(c) for c in zip(*sample, strict=True))
+    got = from_stats(task, sample)
+    assert got["f1"] == pytest.approx(200 * tp / (n_pred + n_gold))
+    assert got["accuracy"] == pytest.approx(100 * right / n_words)
+
+
+def test_udpos_chunks_by_hand():
+    # seqeval reads a POS tag's first letter as the chunk tag and the rest as its type: a run
+    # of equal tags is one chunk, SCONJ/SYM (tag S, "single") one chunk per word.
+    gold = [["DET", "NOUN", "NOUN", "VERB", "PUNCT"],
+            ["SCONJ", "SCONJ", "PRON", "VERB"]]
+    pred = [["DET", "NOUN", "VERB", "VERB", "PUNCT"],   # DET, PUNCT right; NOUN(1-1) and VERB(2-3) wrong
+            ["SCONJ", "SCONJ", "PRON", "VERB"]]         # all four chunks right
+    examples = [{"id": str(i), "tokens": ["w"] * len(g), "tags": g} for i, g in enumerate(gold)]
+    want, rows = check("udpos", pred, examples)
+    assert [r[:3] for r in rows] == [[2, 4, 4], [4, 4, 4]]
+    assert want["f1"] == pytest.approx(100 * 6 / 8) and want["accuracy"] == pytest.approx(100 * 8 / 9)
+    assert want == pytest.approx({**_seqeval_corpus(pred, examples), "accuracy": 100 * 8 / 9})
+
+
+def test_udpos_stats_of_another_definition_are_refused():
+    with pytest.raises(AdaptertxError, match="keeps 5 counts per example, these have 2"):
+        stats_score(get_task("udpos"), [10, 12, 3])

@@ -252,8 +252,9 @@ def test_languages_are_resampled_independently(tmp_path):
     # Two languages with the same number of examples and mirrored patterns: the same
     # resample for both would make every replicate of the average exactly 0.
     store = new_store(tmp_path, [("none", "none"), ("A", "single")], ["tatoeba"])
-    first = [[1.0] if i < N // 2 else [0.0] for i in range(N)]
-    second = [[0.0] if i < N // 2 else [1.0] for i in range(N)]
+    # Tatoeba rows: [en→x hit, x→en hit].
+    first = [[1.0, 1.0] if i < N // 2 else [0.0, 1.0] for i in range(N)]
+    second = [[0.0, 1.0] if i < N // 2 else [1.0, 1.0] for i in range(N)]
     store.add(make_cell("none", "none", "tatoeba", 0, {"sw": second, "yo": first}))
     store.add(make_cell("A", "single", "tatoeba", 0, {"sw": first, "yo": second}))
     low = next(c for c in build_report(tmp_path).gains if c.group == "low")

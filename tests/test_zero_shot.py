@@ -184,7 +184,8 @@ def test_retrieval_under_a_trained_fusion_encodes_with_it(runs, tiny_xlmr_dir, t
                       progress=False)
     assert set(result.languages) == {"de"} and not result.missing
     direct = evaluate_tatoeba(tiny_xlmr_dir, ["de"], max_pairs=8, adapter=str(folder / "adapter"), progress=False)[0]
-    assert [s[0] for s in result.languages["de"].stats] == [float(h) for h in direct.hits]
+    assert result.languages["de"].stats == [[float(en_x == i), float(x_en == i)]
+                                            for i, (en_x, x_en) in enumerate(direct.nearest)]
     assert any("fusion" in c["path"] for c in result.trace["checkpoints"])
     from adaptertx.retrieval import load_encoder
 
@@ -199,12 +200,17 @@ def test_tatoeba_hits_are_per_pair(runs, tiny_xlmr_dir):
                       load_intermediate(runs["mrpc"]), "unused", progress=False)
     ref = {s.lang: s for s in evaluate_tatoeba(tiny_xlmr_dir, ["de", "kab"], max_pairs=20, progress=False,
                                                adapter=str(runs["mrpc"] / "adapter"))}
+    assert result.primary == "en_to_x"  # XTREME's direction, x→en beside it
     for lang in ("de", "kab"):
         r = result.languages[lang]
         assert r.n == 20 and len(r.stats) == 20
-        assert r.scores["accuracy"] == pytest.approx(ref[lang].x_to_en, abs=1e-3)
-        assert 100 * sum(s[0] for s in r.stats) / 20 == pytest.approx(ref[lang].x_to_en)
+        assert r.scores == pytest.approx({"en_to_x": ref[lang].en_to_x, "x_to_en": ref[lang].x_to_en}, abs=1e-3)
+        assert 100 * sum(s[0] for s in r.stats) / 20 == pytest.approx(ref[lang].en_to_x)
+        assert 100 * sum(s[1] for s in r.stats) / 20 == pytest.approx(ref[lang].x_to_en)
     assert result.languages["kab"].low_resource and not result.languages["de"].low_resource
+    protocol = result.record()["trace"]["protocol"]
+    assert protocol["directions"] == ["en_to_x", "x_to_en"] and "evaluate_retrieval.py" in protocol["description"]
+    assert protocol["prefixes"] == {"kind": "symmetric", "query": "", "candidate": ""}  # not an e5 model
 
 
 def test_bad_input(runs, tiny_xlmr_dir, tmp_path):

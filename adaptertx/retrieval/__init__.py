@@ -10,16 +10,18 @@ states, special tokens included (XTREME's retrieval protocol).
 from adaptertx.environment import default_dtype
 from adaptertx.retrieval.encoder import (
                                          BACKENDS,
+                                         TASK_KINDS,
                                          SentenceEncoder,
                                          encode,
                                          load_encoder,
                                          resolve_layer_prefix,
                                          retrieval_accuracy,
                                          retrieval_hits,
+                                         retrieval_prefixes,
                                          tokens_per_batch_for,
 )
 from adaptertx.retrieval.mine import MineResult, ThresholdResult, knn, mine, optimize_threshold
 
-__all__ = ["BACKENDS", "MineResult", "SentenceEncoder", "ThresholdResult", "default_dtype", "encode", "knn",
-           "load_encoder", "mine", "optimize_threshold", "resolve_layer_prefix", "retrieval_accuracy",
-           "retrieval_hits", "tokens_per_batch_for"]
+__all__ = ["BACKENDS", "TASK_KINDS", "MineResult", "SentenceEncoder", "ThresholdResult", "default_dtype", "encode",
+           "knn", "load_encoder", "mine", "optimize_threshold", "resolve_layer_prefix", "retrieval_accuracy",
+           "retrieval_hits", "retrieval_prefixes", "tokens_per_batch_for"]

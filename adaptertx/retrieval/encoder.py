@@ -59,7 +59,7 @@ class SentenceEncoder:
         model, tokenizer: a loaded encoder (optionally an ``adapters`` model with one active
             bottleneck adapter) and its tokenizer.
         layer: hidden-state index to pool (0 = embeddings; default: the last layer).
-        prefix: text prepended to every sentence (``"passage: "`` for e5 models).
+        prefix: text prepended to every sentence (e5 models: see :func:`retrieval_prefixes`).
         max_length: longer inputs are truncated to this many tokens (capped at the model's
             position limit); :attr:`truncated` counts them.
         dtype: compute dtype, ``torch.float32`` or ``torch.bfloat16`` (default:
@@ -194,7 +194,7 @@ def encode(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sentences
         layer: hidden-state index to pool (0 = embeddings, ``num_hidden_layers`` = last,
             the default). Layers above it are not computed.
         batch_size: sentences per padded forward (``backend="hf"``).
-        prefix: text prepended to each sentence (``"passage: "`` for e5 models).
+        prefix: text prepended to each sentence (e5 models: see :func:`retrieval_prefixes`).
         max_length: longer inputs are truncated to this many tokens (a warning gives the count).
         dtype: ``torch.float32``, or ``torch.bfloat16`` (bf16 weights in the packed encoder,
             autocast in the HF pipeline).
@@ -298,12 +298,36 @@ def _load_fusion_setup(model, path: Path) -> str:
     return setup.name
 
 
-def resolve_layer_prefix(model, layer, prefix):
+#: Retrieval task kinds as the e5 authors tell them apart (intfloat/multilingual-e5-small's model
+#: card, "Do I need to add the prefix?"; Wang et al., 2024): ``"symmetric"``, both sides the same
+#: kind of text (bitext mining: Tatoeba, BUCC), every sentence takes ``"query: "``;
+#: ``"asymmetric"``, a query against passages (LAReQA, Mewsli-X): ``"query: "`` and ``"passage: "``.
+TASK_KINDS = ("symmetric", "asymmetric")
+
+
+def retrieval_prefixes(model, kind: str) -> tuple[str, str]:
+    """``(query prefix, candidate prefix)`` of ``model`` for a task of ``kind`` (:data:`TASK_KINDS`),
+    from its :class:`adaptertx.models.ModelSpec` (e5: see :data:`TASK_KINDS`; other models none)."""
+    from adaptertx.models import spec_for
+
+    if kind not in TASK_KINDS:
+        raise AdaptertxError(f"unknown retrieval task kind {kind!r}; kinds: {', '.join(TASK_KINDS)}")
+    spec = spec_for(model)
+    query = spec.query_prefix if spec else ""
+    if kind == "symmetric":
+        return query, query
+    return query, (spec.passage_prefix if spec else "")
+
+
+def resolve_layer_prefix(model, layer: int | None, prefix: str | None,
+                         kind: str = "symmetric") -> tuple[int, str]:
+    """The layer to pool (given, else the model's XTREME retrieval layer, else the last) and the
+    prefix of a symmetric task's sentences (given, else :func:`retrieval_prefixes`)."""
     from adaptertx.models import spec_for
 
     spec = spec_for(model)
     if layer is None:
         layer = spec.retrieval_layer if spec else model.config.num_hidden_layers
     if prefix is None:
-        prefix = spec.prefix if spec else ""
+        prefix = retrieval_prefixes(model, kind)[0]
     return layer, prefix

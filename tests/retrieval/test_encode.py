@@ -51,3 +51,23 @@ def test_retrieval_accuracy_against_brute_force():
     assert retrieval_accuracy(q, q) == 100.0
     with pytest.raises(AdaptertxError, match="aligned pairs: got 50 queries and 49 candidates"):
         retrieval_accuracy(q, c[:49])
+
+
+def test_e5_prefixes_follow_the_task_kind(tiny_xlmr):
+    # intfloat/multilingual-e5's model card: "query: " on both sides of symmetric tasks such as
+    # bitext mining; "query: " and "passage: " for asymmetric retrieval. Other models: none.
+    from types import SimpleNamespace
+
+    from adaptertx.retrieval import TASK_KINDS, resolve_layer_prefix, retrieval_prefixes
+
+    me5 = SimpleNamespace(config=SimpleNamespace(_name_or_path="/cache/adaptertx/models/me5-small",
+                                                 num_hidden_layers=12))
+    assert TASK_KINDS == ("symmetric", "asymmetric")
+    assert retrieval_prefixes(me5, "symmetric") == ("query: ", "query: ")
+    assert retrieval_prefixes(me5, "asymmetric") == ("query: ", "passage: ")
+    assert resolve_layer_prefix(me5, None, None) == (12, "query: ")
+    assert resolve_layer_prefix(me5, 7, "passage: ") == (7, "passage: ")  # given values win
+    model, _ = tiny_xlmr
+    assert retrieval_prefixes(model, "symmetric") == retrieval_prefixes(model, "asymmetric") == ("", "")
+    with pytest.raises(AdaptertxError, match="unknown retrieval task kind 'mining'"):
+        retrieval_prefixes(model, "mining")

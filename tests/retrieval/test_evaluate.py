@@ -96,16 +96,23 @@ def test_tatoeba_user_files(tiny_xlmr, tiny_xlmr_dir, tmp_path, hf_pooled):
     scores = evaluate_tatoeba(tiny_xlmr_dir, data_dir=tmp_path, dtype=torch.float32, progress=False)
     assert [(s.lang, s.pairs, s.low_resource) for s in scores] == [("de", 3, False), ("fr", 4, False),
                                                                    ("kab", 2, True)]
-    assert (scores[1].hits, scores[1].x_to_en, scores[1].en_to_x) == ((False, False, False, True), 25.0, 25.0)
+    # English row i holds source sentence p[i]: each direction finds the identical sentence.
+    p = [1, 2, 0, 3]
+    assert scores[1].nearest == tuple((p[i], p.index(i)) for i in range(4))
+    assert (scores[1].en_to_x, scores[1].x_to_en, scores[1].x_to_en_f1) == (25.0, 25.0, 25.0)
     # Each direction's accuracy is the share of sentences whose most similar sentence on the
-    # other side (cosine of the Hugging Face forward's pooled states) is their translation.
+    # other side (cosine of the Hugging Face forward's pooled states) is their translation;
+    # en→x (the English sentences search the source ones) is XTREME's, x→en MTEB's.
     model, tokenizer = tiny_xlmr
     for s in scores:
+        assert s.prefix == ""  # not an e5 model
         src, tgt = (_embed(model, tokenizer, hf_pooled, side) for side in pairs[s.lang])
         hits, back = _nearest_is_own(src @ tgt.T), _nearest_is_own(tgt @ src.T)
-        assert s.hits == tuple(hits.tolist()), s.lang
+        assert [x_en == i for i, (_, x_en) in enumerate(s.nearest)] == hits.tolist(), s.lang
+        assert [en_x == i for i, (en_x, _) in enumerate(s.nearest)] == back.tolist(), s.lang
         assert s.x_to_en == pytest.approx(100 * hits.float().mean().item()), s.lang
         assert s.en_to_x == pytest.approx(100 * back.float().mean().item()), s.lang
+        assert s.x_to_en_f1 <= s.x_to_en
     with pytest.raises(AdaptertxError, match="layer 9 is outside the model"):
         evaluate_tatoeba(tiny_xlmr_dir, data_dir=tmp_path, layer=9, progress=False)
     with pytest.raises(AdaptertxError, match="no pairs for sw"):
