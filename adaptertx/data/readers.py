@@ -73,8 +73,8 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
         raise AdaptertxError(f"{path}: cannot read compressed file ({e})") from None
 
 
-def _read_text(path: str | os.PathLike, expected: str, nfc: bool = True) -> str:
-    """The whole file as text (UTF-8, BOM dropped, CRLF→LF, NFC unless ``nfc`` is false: JSON
+def _read_text(path: str | os.PathLike, expected: str, in_nfc: bool = True) -> str:
+    """The whole file as text (UTF-8, BOM dropped, CRLF→LF, NFC unless ``in_nfc`` is false: JSON
     files are normalised string by string after parsing); errors on empty or non-UTF-8."""
     data = _read_bytes(path)
     if not data.strip():
@@ -87,25 +87,25 @@ def _read_text(path: str | os.PathLike, expected: str, nfc: bool = True) -> str:
     if text.startswith("\ufeff"):
         text = text[1:]
     text = text.replace("\r\n", "\n")
-    return _nfc(text) if nfc else text
+    return nfc(text) if in_nfc else text
 
 
-def _nfc(value: Any) -> Any:
+def nfc(value: Any) -> Any:
     """``value`` with every string in it (through lists and dicts) in Unicode NFC."""
     if isinstance(value, str):
         return value if unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
     if isinstance(value, list):
-        return [_nfc(v) for v in value]
+        return [nfc(v) for v in value]
     if isinstance(value, dict):
-        return {k: _nfc(v) for k, v in value.items()}
+        return {k: nfc(v) for k, v in value.items()}
     return value
 
 
-def _nfc_offsets(path, where: str, text: str) -> tuple[str, Callable[[int], int]]:
+def nfc_offsets(path, where: str, text: str) -> tuple[str, Callable[[int], int]]:
     """``text`` in NFC and a function moving a character offset of ``text`` to the same place
     in it. An offset inside a character that NFC composes (a base letter and its accent) has
     no place in the normalised text and is refused."""
-    norm = _nfc(text)
+    norm = nfc(text)
     if norm == text:
         return text, lambda offset: offset
 
@@ -118,8 +118,8 @@ def _nfc_offsets(path, where: str, text: str) -> tuple[str, Callable[[int], int]
     return norm, move
 
 
-def _lines(path: str | os.PathLike, expected: str, nfc: bool = True) -> list[str]:
-    text = _read_text(path, expected, nfc)
+def _lines(path: str | os.PathLike, expected: str, in_nfc: bool = True) -> list[str]:
+    text = _read_text(path, expected, in_nfc)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -139,9 +139,9 @@ def _nonempty(path, lineno, value: Any, field: str) -> str:
     return value
 
 
-def _jsonl(path, expected: str, nfc: bool = True) -> Iterator[tuple[int, dict]]:
-    """Every line's JSON object (its strings in NFC unless ``nfc`` is false)."""
-    for lineno, line in enumerate(_lines(path, expected, nfc=False), 1):
+def _jsonl(path, expected: str, in_nfc: bool = True) -> Iterator[tuple[int, dict]]:
+    """Every line's JSON object (its strings in NFC unless ``in_nfc`` is false)."""
+    for lineno, line in enumerate(_lines(path, expected, in_nfc=False), 1):
         if not line.strip():
             raise _fail(path, lineno, f"empty line; expected one JSON object per line ({expected})")
         try:
@@ -150,7 +150,7 @@ def _jsonl(path, expected: str, nfc: bool = True) -> Iterator[tuple[int, dict]]:
             raise _fail(path, lineno, f"invalid JSON ({e.msg}); expected {expected}") from None
         if not isinstance(obj, dict):
             raise _fail(path, lineno, f"expected a JSON object ({expected})")
-        yield lineno, _nfc(obj) if nfc else obj
+        yield lineno, nfc(obj) if in_nfc else obj
 
 
 def _field(path, lineno, obj: dict, key: str, expected: str) -> Any:
@@ -580,7 +580,7 @@ def _squad_paragraphs(path, what: str) -> Iterator[tuple[int, int, str, str, dic
     """Every paragraph of a SQuAD-style JSON file as ``(article index, paragraph index, article
     title, JSON path, paragraph)``, its ``context`` a string and ``qas`` a list (clear errors
     naming the JSON path otherwise). Strings are as written (not yet NFC: offsets point into them)."""
-    text = _read_text(path, what, nfc=False)
+    text = _read_text(path, what, in_nfc=False)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -596,7 +596,7 @@ def _squad_paragraphs(path, what: str) -> Iterator[tuple[int, int, str, str, dic
             if (not isinstance(par, dict) or not isinstance(par.get("context"), str)
                     or not isinstance(par.get("qas"), list)):
                 raise _fail(path, None, f"{pw}: expected an object with 'context' (string) and 'qas' (list)")
-            yield ai, pi, _nfc(art.get("title") or ""), pw, par
+            yield ai, pi, nfc(art.get("title") or ""), pw, par
 
 
 def _squad_qas(path, pw: str, par: dict) -> Iterator[tuple[str, dict]]:
@@ -630,7 +630,7 @@ def _squad_answers(path, qw: str, qa: dict, ctx: str, move: Callable[[int], int]
             raise _fail(path, None, f"{aw}: context at answer_start {s} is {ctx[s:s + len(t)]!r}, "
                                     f"not the answer {t!r}; the offsets do not match the context")
         move(s + len(t))  # the answer's end, too, lies between whole characters of the NFC context
-        texts.append(_nfc(t))
+        texts.append(nfc(t))
         starts.append(move(s))
     return texts, starts
 
@@ -644,14 +644,14 @@ def read_squad_json(path) -> list[dict]:
     what = "SQuAD v1.1 json"
     out, empty = [], []
     for _, _, title, pw, par in _squad_paragraphs(path, what):
-        ctx, move = _nfc_offsets(path, f"{pw}.context", par["context"])
+        ctx, move = nfc_offsets(path, f"{pw}.context", par["context"])
         for qw, qa in _squad_qas(path, pw, par):
             texts, starts = _squad_answers(path, qw, qa, par["context"], move)
             if not any(t.strip() for t in texts):
                 empty.append(qw)
             out.append({
                 "id": str(qa["id"]), "title": title, "context": ctx,
-                "question": _nfc(_nonempty(path, None, qa["question"], f"{qw}.question")),
+                "question": nfc(_nonempty(path, None, qa["question"], f"{qw}.question")),
                 "answers": {"text": texts, "answer_start": starts},
             })
     if not out:
@@ -679,7 +679,7 @@ def read_xquadr_json(path) -> dict[str, list[dict]]:
     candidates, questions = [], []
     for ai, pi, _, pw, par in _squad_paragraphs(path, what):
         raw = par["context"]
-        ctx = _nfc(raw)  # sentence breaks and answer offsets are compared in the text as written
+        ctx = nfc(raw)  # sentence breaks and answer offsets are compared in the text as written
         sents, breaks = par.get("sentences"), par.get("sentence_breaks")
         if not isinstance(sents, list) or not isinstance(breaks, list):
             raise _fail(path, None, f"{pw}: no 'sentences' and 'sentence_breaks' lists; XQuAD-R (LAReQA's "
@@ -691,7 +691,7 @@ def read_xquadr_json(path) -> dict[str, list[dict]]:
         for si, (sent, br) in enumerate(zip(sents, breaks, strict=True)):
             _nonempty(path, None, sent, f"{pw}.sentences[{si}]")
             spans.append(_span(path, None, br, len(raw), f"{pw}.sentence_breaks[{si}]", of="context"))
-            candidates.append({"id": f"{ai}.{pi}.{si}", "text": _nfc(sent), "context": ctx})
+            candidates.append({"id": f"{ai}.{pi}.{si}", "text": nfc(sent), "context": ctx})
         for qw, qa in _squad_qas(path, pw, par):
             answers = qa["answers"]
             if not isinstance(answers, list) or not answers or not isinstance(answers[0], dict) \
@@ -705,7 +705,7 @@ def read_xquadr_json(path) -> dict[str, list[dict]]:
             if hit is None:
                 raise _fail(path, None, f"{qw}: answer_start {start} lies in no sentence break range")
             questions.append({"id": str(qa["id"]),
-                              "question": _nfc(_nonempty(path, None, qa["question"], f"{qw}.question")),
+                              "question": nfc(_nonempty(path, None, qa["question"], f"{qw}.question")),
                               "answer_sentence": f"{ai}.{pi}.{hit}"})
     if not questions:
         raise _fail(path, None, f"no questions found ({what})")
@@ -792,7 +792,7 @@ def read_mewsli_mentions(path) -> list[dict]:
     """
     what = "Mewsli-X wikinews_mentions jsonl ({context: {language, text, sentence_spans}, mentions: [...]} per line)"
     out = []
-    for lineno, obj in _jsonl(path, what, nfc=False):
+    for lineno, obj in _jsonl(path, what, in_nfc=False):
         ctx = _field(path, lineno, obj, "context", what)
         mentions = _field(path, lineno, obj, "mentions", what)
         if not isinstance(ctx, dict) or not isinstance(mentions, list):
@@ -802,7 +802,7 @@ def read_mewsli_mentions(path) -> list[dict]:
             raise _fail(path, lineno, "context.text is empty: the released wikinews_mentions_no_text-*.jsonl files "
                                       "leave the article text out; run the release's get-mewsli-x.sh to restore it "
                                       "into wikinews_mentions-*.jsonl")
-        norm, move = _nfc_offsets(f"{path}, line {lineno}", "context.text", text)
+        norm, move = nfc_offsets(f"{path}, line {lineno}", "context.text", text)
         lang = _nonempty(path, lineno, _field(path, lineno, ctx, "language", what), "context.language")
         spans = [_span(path, lineno, s, len(text), f"context.sentence_spans[{i}]")
                  for i, s in enumerate(_field(path, lineno, ctx, "sentence_spans", what) or [])]
@@ -819,7 +819,7 @@ def read_mewsli_mentions(path) -> list[dict]:
             a, b = next(((a, b) for a, b in spans if a <= start < b), (start, end))
             out.append({"id": _nonempty(path, lineno, m.get("example_id"), f"{where}.example_id"), "language": lang,
                         "entity_id": _nonempty(path, lineno, m.get("entity_id"), f"{where}.entity_id"),
-                        "mention": _nfc(surface), "sentence": norm[move(a):move(max(b, end))].strip()})
+                        "mention": nfc(surface), "sentence": norm[move(a):move(max(b, end))].strip()})
     if not out:
         raise _fail(path, None, f"no mentions found ({what})")
     return _check_unique(path, out)
