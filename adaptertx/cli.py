@@ -339,6 +339,24 @@ def runs_cmd(root: str) -> None:
                         disable_numparse=True))
 
 
+def _data_file(item: str) -> tuple[str, str]:
+    """``--data-file``'s ``LANG=PATH``, or ``PATH`` named by the file-name rule (``test-de.tsv``)."""
+    from pathlib import Path
+
+    from adaptertx.evaluation import file_language
+
+    lang, sep, path = item.partition("=")
+    if sep and lang and path and "/" not in lang:
+        return lang.strip(), path.strip()
+    p = Path(item)
+    named = file_language(p.name) or file_language(f"{p.parent.name}/{p.name}")
+    if named is None:
+        raise click.UsageError(f"--data-file takes LANG=PATH, or a PATH whose name gives its language "
+                               f"(test-de.tsv, kk_ktb-ud-test.conllu, hau/test.txt, xnli.test.tsv, de.tsv); "
+                               f"got {item!r}")
+    return named, item
+
+
 @main.command("evaluate")
 @click.argument("target")
 @click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
@@ -351,9 +369,15 @@ def runs_cmd(root: str) -> None:
 @click.option("--adapter", default=ADAPTER, show_default=True, help="The target adapter's config.")
 @click.option("--langs", help="Comma-separated languages (default: every language with data).")
 @click.option("--data-file", "data_files", multiple=True,
-              help="LANG=PATH: your own test file in the target's public release format (repeatable).")
+              help="LANG=PATH, or a PATH whose name gives its language (as --data-dir): your own test file in the "
+                   "target's public release format (repeatable; one file per language).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
-              help="A folder of your own test files named LANG.<ext> (one per language).")
+              help="A folder of your own test files, one per language, named as released: test-de.tsv, "
+                   "kk_ktb-ud-test.conllu, hau/test.txt, xnli.test.tsv, de.tsv (README: own data).")
+@click.option("--pretraining-gib", "pretraining_gib", multiple=True,
+              help="CODE=GIB: the CC-100 size of a language code adaptertx does not know (decides low-resource).")
+@click.option("--unknown-lang-low-resource", is_flag=True,
+              help="Count language codes adaptertx does not know as low-resource instead of refusing them.")
 @_training_options(TARGET, what="Target training: ")
 @click.option("--max-eval-examples", type=int, help="At most N test examples per language.")
 @click.option("--max-candidates", type=int,
@@ -363,26 +387,30 @@ def runs_cmd(root: str) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result here as JSON.")
 @_clear_errors
 def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, langs, data_files, data_dir,
-                 max_eval_examples, max_candidates, out, json_out, **options) -> None:
+                 pretraining_gib, unknown_lang_low_resource, max_eval_examples, max_candidates, out, json_out,
+                 **options) -> None:
     """Train TARGET's adapter on English over an intermediate configuration, then score it
     zero-shot on every language (retrieval targets: encode and score directly)."""
     from adaptertx.evaluation import EvalConfig, data_dir_files, evaluate, fusion_of, load_intermediate
     from adaptertx.io import atomic_write_text
 
-    files = []
-    for item in data_files:
-        lang, sep, path = item.partition("=")
-        if not sep or not lang or not path:
-            raise click.UsageError(f"--data-file takes LANG=PATH, got {item!r}")
-        files.append((lang.strip(), path.strip()))
+    files = [_data_file(item) for item in data_files]
     if data_dir:
-        files += data_dir_files(data_dir)
+        files += data_dir_files(data_dir, target)
+    sizes = []
+    for item in pretraining_gib:
+        code, _, gib = item.partition("=")
+        try:
+            sizes.append((code.strip().lower(), float(gib)))
+        except ValueError:
+            raise click.UsageError(f"--pretraining-gib takes CODE=GIB (a number), got {item!r}") from None
     if fusion_runs and intermediate != "none":
         raise click.UsageError("give either --intermediate or --fusion")
     inter = fusion_of(_csv(fusion_runs)) if fusion_runs else load_intermediate(intermediate)
     config = EvalConfig(target=target, model=model_name, quant=quant, adapter=adapter,
                         languages=tuple(_csv(langs)) if langs else None, max_eval_examples=max_eval_examples,
-                        data_files=tuple(files), max_candidates=max_candidates, **_given_settings(options))
+                        data_files=tuple(files), max_candidates=max_candidates, pretraining_gib=tuple(sizes),
+                        unknown_lang_low_resource=unknown_lang_low_resource, **_given_settings(options))
     result = evaluate(config, inter, out)
     key = result.primary
     rows = [[lang + ("*" if r.low_resource else ""), f"{r.scores[key]:.1f}", r.n, r.split, r.source]

@@ -154,7 +154,7 @@ class Study:
     def data_files_for(self, target: str) -> tuple[tuple[str, str], ...]:
         """The user's own test files of ``target`` (from its ``[targets.data]`` folder)."""
         folder = dict(self.data).get(target)
-        return data_dir_files(Path(folder).resolve()) if folder else ()
+        return data_dir_files(Path(folder).resolve(), target) if folder else ()
 
 
 # ------------------------------------------------------------------------------ loading a config

@@ -18,6 +18,7 @@ family:
 * retrieval (tatoeba, bucc): ``{"id", "source", "target"}`` (source = the non-English
   sentence, target = its English translation; Tatoeba in file order).
 
+Text is in Unicode NFC, whatever the file held (see :mod:`adaptertx.data.readers`).
 Language codes are :func:`adaptertx.languages.normalize` codes. Splits are ``"train"``,
 ``"validation"`` and ``"test"``; how each dataset's splits are formed is described in
 :mod:`adaptertx.data.splits` and ``bundled/README.md``.
@@ -33,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from adaptertx.data import splits as _splits
-from adaptertx.data.readers import READERS
+from adaptertx.data.readers import READERS, detect_format
 from adaptertx.errors import AdaptertxError
 from adaptertx.languages import normalize
 
-__all__ = ["load", "available", "read_file", "load_bucc", "BuccData", "FORMATS", "FAMILIES", "bundled_dir"]
+__all__ = ["load", "available", "read_file", "detect_format", "load_bucc", "BuccData", "FORMATS", "FAMILIES",
+           "bundled_dir"]
 
 FORMATS = tuple(sorted(READERS))
 

@@ -281,6 +281,9 @@ def build(src: Path, out: Path) -> dict:
     with atomic_dir(out) as tmp:
         b = _Builder(src, tmp)
         _gather(b)
+        # The files first: building PAWS-X's splits reads the English files through the manifest.
+        files_only = {"format": 1, "datasets": {ds: {"files": b.files[ds]} for ds in FAMILIES}}
+        (tmp / "manifest.json").write_text(json.dumps(files_only, ensure_ascii=False), encoding="utf-8")
         manifest: dict = {"format": 1, "datasets": {}}
         for ds in FAMILIES:
             files = b.files[ds]

@@ -9,6 +9,15 @@ decompressed on the fly.
 
 Ids: row formats without an id column number their examples ``"0"``, ``"1"``, ... in file
 order (for tagging formats: sentence order); formats with ids keep them.
+
+Text is Unicode NFC-normalised as it is read (every format, bundled files and user files
+alike): releases differ (MasakhaNER 2.0 Yoruba ships decomposed, NFD) and a model's
+tokenizer sees NFC text. Character offsets (QA answers, XQuAD-R sentence breaks, Mewsli-X
+spans) are moved to the same characters of the normalised text.
+
+Files that cannot be scored are refused rather than read: QA questions whose gold answers
+are empty (XTREME's download script blanks the test annotations) or whose offsets do not
+point at the answer, and classification files with one label only.
 """
 
 from __future__ import annotations
@@ -21,11 +30,13 @@ import json
 import lzma
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from adaptertx.errors import AdaptertxError
+from adaptertx.languages import normalize_or_keep
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 PARAPHRASE_LABELS = ("0", "1")
@@ -62,8 +73,9 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
         raise AdaptertxError(f"{path}: cannot read compressed file ({e})") from None
 
 
-def _read_text(path: str | os.PathLike, expected: str) -> str:
-    """The whole file as text (UTF-8, BOM dropped, CRLF→LF); errors on empty or non-UTF-8."""
+def _read_text(path: str | os.PathLike, expected: str, in_nfc: bool = True) -> str:
+    """The whole file as text (UTF-8, BOM dropped, CRLF→LF, NFC unless ``in_nfc`` is false: JSON
+    files are normalised string by string after parsing); errors on empty or non-UTF-8."""
     data = _read_bytes(path)
     if not data.strip():
         raise _fail(path, None, f"file is empty; expected {expected}")
@@ -74,11 +86,40 @@ def _read_text(path: str | os.PathLike, expected: str) -> str:
         raise _fail(path, line, f"not valid UTF-8 (byte 0x{data[e.start]:02x}); expected UTF-8 text") from None
     if text.startswith("\ufeff"):
         text = text[1:]
-    return text.replace("\r\n", "\n")
+    text = text.replace("\r\n", "\n")
+    return nfc(text) if in_nfc else text
 
 
-def _lines(path: str | os.PathLike, expected: str) -> list[str]:
-    text = _read_text(path, expected)
+def nfc(value: Any) -> Any:
+    """``value`` with every string in it (through lists and dicts) in Unicode NFC."""
+    if isinstance(value, str):
+        return value if unicodedata.is_normalized("NFC", value) else unicodedata.normalize("NFC", value)
+    if isinstance(value, list):
+        return [nfc(v) for v in value]
+    if isinstance(value, dict):
+        return {k: nfc(v) for k, v in value.items()}
+    return value
+
+
+def nfc_offsets(path, where: str, text: str) -> tuple[str, Callable[[int], int]]:
+    """``text`` in NFC and a function moving a character offset of ``text`` to the same place
+    in it. An offset inside a character that NFC composes (a base letter and its accent) has
+    no place in the normalised text and is refused."""
+    norm = nfc(text)
+    if norm == text:
+        return text, lambda offset: offset
+
+    def move(offset: int) -> int:
+        head = unicodedata.normalize("NFC", text[:offset])
+        if not norm.startswith(head):
+            raise _fail(path, None, f"{where}: offset {offset} splits a character that Unicode NFC composes; "
+                                    f"expected offsets between whole characters")
+        return len(head)
+    return norm, move
+
+
+def _lines(path: str | os.PathLike, expected: str, in_nfc: bool = True) -> list[str]:
+    text = _read_text(path, expected, in_nfc)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -98,8 +139,9 @@ def _nonempty(path, lineno, value: Any, field: str) -> str:
     return value
 
 
-def _jsonl(path, expected: str) -> Iterator[tuple[int, dict]]:
-    for lineno, line in enumerate(_lines(path, expected), 1):
+def _jsonl(path, expected: str, in_nfc: bool = True) -> Iterator[tuple[int, dict]]:
+    """Every line's JSON object (its strings in NFC unless ``in_nfc`` is false)."""
+    for lineno, line in enumerate(_lines(path, expected, in_nfc=False), 1):
         if not line.strip():
             raise _fail(path, lineno, f"empty line; expected one JSON object per line ({expected})")
         try:
@@ -108,7 +150,7 @@ def _jsonl(path, expected: str) -> Iterator[tuple[int, dict]]:
             raise _fail(path, lineno, f"invalid JSON ({e.msg}); expected {expected}") from None
         if not isinstance(obj, dict):
             raise _fail(path, lineno, f"expected a JSON object ({expected})")
-        yield lineno, obj
+        yield lineno, nfc(obj) if in_nfc else obj
 
 
 def _field(path, lineno, obj: dict, key: str, expected: str) -> Any:
@@ -136,6 +178,18 @@ def _check_unique(path, examples: list[dict]) -> list[dict]:
     return examples
 
 
+def _scorable_labels(path, examples: list[dict]) -> list[dict]:
+    """``examples`` if they have at least two labels: a set with one label scores any model that
+    always answers it 100% and tells nothing (a filtered file, a wrong column)."""
+    labels = {ex["label"] for ex in examples}
+    if not labels:
+        raise _fail(path, None, "no examples found")
+    if len(labels) < 2:
+        raise _fail(path, None, f"all {len(examples)} examples have the label {next(iter(labels))!r}; a "
+                                f"classification set needs at least two labels to be scored")
+    return examples
+
+
 # ---------------------------------------------------------------- sequence classification
 
 
@@ -152,7 +206,42 @@ def read_xnli_tsv(path) -> list[dict]:
         _nonempty(path, lineno, a, "premise")
         _nonempty(path, lineno, b, "hypothesis")
         out.append({"id": str(lineno - 1), "text_a": a, "text_b": b, "label": label})
-    return out
+    return _scorable_labels(path, out)
+
+
+#: Columns of the XNLI-1.0 release's xnli.dev.tsv / xnli.test.tsv that adaptertx reads (of its header's 19).
+XNLI10_COLUMNS = ("language", "gold_label", "sentence1", "sentence2", "pairID")
+
+
+def read_xnli10_tsv(path) -> dict[str, list[dict]]:
+    """The XNLI-1.0 release file (``xnli.test.tsv`` / ``xnli.dev.tsv``): every language in one
+    tab-separated file with a header (``language, gold_label, sentence1_binary_parse, ...,
+    sentence1, sentence2, promptID, pairID, genre, ...``). Returns ``{language: examples}`` in
+    file order; ids are the ``pairID`` (shared by an item's translations)."""
+    what = "the XNLI-1.0 header (language, gold_label, ..., sentence1, sentence2, ..., pairID, ...)"
+    lines = _lines(path, what)
+    header = lines[0].split("\t")
+    if not set(XNLI10_COLUMNS) <= set(header):
+        raise _fail(path, 1, f"header lacks {', '.join(c for c in XNLI10_COLUMNS if c not in header)}; "
+                             f"expected {what}")
+    col = {name: header.index(name) for name in XNLI10_COLUMNS}
+    by_lang: dict[str, list[dict]] = {}
+    for lineno, line in enumerate(lines[1:], 2):
+        cols = _columns(path, lineno, line, len(header), "one value per header column")
+        label = "contradiction" if cols[col["gold_label"]] == "contradictory" else cols[col["gold_label"]]
+        if label not in NLI_LABELS:
+            raise _fail(path, lineno, f"gold_label {label!r} is not one of {', '.join(NLI_LABELS)}")
+        lang = normalize_or_keep(_nonempty(path, lineno, cols[col["language"]], "language"))
+        by_lang.setdefault(lang, []).append({
+            "id": _nonempty(path, lineno, cols[col["pairID"]], "pairID"),
+            "text_a": _nonempty(path, lineno, cols[col["sentence1"]], "sentence1"),
+            "text_b": _nonempty(path, lineno, cols[col["sentence2"]], "sentence2"), "label": label})
+    if not by_lang:
+        raise _fail(path, None, "no rows after the header")
+    for lang, rows in by_lang.items():
+        _check_unique(f"{path} ({lang})", rows)
+        _scorable_labels(f"{path} ({lang})", rows)
+    return by_lang
 
 
 def read_pawsx_tsv(path) -> list[dict]:
@@ -175,7 +264,7 @@ def read_pawsx_tsv(path) -> list[dict]:
         _nonempty(path, lineno, a, "sentence1")
         _nonempty(path, lineno, b, "sentence2")
         out.append({"id": ident, "text_a": a, "text_b": b, "label": label})
-    return _check_unique(path, out)
+    return _scorable_labels(path, _check_unique(path, out))
 
 
 def read_mrpc_tsv(path) -> list[dict]:
@@ -195,7 +284,7 @@ def read_mrpc_tsv(path) -> list[dict]:
         out.append({"id": f"{id1}-{id2}", "text_a": a, "text_b": b, "label": label})
     if not out:
         raise _fail(path, None, "no rows after the header")
-    return _check_unique(path, out)
+    return _scorable_labels(path, _check_unique(path, out))
 
 
 def read_anli_jsonl(path) -> list[dict]:
@@ -213,7 +302,7 @@ def read_anli_jsonl(path) -> list[dict]:
             "text_b": _nonempty(path, lineno, _field(path, lineno, obj, "hypothesis", what), "hypothesis"),
             "label": names[label],
         })
-    return _check_unique(path, out)
+    return _scorable_labels(path, _check_unique(path, out))
 
 
 # ---------------------------------------------------------------- multiple choice
@@ -364,9 +453,13 @@ def _check_bio(path, lineno, tag: str) -> str:
     return tag
 
 
+_CONLLU_ID = re.compile(r"^[1-9][0-9]*(?:-[1-9][0-9]*|\.[1-9][0-9]*)?$")
+
+
 def read_conllu(path) -> list[dict]:
-    """CoNLL-U: UPOS (column 4) per word. Multiword-token ranges (``1-2``) and empty nodes
-    (``8.1``) are skipped; comment lines start with ``#``."""
+    """CoNLL-U: UPOS (column 4) per syntactic word, as UD scores it. Multiword-token range lines
+    (``3-4``, the surface token of words 3 and 4) and empty nodes (``5.1``) are skipped; comment
+    lines start with ``#`` (none are needed)."""
     what = "CoNLL-U: 10 tab-separated columns per word line, blank line between sentences"
     out = []
     for _, block in _sentences(path, what):
@@ -376,10 +469,10 @@ def read_conllu(path) -> list[dict]:
                 continue
             cols = _columns(path, lineno, line, 10, what)
             ident = cols[0]
+            if not _CONLLU_ID.match(ident):
+                raise _fail(path, lineno, f"word id {ident!r} is not an integer, a range (3-4) or a decimal (5.1)")
             if "-" in ident or "." in ident:
                 continue
-            if not ident.isdigit():
-                raise _fail(path, lineno, f"word id {ident!r} is not an integer, a range or a decimal")
             if cols[3] not in UPOS_TAGS:
                 raise _fail(path, lineno, f"UPOS {cols[3]!r} is not one of the 17 UPOS tags")
             tokens.append(_nonempty(path, lineno, cols[1], "FORM"))
@@ -430,7 +523,11 @@ def read_panx_tsv(path) -> list[dict]:
 
 
 def read_udpos_tsv(path) -> list[dict]:
-    """XTREME UD-POS: ``token<TAB>UPOS``, blank line between sentences."""
+    """XTREME UD-POS: ``token<TAB>UPOS``, blank line between sentences. A CoNLL-U file is refused
+    with a pointer to the ``conllu`` format (:func:`detect_format` picks it for UD-POS files)."""
+    if looks_like_conllu(path):
+        raise _fail(path, None, "this is CoNLL-U (10 tab-separated columns per word), not token<TAB>UPOS; "
+                                "read it with the conllu format")
     def check(path, lineno, tag):
         if tag not in UPOS_TAGS:
             raise _fail(path, lineno, f"tag {tag!r} is not one of the 17 UPOS tags")
@@ -441,14 +538,49 @@ def read_udpos_tsv(path) -> list[dict]:
     return _two_col_tagging(path, "token<TAB>UPOS per line, blank line between sentences", split, check)
 
 
+_COMPRESSED = (".xz", ".gz", ".bz2")
+
+
+def looks_like_conllu(path) -> bool:
+    """Whether ``path`` is CoNLL-U: named ``*.conllu`` (compressed or not), or its first line
+    that is not a comment has 10 tab-separated columns and a CoNLL-U word id first."""
+    name = Path(path).name
+    for suffix in _COMPRESSED:
+        name = name.removesuffix(suffix)
+    if name.endswith(".conllu"):
+        return True
+    for line in _read_text(path, "CoNLL-U or token<TAB>tag lines").split("\n"):
+        if line.strip() and not line.startswith("#"):
+            cols = line.split("\t")
+            return len(cols) == 10 and bool(_CONLLU_ID.match(cols[0]))
+    return False
+
+
+def looks_like_xnli10(path) -> bool:
+    """Whether ``path`` is the XNLI-1.0 release's all-language file (its header names ``language``
+    and ``gold_label`` first)."""
+    return _read_text(path, "XNLI rows").split("\n", 1)[0].split("\t")[:2] == ["language", "gold_label"]
+
+
+def detect_format(path, fmt: str) -> str:
+    """The format of ``path``, a file of a task whose files are in ``fmt``: UD-POS files
+    (``udpos_tsv``) that are CoNLL-U (:func:`looks_like_conllu`) are ``conllu``; XNLI files
+    (``xnli_tsv``) that are the XNLI-1.0 all-language file are ``xnli10_tsv``. Otherwise ``fmt``."""
+    if fmt == "udpos_tsv" and looks_like_conllu(path):
+        return "conllu"
+    if fmt == "xnli_tsv" and looks_like_xnli10(path):
+        return "xnli10_tsv"
+    return fmt
+
+
 # ---------------------------------------------------------------- extractive QA
 
 
 def _squad_paragraphs(path, what: str) -> Iterator[tuple[int, int, str, str, dict]]:
     """Every paragraph of a SQuAD-style JSON file as ``(article index, paragraph index, article
     title, JSON path, paragraph)``, its ``context`` a string and ``qas`` a list (clear errors
-    naming the JSON path otherwise)."""
-    text = _read_text(path, what)
+    naming the JSON path otherwise). Strings are as written (not yet NFC: offsets point into them)."""
+    text = _read_text(path, what, in_nfc=False)
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -464,7 +596,7 @@ def _squad_paragraphs(path, what: str) -> Iterator[tuple[int, int, str, str, dic
             if (not isinstance(par, dict) or not isinstance(par.get("context"), str)
                     or not isinstance(par.get("qas"), list)):
                 raise _fail(path, None, f"{pw}: expected an object with 'context' (string) and 'qas' (list)")
-            yield ai, pi, art.get("title") or "", pw, par
+            yield ai, pi, nfc(art.get("title") or ""), pw, par
 
 
 def _squad_qas(path, pw: str, par: dict) -> Iterator[tuple[str, dict]]:
@@ -479,40 +611,55 @@ def _squad_qas(path, pw: str, par: dict) -> Iterator[tuple[str, dict]]:
         yield qw, qa
 
 
-def read_squad_json(path, check_spans: bool = True) -> list[dict]:
+def _squad_answers(path, qw: str, qa: dict, ctx: str, move: Callable[[int], int]) -> tuple[list[str], list[int]]:
+    """A question's gold answers (NFC) and their offsets into the NFC context; each must be the
+    text of the context at its offset. Empty answers are returned as they are (counted by the caller)."""
+    if not isinstance(qa["answers"], list) or not qa["answers"]:
+        raise _fail(path, None, f"{qw}: 'answers' must be a non-empty list")
+    texts, starts = [], []
+    for ni, ans in enumerate(qa["answers"]):
+        aw = f"{qw}.answers[{ni}]"
+        if (not isinstance(ans, dict) or not isinstance(ans.get("text"), str)
+                or not isinstance(ans.get("answer_start"), int) or isinstance(ans.get("answer_start"), bool)):
+            raise _fail(path, None, f"{aw}: expected {{'text': str, 'answer_start': int}}")
+        s, t = ans["answer_start"], ans["text"]
+        if s < 0 or s + len(t) > len(ctx):
+            raise _fail(path, None, f"{aw}: answer_start {s} (+{len(t)} chars) lies outside the context "
+                                    f"({len(ctx)} chars)")
+        if ctx[s : s + len(t)] != t:
+            raise _fail(path, None, f"{aw}: context at answer_start {s} is {ctx[s:s + len(t)]!r}, "
+                                    f"not the answer {t!r}; the offsets do not match the context")
+        move(s + len(t))  # the answer's end, too, lies between whole characters of the NFC context
+        texts.append(nfc(t))
+        starts.append(move(s))
+    return texts, starts
+
+
+def read_squad_json(path) -> list[dict]:
     """SQuAD v1.1 json (XQuAD, MLQA, TyDiQA-GoldP): ``{"data": [{"title", "paragraphs":
     [{"context", "qas": [{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}``.
-    Answer offsets must lie inside the context (and, with ``check_spans``, the text there
-    must equal the answer). Structure errors name the JSON path (``data[3].paragraphs[0]``)."""
+    Every answer must be the text of the context at its ``answer_start``, and not empty (a file
+    whose answers are blank, as XTREME's download script leaves the test sets, is refused).
+    Structure errors name the JSON path (``data[3].paragraphs[0]``)."""
     what = "SQuAD v1.1 json"
-    out = []
+    out, empty = [], []
     for _, _, title, pw, par in _squad_paragraphs(path, what):
-        ctx = par["context"]
+        ctx, move = nfc_offsets(path, f"{pw}.context", par["context"])
         for qw, qa in _squad_qas(path, pw, par):
-            if not isinstance(qa["answers"], list) or not qa["answers"]:
-                raise _fail(path, None, f"{qw}: 'answers' must be a non-empty list")
-            texts, starts = [], []
-            for ni, ans in enumerate(qa["answers"]):
-                aw = f"{qw}.answers[{ni}]"
-                if (not isinstance(ans, dict) or not isinstance(ans.get("text"), str)
-                        or not isinstance(ans.get("answer_start"), int)):
-                    raise _fail(path, None, f"{aw}: expected {{'text': str, 'answer_start': int}}")
-                s, t = ans["answer_start"], ans["text"]
-                if s < 0 or s + len(t) > len(ctx):
-                    raise _fail(path, None, f"{aw}: answer_start {s} (+{len(t)} chars) lies outside the context "
-                                            f"({len(ctx)} chars)")
-                if check_spans and ctx[s : s + len(t)] != t:
-                    raise _fail(path, None, f"{aw}: context at answer_start {s} is {ctx[s:s + len(t)]!r}, "
-                                            f"not the answer {t!r}")
-                texts.append(t)
-                starts.append(s)
+            texts, starts = _squad_answers(path, qw, qa, par["context"], move)
+            if not any(t.strip() for t in texts):
+                empty.append(qw)
             out.append({
                 "id": str(qa["id"]), "title": title, "context": ctx,
-                "question": _nonempty(path, None, qa["question"], f"{qw}.question"),
+                "question": nfc(_nonempty(path, None, qa["question"], f"{qw}.question")),
                 "answers": {"text": texts, "answer_start": starts},
             })
     if not out:
         raise _fail(path, None, f"no questions found ({what})")
+    if empty:
+        raise _fail(path, None, f"{len(empty)} of {len(out)} questions have only empty gold answers (first: "
+                                f"{empty[0]}), so nothing can be scored; XTREME's download script blanks the "
+                                f"test answers: use the release's own file")
     return _check_unique(path, out)
 
 
@@ -531,7 +678,8 @@ def read_xquadr_json(path) -> dict[str, list[dict]]:
     what = "XQuAD-R json (SQuAD v1.1 with 'sentences' and 'sentence_breaks' per paragraph)"
     candidates, questions = [], []
     for ai, pi, _, pw, par in _squad_paragraphs(path, what):
-        ctx = par["context"]
+        raw = par["context"]
+        ctx = nfc(raw)  # sentence breaks and answer offsets are compared in the text as written
         sents, breaks = par.get("sentences"), par.get("sentence_breaks")
         if not isinstance(sents, list) or not isinstance(breaks, list):
             raise _fail(path, None, f"{pw}: no 'sentences' and 'sentence_breaks' lists; XQuAD-R (LAReQA's "
@@ -542,8 +690,8 @@ def read_xquadr_json(path) -> dict[str, list[dict]]:
         spans = []
         for si, (sent, br) in enumerate(zip(sents, breaks, strict=True)):
             _nonempty(path, None, sent, f"{pw}.sentences[{si}]")
-            spans.append(_span(path, None, br, len(ctx), f"{pw}.sentence_breaks[{si}]", of="context"))
-            candidates.append({"id": f"{ai}.{pi}.{si}", "text": sent, "context": ctx})
+            spans.append(_span(path, None, br, len(raw), f"{pw}.sentence_breaks[{si}]", of="context"))
+            candidates.append({"id": f"{ai}.{pi}.{si}", "text": nfc(sent), "context": ctx})
         for qw, qa in _squad_qas(path, pw, par):
             answers = qa["answers"]
             if not isinstance(answers, list) or not answers or not isinstance(answers[0], dict) \
@@ -556,7 +704,8 @@ def read_xquadr_json(path) -> dict[str, list[dict]]:
                 hit = next((si for si, (a, b) in enumerate(spans) if a <= start <= b), None)
             if hit is None:
                 raise _fail(path, None, f"{qw}: answer_start {start} lies in no sentence break range")
-            questions.append({"id": str(qa["id"]), "question": _nonempty(path, None, qa["question"], f"{qw}.question"),
+            questions.append({"id": str(qa["id"]),
+                              "question": nfc(_nonempty(path, None, qa["question"], f"{qw}.question")),
                               "answer_sentence": f"{ai}.{pi}.{hit}"})
     if not questions:
         raise _fail(path, None, f"no questions found ({what})")
@@ -643,7 +792,7 @@ def read_mewsli_mentions(path) -> list[dict]:
     """
     what = "Mewsli-X wikinews_mentions jsonl ({context: {language, text, sentence_spans}, mentions: [...]} per line)"
     out = []
-    for lineno, obj in _jsonl(path, what):
+    for lineno, obj in _jsonl(path, what, in_nfc=False):
         ctx = _field(path, lineno, obj, "context", what)
         mentions = _field(path, lineno, obj, "mentions", what)
         if not isinstance(ctx, dict) or not isinstance(mentions, list):
@@ -653,6 +802,7 @@ def read_mewsli_mentions(path) -> list[dict]:
             raise _fail(path, lineno, "context.text is empty: the released wikinews_mentions_no_text-*.jsonl files "
                                       "leave the article text out; run the release's get-mewsli-x.sh to restore it "
                                       "into wikinews_mentions-*.jsonl")
+        norm, move = nfc_offsets(f"{path}, line {lineno}", "context.text", text)
         lang = _nonempty(path, lineno, _field(path, lineno, ctx, "language", what), "context.language")
         spans = [_span(path, lineno, s, len(text), f"context.sentence_spans[{i}]")
                  for i, s in enumerate(_field(path, lineno, ctx, "sentence_spans", what) or [])]
@@ -669,7 +819,7 @@ def read_mewsli_mentions(path) -> list[dict]:
             a, b = next(((a, b) for a, b in spans if a <= start < b), (start, end))
             out.append({"id": _nonempty(path, lineno, m.get("example_id"), f"{where}.example_id"), "language": lang,
                         "entity_id": _nonempty(path, lineno, m.get("entity_id"), f"{where}.entity_id"),
-                        "mention": surface, "sentence": text[a:max(b, end)].strip()})
+                        "mention": nfc(surface), "sentence": norm[move(a):move(max(b, end))].strip()})
     if not out:
         raise _fail(path, None, f"no mentions found ({what})")
     return _check_unique(path, out)
@@ -677,6 +827,7 @@ def read_mewsli_mentions(path) -> list[dict]:
 
 READERS: dict[str, Callable[..., Any]] = {
     "xnli_tsv": read_xnli_tsv,
+    "xnli10_tsv": read_xnli10_tsv,
     "pawsx_tsv": read_pawsx_tsv,
     "mrpc_tsv": read_mrpc_tsv,
     "anli_jsonl": read_anli_jsonl,

@@ -26,6 +26,7 @@ from typing import Any
 
 import pycountry
 
+from adaptertx.data.readers import nfc, nfc_offsets
 from adaptertx.errors import AdaptertxError
 from adaptertx.tasks import Task, get_task
 
@@ -214,6 +215,19 @@ CONVERTERS: dict[str, Callable[[Any, Task], list[dict]]] = {
 }
 
 
+def _in_nfc(task: Task, rows: list[dict]) -> list[dict]:
+    """``rows`` with their text in Unicode NFC, as the readers give files (QA answer offsets moved with it)."""
+    if task.family != "extractive_qa":
+        return nfc(rows)
+    out = []
+    for n, row in enumerate(rows):
+        context, move = nfc_offsets(f"{task.name} (Hub)", f"row {n} context", row["context"])
+        answers = row["answers"]
+        starts = [move(s) for s in answers["answer_start"]]
+        out.append(dict(nfc(row), context=context, answers={"text": nfc(answers["text"]), "answer_start": starts}))
+    return out
+
+
 def convert(task_name: str, ds: Any, lang: str | None = None) -> list[dict]:
     """Rows of the Hub dataset split ``ds`` (a ``datasets.Dataset``) in ``task_name``'s schema.
 
@@ -227,7 +241,7 @@ def convert(task_name: str, ds: Any, lang: str | None = None) -> list[dict]:
     if task.name == "tydiqa" and lang is not None:
         prefix = _TYDIQA_NAMES[task.check_language(lang)] + "-"
         ds = ds.filter(lambda ex: str(ex["id"]).startswith(prefix))
-    rows = CONVERTERS[task.name](ds, task)
+    rows = _in_nfc(task, CONVERTERS[task.name](ds, task))
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise AdaptertxError(f"{task.name}: the Hub rows' ids are not unique")

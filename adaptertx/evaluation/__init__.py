@@ -6,7 +6,16 @@ targets directly (:mod:`.retrieval_targets`: Tatoeba, BUCC, LAReQA, Mewsli-X).
 - :mod:`.common` — :class:`EvalConfig`, the results, their bookkeeping.
 """
 
-from adaptertx.evaluation.common import FORMATS, EvalConfig, EvalResult, LanguageResult, data_dir_files
+from adaptertx.evaluation.common import (
+    ALL_LANGUAGES,
+    FILE_NAMES,
+    FORMATS,
+    EvalConfig,
+    EvalResult,
+    LanguageResult,
+    data_dir_files,
+    file_language,
+)
 from adaptertx.evaluation.intermediate import NONE, Intermediate, fusion_of, load_intermediate
 from adaptertx.evaluation.retrieval_targets import (
                                                     BuccScore,
@@ -17,6 +26,6 @@ from adaptertx.evaluation.retrieval_targets import (
 )
 from adaptertx.evaluation.zero_shot import build_target_model, eval_sets, evaluate
 
-__all__ = ["FORMATS", "NONE", "BuccScore", "EvalConfig", "EvalResult", "Intermediate", "LanguageResult",
-           "TatoebaScore", "build_target_model", "data_dir_files", "eval_sets", "evaluate", "evaluate_bucc",
-           "evaluate_tatoeba", "fusion_of", "load_intermediate", "tatoeba_files"]
+__all__ = ["ALL_LANGUAGES", "FILE_NAMES", "FORMATS", "NONE", "BuccScore", "EvalConfig", "EvalResult", "Intermediate",
+           "LanguageResult", "TatoebaScore", "build_target_model", "data_dir_files", "eval_sets", "evaluate",
+           "evaluate_bucc", "evaluate_tatoeba", "file_language", "fusion_of", "load_intermediate", "tatoeba_files"]

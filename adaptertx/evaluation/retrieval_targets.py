@@ -424,8 +424,8 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
         stats = [[average_precision_at_k(answers[q["id"]], [cand_ids[j] for j in row], MAP_K)]
                  for q, row in zip(questions, index.tolist(), strict=True)]
         scores = stats_score(task, sums(stats))
-        results[code] = LanguageResult(rounded(scores), len(questions), is_low(code), "test", str(own[code]), stats,
-                                       ids_sha(questions))
+        results[code] = LanguageResult(rounded(scores), len(questions), is_low(code, config), "test", str(own[code]),
+                                       stats, ids_sha(questions))
     return results, missing
 
 
@@ -535,6 +535,6 @@ def _evaluate_mewsli(config: EvalConfig, adapter: str | None, progress: bool
         _, index = knn(q_encoder([f"{m['mention']}: {m['sentence']}" for m in rows]), cand_emb, MAP_K)
         stats = [[average_precision_at_k({m["entity_id"]}, [cand_ids[j] for j in row], MAP_K)]
                  for m, row in zip(rows, index.tolist(), strict=True)]
-        results[code] = LanguageResult(rounded(stats_score(task, sums(stats))), len(rows), is_low(code), split,
+        results[code] = LanguageResult(rounded(stats_score(task, sums(stats))), len(rows), is_low(code, config), split,
                                        str(mentions_path), stats, ids_sha(rows))
     return results, missing, notes

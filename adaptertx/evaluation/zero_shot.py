@@ -39,12 +39,12 @@ from adaptertx import data, rundir
 from adaptertx.data.remote import hub_source, load_remote, remote_splits
 from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation.common import (
-    FORMATS,
     EvalConfig,
     EvalResult,
     LanguageResult,
     ids_sha,
     is_low,
+    own_sets,
     progress_bar,
     rounded,
     sums,
@@ -55,7 +55,7 @@ from adaptertx.evaluation.retrieval_targets import evaluate_retrieval
 from adaptertx.floors import chance, floors, learned
 from adaptertx.fused_fusion import enable_fused_fusion, fast_fusion_attention
 from adaptertx.kernels.dropout import use_fast_dropout
-from adaptertx.languages import normalize, normalize_or_keep
+from adaptertx.languages import normalize
 from adaptertx.merging.fusion import fusion_regulariser
 from adaptertx.metrics import PRIMARY, example_stats, stats_score
 from adaptertx.modeling import BuiltModel, adapter_config, add_head, load_base, load_trainable_state
@@ -76,7 +76,7 @@ def eval_sets(task: Task, config: EvalConfig) -> tuple[dict[str, tuple[list[dict
     ``source`` is ``"bundled"``, the user's file, or ``"hub:<dataset>/<config>"`` for a language
     the bundled data lacks, loaded from the Hub when it is reachable.
     """
-    own = {normalize_or_keep(lang): path for lang, path in config.data_files}
+    own = own_sets(task, config)
     wanted = list(config.languages) if config.languages else None
     bundled = data.available(task.bundled)[task.bundled] if task.bundled else {}
     if wanted is None:
@@ -105,12 +105,8 @@ def eval_sets(task: Task, config: EvalConfig) -> tuple[dict[str, tuple[list[dict
                 raise AdaptertxError(f"task {task.name!r} has no language {lang!r}; its languages are "
                                      f"{', '.join(task.languages)} (others need --data-file)")
         if code in own:
-            fmt = FORMATS[task.name]
-            path = own[code]
-            rows = data.read_file(path, fmt) if fmt != "tatoeba_pair" else None
-            if rows is None:
-                raise AdaptertxError("Tatoeba files are given with `adaptertx retrieve tatoeba --data-dir`")
-            sets[code] = (subset(rows, config.max_eval_examples), "file", str(path))
+            rows, path = own[code]
+            sets[code] = (subset(rows, config.max_eval_examples), "file", path)
             continue
         splits = bundled.get(code, {})
         split = "test" if "test" in splits else "validation" if "validation" in splits else None
@@ -210,8 +206,8 @@ def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathL
         stats = example_stats(task, preds, gold, lang=lang)
         scores = stats_score(task, sums(stats))
         floor = rounded_floor(floors(task, gold, train_rows, lang=lang))
-        results[lang] = LanguageResult(rounded(scores), len(rows), is_low(lang), split, source, stats, ids_sha(rows),
-                                       floor)
+        results[lang] = LanguageResult(rounded(scores), len(rows), is_low(lang, config), split, source, stats,
+                                       ids_sha(rows), floor)
     record = trace(config, inter, built.fingerprint, Path(out), start)
     return EvalResult(task.name, task.metric, PRIMARY[task.metric], results, missing, record, notes,
                       target_learned(Path(out)))

@@ -193,6 +193,24 @@ def test_carved_splits_disjoint():
         assert len(ids) == len(set(ids)), ds
 
 
+def test_tydiqa_test_has_the_gold_answers():
+    # The bundled GoldP dev set (XTREME's TyDiQA test) once came from an XTREME download folder
+    # whose answers were all "" at offset 0; the corrected copy holds the real answers.
+    total = 0
+    for lang in data.available("tydiqa")["tydiqa"]:
+        rows = data.load("tydiqa", lang, "test")
+        total += len(rows)
+        for r in rows:
+            texts, starts = r["answers"]["text"], r["answers"]["answer_start"]
+            assert texts and all(t.strip() for t in texts), r["id"]
+            assert all(r["context"][s:s + len(t)] == t for t, s in zip(texts, starts, strict=True)), r["id"]
+    assert total == 5077
+    sw = {r["id"]: r for r in data.load("tydiqa", "sw", "test")}
+    assert sw["swahili--8211684794284159625-4"]["answers"] == {"text": ["1999"], "answer_start": [365]}
+    en = {r["id"]: r for r in data.load("tydiqa", "en", "test")}
+    assert en["english--3215621880858840488-2"]["answers"] == {"text": ["Wound care"], "answer_start": [0]}
+
+
 # ---------------------------------------------------------------- errors and BUCC
 
 

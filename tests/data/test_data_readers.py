@@ -21,6 +21,22 @@ CONLLU = (
     "\n"
     "1\tOui\toui\tINTJ\t_\t_\t0\troot\t_\t_\n"
 )
+# The XNLI-1.0 release's xnli.test.tsv: its 19-column header, parse columns as released (empty here).
+XNLI10_HEADER = ("language\tgold_label\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
+                 "sentence2_parse\tsentence1\tsentence2\tpromptID\tpairID\tgenre\tlabel1\tlabel2\tlabel3\tlabel4\t"
+                 "label5\tsentence1_tokenized\tsentence2_tokenized\tmatch")
+
+
+def xnli10_row(lang, label, s1, s2, pair):
+    return "\t".join([lang, label, "", "", "", "", s1, s2, "1", pair, "facetoface", label, label, label, label,
+                      label, s1, s2, "True"])
+
+
+XNLI10 = "\n".join([XNLI10_HEADER,
+                    xnli10_row("de", "neutral", "Er sagte, Mama, ich bin daheim.", "Er rief seine Mutter an.", "1"),
+                    xnli10_row("de", "contradiction", "Er sagte, Mama, ich bin daheim.", "Er sagte kein Wort.", "2"),
+                    xnli10_row("sw", "neutral", "Alisema, Mama, niko nyumbani.", "Alimpigia mama yake simu.", "1"),
+                    xnli10_row("sw", "contradiction", "Alisema, Mama, niko nyumbani.", "Hakusema neno.", "2")]) + "\n"
 SQUAD = {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": "Paris is in France.", "qas": [
     {"id": "q1", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]}]}]}]}
 
@@ -28,11 +44,23 @@ GOOD = {
     "xnli_tsv": ("p\th\tentailment\np2\th2\tcontradictory\n",
                  [{"id": "0", "text_a": "p", "text_b": "h", "label": "entailment"},
                   {"id": "1", "text_a": "p2", "text_b": "h2", "label": "contradiction"}]),
-    "pawsx_tsv": ("a\tb\t1\n", [{"id": "0", "text_a": "a", "text_b": "b", "label": "1"}]),
-    "mrpc_tsv": ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\ta\tb\n",
-                 [{"id": "1-2", "text_a": "a", "text_b": "b", "label": "0"}]),
-    "anli_jsonl": (json.dumps({"uid": "u", "premise": "p", "hypothesis": "h", "label": "n"}) + "\n",
-                   [{"id": "u", "text_a": "p", "text_b": "h", "label": "neutral"}]),
+    "xnli10_tsv": (XNLI10, {"de": [{"id": "1", "text_a": "Er sagte, Mama, ich bin daheim.",
+                                    "text_b": "Er rief seine Mutter an.", "label": "neutral"},
+                                   {"id": "2", "text_a": "Er sagte, Mama, ich bin daheim.",
+                                    "text_b": "Er sagte kein Wort.", "label": "contradiction"}],
+                            "sw": [{"id": "1", "text_a": "Alisema, Mama, niko nyumbani.",
+                                    "text_b": "Alimpigia mama yake simu.", "label": "neutral"},
+                                   {"id": "2", "text_a": "Alisema, Mama, niko nyumbani.",
+                                    "text_b": "Hakusema neno.", "label": "contradiction"}]}),
+    "pawsx_tsv": ("a\tb\t1\nc\td\t0\n", [{"id": "0", "text_a": "a", "text_b": "b", "label": "1"},
+                                           {"id": "1", "text_a": "c", "text_b": "d", "label": "0"}]),
+    "mrpc_tsv": ("\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t1\t2\ta\tb\n1\t3\t4\tc\td\n",
+                 [{"id": "1-2", "text_a": "a", "text_b": "b", "label": "0"},
+                  {"id": "3-4", "text_a": "c", "text_b": "d", "label": "1"}]),
+    "anli_jsonl": (json.dumps({"uid": "u", "premise": "p", "hypothesis": "h", "label": "n"}) + "\n"
+                   + json.dumps({"uid": "v", "premise": "p", "hypothesis": "h2", "label": "e"}) + "\n",
+                   [{"id": "u", "text_a": "p", "text_b": "h", "label": "neutral"},
+                    {"id": "v", "text_a": "p", "text_b": "h2", "label": "entailment"}]),
     "copa_jsonl": (json.dumps({"premise": "p", "choice1": "a", "choice2": "b", "question": "effect", "label": 1,
                                "idx": 7}) + "\n",
                    [{"id": "7", "context": "p", "question": "What happened as a result?", "choices": ["a", "b"],
@@ -138,8 +166,8 @@ def test_compressed_files(tmp_path, fmt):
 
 def test_crlf_is_accepted(tmp_path):
     p = tmp_path / "x.tsv"
-    p.write_bytes(b"p\th\tneutral\r\n")
-    assert read_file(p, "xnli_tsv")[0]["label"] == "neutral"
+    p.write_bytes(b"p\th\tneutral\r\np\th2\tentailment\r\n")
+    assert [r["label"] for r in read_file(p, "xnli_tsv")] == ["neutral", "entailment"]
 
 
 def test_tatoeba_pair(tmp_path):
@@ -206,3 +234,109 @@ def test_unknown_format_and_missing_file(tmp_path):
         read_file(tmp_path / "x", "csv")
     with pytest.raises(AdaptertxError, match="no such file"):
         read_file(tmp_path / "missing.tsv", "xnli_tsv")
+
+
+# ------------------------------------------------------------- refused because they cannot be scored, NFC, formats
+
+# CoNLL-U as UD releases it, without comment lines: "del" is the multiword token of the syntactic
+# words "de" + "el" (range line 2-3); 4.1 is an empty node. UD scores the syntactic words.
+CONLLU_ES = (
+    "1\tVino\tvenir\tVERB\t_\t_\t0\troot\t_\t_\n"
+    "2-3\tdel\t_\t_\t_\t_\t_\t_\t_\t_\n"
+    "2\tde\tde\tADP\t_\t_\t4\tcase\t_\t_\n"
+    "3\tel\tel\tDET\t_\tDefinite=Def\t4\tdet\t_\t_\n"
+    "4\tmar\tmar\tNOUN\t_\t_\t1\tobl\t_\tSpaceAfter=No\n"
+    "4.1\tvino\tvenir\tVERB\t_\t_\t_\t_\t1:conj\t_\n"
+    "5\t.\t.\tPUNCT\t_\t_\t1\tpunct\t_\t_\n"
+)
+
+
+def test_text_is_read_in_nfc(tmp_path):
+    import unicodedata
+
+    words = ["Ọ̀jọ́", "Ajé", "ní", "Èkó"]  # MasakhaNER 2.0 Yoruba ships decomposed (NFD)
+    nfd = [unicodedata.normalize("NFD", w) for w in words]
+    nfc = [unicodedata.normalize("NFC", w) for w in words]
+    assert nfd != nfc
+    ner = _write(tmp_path, "test.txt", "".join(f"{w} {t}\n" for w, t in zip(nfd, ["O", "B-ORG", "O", "B-LOC"],
+                                                                             strict=True)))
+    assert read_file(ner, "conll_ner")[0]["tokens"] == nfc
+    pos = _write(tmp_path, "pos.tsv", "".join(f"{w}\tNOUN\n" for w in nfd))
+    assert read_file(pos, "udpos_tsv")[0]["tokens"] == nfc
+    copa = _write(tmp_path, "c.jsonl", json.dumps({"premise": nfd[0], "choice1": nfd[1], "choice2": "b",
+                                                   "question": "cause", "label": 0, "idx": 0}) + "\n")
+    row = read_file(copa, "copa_jsonl")[0]  # json.dumps escapes the marks: normalised after parsing
+    assert row["context"] == nfc[0] and row["choices"][0] == nfc[1]
+
+
+def test_squad_offsets_follow_nfc(tmp_path):
+    import unicodedata
+
+    raw = unicodedata.normalize("NFD", "Ìlú Èkó wà ní Nàìjíríà.")
+    answer = unicodedata.normalize("NFD", "Nàìjíríà")
+    qa = {"id": "yo-1", "question": "Níbo ni Èkó wà?", "answers": [{"text": answer, "answer_start": raw.index(answer)}]}
+    doc = {"data": [{"title": "Èkó", "paragraphs": [{"context": raw, "qas": [qa]}]}]}
+    row = read_file(_write(tmp_path, "yo.json", json.dumps(doc)), "squad_json")[0]
+    start, text = row["answers"]["answer_start"][0], row["answers"]["text"][0]
+    assert row["context"] == unicodedata.normalize("NFC", raw) and text == "Nàìjíríà"
+    assert start == row["context"].index("Nàìjíríà") < raw.index(answer)
+    assert row["context"][start:start + len(text)] == text
+
+
+def test_squad_blank_gold_answers_are_refused(tmp_path):
+    # what XTREME's download script leaves of TyDiQA-GoldP's test set: every answer "" at offset 0
+    blank = json.loads(json.dumps(SQUAD))
+    qas = blank["data"][0]["paragraphs"][0]["qas"]
+    qas[0]["answers"] = [{"text": "", "answer_start": 0}]
+    qas.append({"id": "q2", "question": "What is Paris?", "answers": [{"text": "", "answer_start": 0}]})
+    p = _write(tmp_path, "tydiqa.goldp.sw.dev.json", json.dumps(blank))
+    with pytest.raises(AdaptertxError) as err:
+        read_file(p, "squad_json")
+    msg = str(err.value)
+    assert msg == (f"{p}: 2 of 2 questions have only empty gold answers (first: data[0].paragraphs[0].qas[0]), so "
+                   f"nothing can be scored; XTREME's download script blanks the test answers: use the release's "
+                   f"own file")
+    qas[1]["answers"] = [{"text": "the capital", "answer_start": 0}]
+    p = _write(tmp_path, "q.json", json.dumps(blank))
+    with pytest.raises(AdaptertxError) as err:
+        read_file(p, "squad_json")
+    assert str(err.value) == (f"{p}: data[0].paragraphs[0].qas[1].answers[0]: context at answer_start 0 is "
+                              f"'Paris is in', not the answer 'the capital'; the offsets do not match the context")
+
+
+@pytest.mark.parametrize("fmt,text", [
+    ("xnli_tsv", "p\th\tentailment\np2\th2\tentailment\n"),
+    ("pawsx_tsv", "id\tsentence1\tsentence2\tlabel\n1\ta\tb\t1\n2\tc\td\t1\n"),
+    ("xnli10_tsv", "\n".join([XNLI10_HEADER, xnli10_row("de", "entailment", "a", "b", "1"),
+                              xnli10_row("de", "entailment", "c", "d", "2"), xnli10_row("sw", "neutral", "a", "b", "1"),
+                              xnli10_row("sw", "entailment", "c", "d", "2")]) + "\n"),
+])
+def test_one_label_only_is_refused(tmp_path, fmt, text):
+    p = _write(tmp_path, "one.tsv", text)
+    with pytest.raises(AdaptertxError) as err:
+        read_file(p, fmt)
+    where = f"{p} (de)" if fmt == "xnli10_tsv" else str(p)
+    label = "'1'" if fmt == "pawsx_tsv" else "'entailment'"
+    assert str(err.value) == (f"{where}: all 2 examples have the label {label}; a classification set needs at "
+                              f"least two labels to be scored")
+
+
+def test_conllu_is_told_apart_from_tsv(tmp_path):
+    from adaptertx.data import detect_format
+
+    plain = _write(tmp_path, "es.txt", CONLLU_ES)  # no comments, no .conllu: known by its columns
+    assert detect_format(plain, "udpos_tsv") == "conllu"
+    assert read_file(plain, "conllu") == [{"id": "0", "tokens": ["Vino", "de", "el", "mar", "."],
+                                           "tags": ["VERB", "ADP", "DET", "NOUN", "PUNCT"]}]
+    with pytest.raises(AdaptertxError, match=r"es\.txt: this is CoNLL-U .* read it with the conllu format"):
+        read_file(plain, "udpos_tsv")
+    named = tmp_path / "es_ancora-ud-test.conllu.xz"
+    named.write_bytes(lzma.compress(("# sent_id = 1\n" + CONLLU_ES).encode()))
+    assert detect_format(named, "udpos_tsv") == "conllu"
+    tsv = _write(tmp_path, "test-es.tsv", "Vino\tVERB\nmar\tNOUN\n")
+    assert detect_format(tsv, "udpos_tsv") == "udpos_tsv"
+    assert detect_format(_write(tmp_path, "xnli.test.tsv", XNLI10), "xnli_tsv") == "xnli10_tsv"
+    assert detect_format(tsv, "xnli_tsv") == "xnli_tsv"
+    bad = _write(tmp_path, "bad.conllu", CONLLU_ES.replace("2-3\t", "2-\t"))
+    with pytest.raises(AdaptertxError, match=r"bad\.conllu, line 2: word id '2-' is not an integer, a range"):
+        read_file(bad, "conllu")

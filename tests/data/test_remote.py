@@ -99,6 +99,24 @@ def test_squad_schema_with_and_without_titles():
     assert rows[0]["title"] == "" and rows[1]["answers"] == {"text": [], "answer_start": []}
 
 
+def test_hub_rows_are_read_in_nfc():
+    import unicodedata
+
+    ctx = unicodedata.normalize("NFD", "Ìlú Èkó wà ní Nàìjíríà.")
+    answer = unicodedata.normalize("NFD", "Nàìjíríà")
+    qa = datasets.Dataset.from_dict(
+        {"id": ["yo-1"], "context": [ctx], "question": [unicodedata.normalize("NFD", "Níbo?")],
+         "answers": [{"text": [answer], "answer_start": [ctx.index(answer)]}]},
+        features=features(id=STR, context=STR, question=STR, answers=SQUAD_ANSWERS))
+    row = convert("xquad", qa)[0]
+    start = row["answers"]["answer_start"][0]
+    assert row["context"] == unicodedata.normalize("NFC", ctx) != ctx and row["question"] == "Níbo?"
+    assert row["context"][start:start + len("Nàìjíríà")] == row["answers"]["text"][0] == "Nàìjíríà"
+    tags = datasets.Dataset.from_dict({"tokens": [[unicodedata.normalize("NFD", "Èkó")]], "ner_tags": [[5]]},
+                                      features=features(tokens=TOKENS, ner_tags=datasets.List(PANX)))
+    assert convert("panx", tags)[0]["tokens"] == ["Èkó"]
+
+
 def test_tydiqa_keeps_the_requested_language():
     ds = datasets.Dataset.from_dict(
         {"id": ["english-1", "swahili-2", "english-3"], "title": ["t"] * 3, "context": ["c c"] * 3,
