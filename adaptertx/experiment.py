@@ -49,7 +49,7 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation import NONE, EvalConfig, data_dir_files, evaluate, fusion_of, load_intermediate
 from adaptertx.merging import MIXTURE, MergeOptions, merge
 from adaptertx.results import STORE_FILE, ResultsStore
-from adaptertx.rundir import METHODS, WEIGHT_SPACE, run_status
+from adaptertx.rundir import METHODS, RUN_FILE, WEIGHT_SPACE, read_json, run_status
 from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, QUANT_MODES, TARGET, TargetSettings
 from adaptertx.tasks import get_task
 from adaptertx.training import TrainConfig, train
@@ -393,7 +393,8 @@ def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
             inters[spec.name] = e
             echo(f"[merge] {spec.name} failed: {e}")
 
-    # 3. The cells.
+    # 3. The cells (each records its task adapters' English test scores beside their floors).
+    adapter_floors = {t: read_json(run / RUN_FILE).get("test_vs_majority") for t, run in runs.items()}
     bar = tqdm(todo, desc="cells", unit="cell", disable=not progress)
     for spec, target, seed in bar:
         cid = cell_id(spec.name, target, seed)
@@ -402,7 +403,8 @@ def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
         base = {"cell": cid, "config": spec.name, "method": spec.method, "target": target, "seed": seed,
                 "intermediate": {"tasks": list(spec.tasks),
                                  "dir": (str(inter.source) if not isinstance(inter, Exception) and inter.source
-                                         else None)}}
+                                         else None),
+                                 "learned": {t: adapter_floors.get(t) for t in spec.tasks}}}
         try:
             if isinstance(inter, Exception):
                 raise inter

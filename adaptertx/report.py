@@ -1,14 +1,26 @@
-"""Tables, intervals, plots and a short verdict from a study's results store.
+"""Tables, intervals, plots and a verdict from a study's results store.
 
 :func:`build_report` reads ``results.jsonl`` (:mod:`adaptertx.results`) and computes, per
 target task and intermediate configuration: the primary score per language (mean over seeds,
-± std when there are several), averages over all languages, over **low-resource** languages
-(:func:`adaptertx.languages.is_low_resource`) and over the others; the gain over the
-no-intermediate baseline with a 95% **paired bootstrap** interval (test examples resampled
-per language, the same resample for both sides, scores recomputed from the stored counts);
-and **multi-task vs the best single task** on low-resource languages. :func:`write_report`
-writes ``report.md`` (tables, the verdict, a cell-by-cell trace), ``report.json`` and PNG
-plots of per-language gains ordered by pretraining-data size.
+± std when there are several) beside its **floors** (the English training label's majority
+predictor and chance, :mod:`adaptertx.floors`); averages over all languages, over
+**low-resource** languages (:func:`adaptertx.languages.is_low_resource`) and over the others;
+the gain over the no-intermediate baseline; and **multi-task vs the best single task** on
+low-resource languages.
+
+**Nothing counted that did not learn.** A cell whose target adapter does not clearly beat its
+majority floor on the English held-out split (:func:`adaptertx.floors.learned`) is shown,
+marked ``†``, and left out of every average, gain and the verdict, with the reason.
+
+**Intervals.** Each comparison is paired (same test examples, same seeds) and bootstrapped
+hierarchically: seeds resampled, and within them test examples (one resample for both sides,
+scores recomputed from the stored per-example counts), so an interval holds the variance of
+the target training as well as that of the test sets. The verdict combines targets: per
+round, each target's low-resource languages are resampled too, and the statistic is the mean
+over targets of multi-task minus the best single task; its interval is family-wise 95%
+(Bonferroni over the multi-task configurations compared). It says "beat" only when that
+interval lies above zero with at least :data:`MIN_SEEDS` seeds, and "no clear difference"
+otherwise. :func:`write_report` writes ``report.md``, ``report.json`` and PNG plots.
 
 The best single task is chosen by its low-resource average on the same test data it is
 compared on, which favours it: a multi-task gain shown here is conservative.
@@ -36,6 +48,10 @@ from adaptertx.tasks import get_task
 
 MULTI = MERGE_METHODS
 GROUPS = ("all", "low", "other")
+#: Seeds of every target adapter a verdict needs before it may say that one side won.
+MIN_SEEDS = 3
+#: The family-wise level of the verdict's interval.
+ALPHA = 0.05
 
 
 @dataclass
@@ -71,6 +87,10 @@ class Report:
     failed: list[dict]
     cells: list[dict]
     notes: list[str] = field(default_factory=list)
+    floors: dict = field(default_factory=dict)  # target -> lang -> {"majority", "chance"}
+    not_learned: list[dict] = field(default_factory=list)  # {"cell", "target", "config", "seed", "why"}
+    combined: list[dict] = field(default_factory=list)  # the verdict's statistic per multi-task configuration
+    intermediate: dict = field(default_factory=dict)  # task -> its adapter's English test vs its floor
 
 
 def _boot_indices(n: int, key: str, rounds: int) -> np.ndarray:
@@ -121,29 +141,53 @@ class _Cells:
                                               self.primary[t])
         return self.cache[key]
 
-    def compare(self, t: str, a: str, b: str, group: str) -> Comparison | None:
-        """``a`` minus ``b`` on ``group``'s languages, with a paired bootstrap interval when both
+    def seeds(self, t: str, a: str, b: str) -> list[int]:
+        """The seeds both ``a`` and ``b`` have on ``t`` (paired by seed)."""
+        return sorted(self.seeds_of.get((t, a), set()) & self.seeds_of.get((t, b), set()))
+
+    def diffs(self, t: str, a: str, b: str, langs: list[str], seeds: list[int]) -> np.ndarray | None:
+        """(rounds, seeds, languages): ``a`` minus ``b`` in each bootstrap resample of each
+        seed-language's test examples (the same resample for both sides); ``None`` unless both
         have per-example counts of the same examples."""
-        scores, stats = self.scores, self.stats
+        stats = self.stats
+        keys = [(s, lang) for s in seeds for lang in langs]
+        if not keys or not all(stats.get((t, x, s, lang)) is not None for x in (a, b) for s, lang in keys):
+            return None
+        if any(stats[(t, a, s, lang)][1] != stats[(t, b, s, lang)][1] for s, lang in keys):
+            return None
+        return np.stack([np.stack([self.reps(t, a, s, lang) - self.reps(t, b, s, lang) for lang in langs], axis=-1)
+                         for s in seeds], axis=1)
+
+    def compare(self, t: str, a: str, b: str, group: str) -> Comparison | None:
+        """``a`` minus ``b`` on ``group``'s languages, with a paired hierarchical bootstrap
+        interval (seeds resampled, then test examples) when both have per-example counts of
+        the same examples."""
+        scores = self.scores
         langs = self.group_langs(t, group, [a, b])
-        seeds = sorted(self.seeds_of.get((t, a), set()) & self.seeds_of.get((t, b), set()))
+        seeds = self.seeds(t, a, b)
         if not langs or not seeds:
             return None
-        point = mean(mean(scores[t][a][lang]) - mean(scores[t][b][lang]) for lang in langs)
+        point = mean(mean(_at(scores[t][a][lang], seeds, self.seeds_of[(t, a)])) -
+                     mean(_at(scores[t][b][lang], seeds, self.seeds_of[(t, b)])) for lang in langs)
         lo = hi = None
-        usable = all(stats.get((t, x, s, lang)) is not None for x in (a, b) for s in seeds for lang in langs) and all(
-            stats[(t, a, s, lang)][1] == stats[(t, b, s, lang)][1] for s in seeds for lang in langs)
-        if usable:
-            diffs = np.mean([np.mean([self.reps(t, a, s, lang) - self.reps(t, b, s, lang) for s in seeds], axis=0)
-                             for lang in langs], axis=0)
-            lo, hi = (float(v) for v in np.percentile(diffs, [2.5, 97.5]))
+        d = self.diffs(t, a, b, langs, seeds)
+        if d is not None:
+            picks = _boot_indices(len(seeds), f"seeds/{t}/{a}/{b}/{group}", self.rounds)
+            boot = d[np.arange(self.rounds)[:, None], picks].mean(axis=(1, 2))
+            lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
         return Comparison(t, group, a, b, point, lo, hi, len(langs))
+
+
+def _at(values: list[float], seeds: list[int], have: set[int]) -> list[float]:
+    """The scores of ``seeds`` among ``values`` (one per seed of ``have``, in seed order)."""
+    order = sorted(have)
+    return [values[order.index(s)] for s in seeds]
 
 
 def _collect(finished: list[dict], targets: list[str], rounds: int) -> tuple[_Cells, dict]:
     """The finished cells' scores (:class:`_Cells`) and, per target, the languages without a score and why."""
     scores, low_res, primary, missing, stats, seeds_of = {}, {}, {}, {}, {}, {}
-    for c in finished:
+    for c in sorted(finished, key=lambda c: c["seed"]):  # scores per language in seed order
         t, cfg = c["target"], c["config"]
         primary[t] = c["primary"]
         seeds_of.setdefault((t, cfg), set()).add(c["seed"])
@@ -177,6 +221,35 @@ def _averages(cells: _Cells, targets: list[str]) -> dict:
     return averages
 
 
+def cell_learned(cell: dict) -> bool | None:
+    """Whether a finished cell's target adapter clearly beat its floor (``None``: nothing trained,
+    or not recorded)."""
+    got = cell.get("learned")
+    return got.get("learned") if isinstance(got, dict) else None
+
+
+def _why_not(cell: dict) -> str:
+    v = cell["learned"]
+    return (f"English {v.get('split', 'test')} {v['metric']} {v['score']:.1f} vs majority floor {v['floor']:.1f}: "
+            f"{v['difference']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}], not clearly above it")
+
+
+def _floors(finished: list[dict]) -> dict:
+    floors: dict = {}
+    for c in finished:
+        for lang, r in c["languages"].items():
+            if r.get("floor"):
+                floors.setdefault(c["target"], {}).setdefault(lang, r["floor"])
+    return floors
+
+
+def _intermediate(finished: list[dict]) -> dict:
+    out: dict = {}
+    for c in finished:
+        out.update((c.get("intermediate") or {}).get("learned") or {})
+    return out
+
+
 def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
     """Compute the report of the study whose store is ``store`` (its folder or file)."""
     header, cells = read_store(store)
@@ -190,7 +263,10 @@ def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
             methods[c["config"]] = c.get("method", "?")
     targets = list(dict.fromkeys([*header.get("config", {}).get("targets", []), *(c["target"] for c in cells)]))
     baseline = next((n for n in config_order if methods.get(n) == "none"), None)
-    table, missing = _collect(finished, targets, rounds)
+    shown, missing = _collect(finished, targets, rounds)
+    table, _ = _collect([c for c in finished if cell_learned(c) is not False], targets, rounds)
+    not_learned = [{"cell": c["cell"], "target": c["target"], "config": c["config"], "seed": c["seed"],
+                    "why": _why_not(c)} for c in finished if cell_learned(c) is False]
     averages = _averages(table, targets)
 
     gains = []
@@ -203,7 +279,7 @@ def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
 
     singles = [n for n in config_order if methods.get(n) == "single"]
     multis = [n for n in config_order if methods.get(n) in MULTI]
-    multi_vs_single, notes = [], []
+    multi_vs_single = []
     for t in targets:
         ranked = [(averages.get(t, {}).get(n, {}).get("low", (None,))[0], n) for n in singles]
         ranked = [(v, n) for v, n in ranked if v is not None]
@@ -211,6 +287,14 @@ def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
             continue
         best_single = max(ranked)[1]
         multi_vs_single += [c for m in multis if (c := table.compare(t, m, best_single, "low")) is not None]
+    overall = _overall(multi_vs_single, multis, methods)
+    combined = _combined(table, multi_vs_single, multis, methods, targets, rounds)
+    return Report(header, targets, [{"name": n, "method": methods.get(n)} for n in config_order], baseline,
+                  shown.scores, shown.low_res, shown.primary, averages, gains, multi_vs_single, overall, missing,
+                  failed, cells, [], _floors(finished), not_learned, combined, _intermediate(finished))
+
+
+def _overall(multi_vs_single: list[Comparison], multis: list[str], methods: dict) -> list[dict]:
     overall = []
     for m in multis:
         rows = [c for c in multi_vs_single if c.a == m]
@@ -220,9 +304,42 @@ def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
                             "delta": mean(c.delta for c in rows),
                             "per_target": {c.target: (c.b, c.delta, c.low, c.high) for c in rows},
                             "all_intervals": None not in lows})
-    return Report(header, targets, [{"name": n, "method": methods.get(n)} for n in config_order], baseline,
-                  table.scores, table.low_res, table.primary, averages, gains, multi_vs_single, overall, missing,
-                  failed, cells, notes)
+    return overall
+
+
+def _combined(table: _Cells, multi_vs_single: list[Comparison], multis: list[str], methods: dict,
+              targets: list[str], rounds: int) -> list[dict]:
+    """Per multi-task configuration: the mean over targets of (it minus the best single task) on
+    low-resource languages, with a family-wise interval from a hierarchical bootstrap over
+    languages × seeds × test examples (see the module doc)."""
+    tested = [m for m in multis if any(c.a == m for c in multi_vs_single)]
+    level = ALPHA / max(1, len(tested))  # Bonferroni over the configurations compared
+    out = []
+    for m in tested:
+        rows = [c for c in multi_vs_single if c.a == m]
+        boots, used, seeds = [], [], []
+        for c in rows:
+            langs, common = table.group_langs(c.target, "low", [c.a, c.b]), table.seeds(c.target, c.a, c.b)
+            d = table.diffs(c.target, c.a, c.b, langs, common)
+            if d is None:
+                continue
+            key = f"{c.target}/{c.a}/{c.b}"
+            s_pick = _boot_indices(len(common), f"seeds/{key}", rounds)[:, :, None]
+            l_pick = _boot_indices(len(langs), f"langs/{key}", rounds)[:, None, :]
+            boots.append(d[np.arange(rounds)[:, None, None], s_pick, l_pick].mean(axis=(1, 2)))
+            used.append(c)
+            seeds.append(len(common))
+        entry = {"config": m, "method": methods[m], "comparisons": len(tested), "level": 1 - level,
+                 "targets": [c.target for c in used], "best_single": {c.target: c.b for c in used},
+                 "without_interval": [c.target for c in rows if c not in used],
+                 "not_compared": [t for t in targets if t not in {c.target for c in rows}],
+                 "seeds": min(seeds) if seeds else 0, "delta": None, "low": None, "high": None}
+        if used:
+            both = np.mean(boots, axis=0)
+            lo, hi = np.percentile(both, [100 * level / 2, 100 * (1 - level / 2)])
+            entry.update(delta=float(mean(c.delta for c in used)), low=float(lo), high=float(hi))
+        out.append(entry)
+    return out
 
 
 # ------------------------------------------------------------------------------ writing
@@ -248,7 +365,9 @@ def _lang_order(report: Report, t: str) -> list[str]:
 
 def target_table(report: Report, t: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows of one target's table: configurations × languages (low-resource first,
-    marked ``*``), averages, and the gains over the baseline with their 95% intervals."""
+    marked ``*``), averages, the gains over the baseline with their 95% intervals, and the floors
+    (majority predictor, chance) beneath. A configuration with cells whose target adapter did not
+    learn is marked ``†`` (those cells are shown but left out of its averages and gains)."""
     langs = _lang_order(report, t)
     head = ["config", "method"] + [f"{lang}*" if report.low_resource[t][lang] else lang for lang in langs] + \
            ["avg", "low* avg", "other avg"]
@@ -265,51 +384,93 @@ def target_table(report: Report, t: str) -> tuple[list[str], list[list[str]]]:
             vals = per.get(lang)
             cells.append("–" if not vals else _fmt(mean(vals)) + (f"±{stdev(vals):.1f}" if len(vals) > 1 else ""))
         avg = report.averages.get(t, {}).get(cfg, {})
-        row = [cfg, next(c["method"] for c in report.configs if c["name"] == cfg), *cells,
+        dnl = sum(1 for c in report.not_learned if c["target"] == t and c["config"] == cfg)
+        row = [cfg + (f" † ({dnl} did not learn)" if dnl else ""),
+               next(c["method"] for c in report.configs if c["name"] == cfg), *cells,
                *(_fmt(avg.get(g, (None,))[0]) + (f"±{avg[g][1]:.1f}" if g in avg and avg[g][1] is not None else "")
                  for g in GROUPS)]
         if report.baseline:
             row += ["" if cfg == report.baseline else _ci(gains.get((cfg, "low"))),
                     "" if cfg == report.baseline else _ci(gains.get((cfg, "all")))]
         rows.append(row)
-    return head, rows
+    return head, rows + _floor_rows(report, t, langs, len(head))
+
+
+def _floor_rows(report: Report, t: str, langs: list[str], width: int) -> list[list[str]]:
+    """The majority-predictor and chance rows of one target's table."""
+    floors = report.floors.get(t, {})
+    rows = []
+    for kind, label in (("majority", "floor: majority"), ("chance", "floor: chance")):
+        vals = {lang: floors.get(lang, {}).get(kind) for lang in langs}
+        if all(v is None for v in vals.values()):
+            continue
+        groups = []
+        for g in GROUPS:
+            members = [v for lang, v in vals.items() if v is not None and
+                       (g == "all" or report.low_resource[t][lang] == (g == "low"))]
+            groups.append(_fmt(mean(members)) if members else "–")
+        row = [label, "", *(_fmt(vals[lang]) for lang in langs), *groups]
+        rows.append(row + [""] * (width - len(row)))
+    return rows
+
+
+def _left_out(report: Report, used: set[str]) -> str:
+    """Why the targets outside the verdict are outside it."""
+    why = []
+    for t in report.targets:
+        if t in used:
+            continue
+        dnl = sum(1 for c in report.not_learned if c["target"] == t)
+        if dnl:
+            why.append(f"{t} ({dnl} cell(s) whose target adapter did not learn)")
+        elif not any(report.low_resource.get(t, {}).values()):
+            why.append(f"{t} (no low-resource language)")
+        elif any(c.target == t for c in report.multi_vs_single):
+            why.append(f"{t} (no per-example counts to resample)")
+        else:
+            why.append(f"{t} (no single-task and multi-task cells to compare)")
+    return f" Left out of the verdict: {'; '.join(why)}." if why else ""
 
 
 def verdict(report: Report) -> str:
-    """One paragraph: did multi-task beat the best single task on low-resource languages?"""
-    if not report.overall:
-        return ("No verdict: the study needs at least one single-task and one multi-task configuration with "
-                "low-resource results on the same target.")
-    best = max(report.overall, key=lambda o: o["delta"])
-    per = report.multi_vs_single
-    lines = []
-    for o in report.overall:
-        rows = [c for c in per if c.a == o["config"]]
-        sig_pos = sum(1 for c in rows if c.low is not None and c.low > 0)
-        sig_neg = sum(1 for c in rows if c.high is not None and c.high < 0)
-        lines.append(f"- **{o['config']}** ({o['method']}): {o['delta']:+.1f} points on average over "
-                     f"{o['targets']} target(s); its 95% interval lies above zero on {sig_pos}, below zero on "
-                     f"{sig_neg}, and includes zero on {len(rows) - sig_pos - sig_neg}.")
-    won = best["delta"] > 0
-    best_rows = [c for c in per if c.a == best["config"]]
-    above = sum(1 for c in best_rows if c.low is not None and c.low > 0)
-    below = sum(1 for c in best_rows if c.high is not None and c.high < 0)
-    if above and not below:
-        strength = f"Its 95% interval lies above zero on {above} of {len(best_rows)} target(s)."
+    """Did multi-task beat the best single task on low-resource languages, over the targets that
+    learned, with the combined interval of the module doc?"""
+    combined = [c for c in report.combined if c["delta"] is not None]
+    if not combined:
+        return ("No verdict: the study needs at least one single-task and one multi-task configuration whose "
+                "target adapters learned, with per-example low-resource results on the same target."
+                + _left_out(report, set()))
+    seeds = min(c["seeds"] for c in combined)
+    above = [c for c in combined if c["low"] > 0]
+    below = [c for c in combined if c["high"] < 0]
+    best = max(combined, key=lambda c: c["delta"])
+    if seeds < MIN_SEEDS:
+        head = (f"**No verdict at {seeds} seed(s).** A verdict needs at least {MIN_SEEDS} seeds of every target "
+                f"adapter, so that its interval holds the variance of training and not only of the test sets.")
+    elif above and not below:
+        head = "**Multi-task beat the best single task on low-resource languages.**"
     elif below and not above:
-        strength = f"Its 95% interval lies below zero on {below} of {len(best_rows)} target(s)."
-    elif not above and not below:
-        strength = ("Every one of its 95% intervals includes zero: at this budget the difference is within the "
-                    "noise of the test sets.")
+        head = "**The best single task beat multi-task on low-resource languages.**"
+    elif not above:
+        head = ("**No clear difference at this budget** between multi-task and the best single task on "
+                "low-resource languages: every combined interval includes zero.")
     else:
-        strength = f"Its 95% interval lies above zero on {above} and below zero on {below} target(s): mixed."
-    per_target = "; ".join(f"{t}: vs {b} {d:+.1f}" + (f" [{lo:+.1f}, {hi:+.1f}]" if lo is not None else "")
-                           for t, (b, d, lo, hi) in best["per_target"].items())
-    head = (f"**Multi-task {'beat' if won else 'did not beat'} the best single task on low-resource languages in "
-            f"this run.** The strongest multi-task configuration, `{best['config']}` ({best['method']}), is "
-            f"{best['delta']:+.1f} points {'above' if won else 'relative to'} the best single task per target, "
-            f"averaged over {best['targets']} target(s) ({per_target}). {strength}")
-    return head + "\n\n" + "\n".join(lines)
+        head = "**Mixed:** some multi-task configurations lie above the best single task and some below."
+    level = combined[0]["level"]
+    lines = []
+    for c in combined:
+        per = "; ".join(f"{t}: vs {c['best_single'][t]}" for t in c["targets"])
+        lines.append(f"- **{c['config']}** ({c['method']}): {c['delta']:+.1f} points [{c['low']:+.1f}, "
+                     f"{c['high']:+.1f}] over {len(c['targets'])} target(s) ({per}).")
+    method = (f"Strongest: `{best['config']}` ({best['method']}), {best['delta']:+.1f} points "
+              f"[{best['low']:+.1f}, {best['high']:+.1f}]. Each statistic is the mean over targets of the "
+              f"configuration minus that target's best single task on its low-resource languages; intervals are "
+              f"{100 * level:.1f}% each (95% family-wise, Bonferroni over {combined[0]['comparisons']} multi-task "
+              f"configuration(s)), from a hierarchical bootstrap over languages × {seeds} seed(s) × test examples. "
+              f"The intermediate adapters are trained once per study, so their own training variance is not in "
+              f"the intervals.")
+    used = {t for c in combined for t in c["targets"]}
+    return head + " " + method + _left_out(report, used) + "\n\n" + "\n".join(lines)
 
 
 def _pyplot():
@@ -405,6 +566,32 @@ def _trace_rows(report: Report) -> list[list[str]]:
     return rows
 
 
+def _learning_sections(report: Report) -> list[str]:
+    """The cells that did not learn, and the intermediate adapters beside their floors."""
+    from tabulate import tabulate
+
+    out = []
+    if report.not_learned:
+        out += ["## Cells that did not learn", "", "Shown in the tables (`†`), left out of every average, gain and "
+                "the verdict.", "", tabulate([[c["cell"], c["why"]] for c in report.not_learned], ["cell", "why"],
+                                            tablefmt="github"), ""]
+    if report.intermediate:
+        rows = []
+        for task, v in report.intermediate.items():
+            if not v:
+                rows.append([task, "–", "–", "–", "not recorded"])
+                continue
+            ok = v["low"] > 0
+            rows.append([task, _fmt(v.get("score")), _fmt(v.get("floor")),
+                         f"{v['difference']:+.1f} [{v['low']:+.1f}, {v['high']:+.1f}]", "yes" if ok else "**no**"])
+        out += ["## Intermediate adapters", "", "Each task adapter's English test score beside its majority floor "
+                "(paired 95% bootstrap interval). A configuration built on an adapter that did not learn tests "
+                "little more than its initialisation.", "",
+                tabulate(rows, ["task", "English test", "majority floor", "Δ [95% CI]", "learned"],
+                         tablefmt="github", disable_numparse=True), ""]
+    return out
+
+
 def render_markdown(report: Report, plots: dict[str, str]) -> str:
     """The report as Markdown (``plots``: target → PNG file name beside it)."""
     from tabulate import tabulate
@@ -418,7 +605,10 @@ def render_markdown(report: Report, plots: dict[str, str]) -> str:
             f"{', '.join(str(s) for s in cfg.get('seeds', []))}; {len(report.cells)} cells "
             f"({len(report.failed)} failed). Low-resource (`*`): under 5 GiB of CC-100 text (XLM-R's "
             f"pretraining data). Scores in percent; Δ = configuration minus `{report.baseline}` with a 95% paired "
-            f"bootstrap interval over test examples.", "", "## Verdict", "", verdict(report), ""]
+            f"hierarchical bootstrap interval over seeds and test examples. Each target's floors (its English "
+            f"training label's majority predictor, and chance) are the last rows of its table; `†` marks cells "
+            f"whose target adapter did not clearly beat its floor on English: shown, but left out of averages, "
+            f"gains and the verdict.", "", "## Verdict", "", verdict(report), ""]
     if report.multi_vs_single:
         rows = [[c.target, c.a, c.b, _ci(c), c.languages] for c in report.multi_vs_single]
         out += ["### Multi-task minus the best single task (low-resource average)", "",
@@ -436,6 +626,7 @@ def render_markdown(report: Report, plots: dict[str, str]) -> str:
         gone = report.missing.get(t, {})
         if gone:
             out += ["Not scored: " + "; ".join(f"{lang} ({why})" for lang, why in sorted(gone.items())), ""]
+    out += _learning_sections(report)
     if report.failed:
         out += ["## Failed cells", "", tabulate([[c["cell"], c.get("error", "?")] for c in report.failed],
                                                   ["cell", "error"], tablefmt="github"), ""]
@@ -472,7 +663,9 @@ def write_report(store: str | os.PathLike, out: str | os.PathLike | None = None,
             "baseline": report.baseline, "scores": report.scores, "averages": report.averages,
             "gains": [c.__dict__ for c in report.gains],
             "multi_vs_single": [c.__dict__ for c in report.multi_vs_single],
-            "overall": report.overall, "missing": report.missing,
+            "overall": report.overall, "combined": report.combined, "floors": report.floors,
+            "not_learned": report.not_learned, "intermediate": report.intermediate,
+            "verdict": verdict(report), "missing": report.missing,
             "failed": [{"cell": c["cell"], "error": c.get("error")} for c in report.failed]}
     atomic_write_text(folder / "report.json", json.dumps(body, indent=2) + "\n")
     return folder / "report.md", report

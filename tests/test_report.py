@@ -37,7 +37,8 @@ def trace(config: str, target: str, seed: int) -> dict:
 
 
 def make_cell(config: str, method: str, target: str, seed: int, langs: dict[str, list], *,
-              ids: str = "ids-0", missing: dict | None = None, scores: dict | None = None) -> dict:
+              ids: str = "ids-0", missing: dict | None = None, scores: dict | None = None,
+              learned: dict | None = None, floor: dict | None = None) -> dict:
     """A finished cell as ``run_study`` stores it (``{**base, "status", **EvalResult.record()}``)."""
     task = get_task(target)
     languages = {}
@@ -46,11 +47,11 @@ def make_cell(config: str, method: str, target: str, seed: int, langs: dict[str,
         got = scores[lang] if scores else stats_score(task, [*sums, len(rows)])
         languages[lang] = {"scores": {k: round(v, 4) for k, v in got.items()}, "n": len(rows),
                            "low_resource": is_low_resource(lang), "split": "test", "source": "bundled",
-                           "stats": rows, "ids_sha": ids}
+                           "stats": rows, "ids_sha": ids, "floor": floor}
     return {"cell": f"{config}|{target}|seed{seed}", "config": config, "method": method, "target": target,
             "seed": seed, "intermediate": {"tasks": [] if method == "none" else ["siqa"], "dir": None},
             "status": "finished", "metric": task.metric, "primary": PRIMARY[task.metric], "languages": languages,
-            "missing": missing or {}, "trace": trace(config, target, seed), "notes": []}
+            "missing": missing or {}, "trace": trace(config, target, seed), "notes": [], "learned": learned}
 
 
 def new_store(path, configs: list[tuple[str, str]], targets: list[str], seeds=(0,), name="tiny"):
@@ -136,17 +137,97 @@ def test_gains_intervals_and_best_single(tmp_path):
     assert [(c.low, c.high) for c in again.multi_vs_single] == [(c.low, c.high) for c in r.multi_vs_single]
 
 
-def test_verdict_beat_and_did_not_beat(tmp_path):
-    xcopa_store(tmp_path / "up")
-    text = verdict(build_report(tmp_path / "up"))
-    assert text.startswith("**Multi-task beat the best single task")
-    assert "`avg` (average)" in text and "+7.5 points above" in text and "xcopa: vs B +7.5" in text
-    worse = {**COUNTS, "avg": {"qu": 12, "sw": 12, "it": 20}}  # low-resource 60 < 67.5
-    xcopa_store(tmp_path / "down", worse)
-    text = verdict(build_report(tmp_path / "down"))
-    assert text.startswith("**Multi-task did not beat the best single task")
-    assert "`avg` (average)" in text and "-7.5 points relative to" in text
-    assert "**mt** (multitask): -10.0 points" in text
+LOW = ("qu", "sw", "ht")  # XCOPA's low-resource languages
+
+
+def verdict_store(path, a_right, mt_right, seeds=(0, 1, 2), learned=None):
+    """none / A (single) / mt (multitask) on XCOPA: ``a_right`` and ``mt_right`` correct of N per
+    low-resource language (a number, or one per seed); ``learned``: {(config, seed): the cell's record}."""
+    store = new_store(path, [("none", "none"), ("A", "single"), ("mt", "multitask")], ["xcopa"], seeds=seeds)
+    for i, seed in enumerate(seeds):
+        for cfg, method, k in (("none", "none", 10), ("A", "single", a_right), ("mt", "multitask", mt_right)):
+            k = k[i] if isinstance(k, tuple) else k
+            langs = {lang: correct_rows(k, salt=f"{cfg}{seed}{lang}") for lang in LOW}
+            store.add(make_cell(cfg, method, "xcopa", seed, langs, learned=(learned or {}).get((cfg, seed)),
+                                floor={"majority": 50.0, "chance": 50.0}))
+    return store
+
+
+def test_verdict_beat_no_clear_difference_and_lost(tmp_path):
+    verdict_store(tmp_path / "up", 10, 18)
+    r = build_report(tmp_path / "up")
+    (c,) = r.combined
+    assert c["config"] == "mt" and c["seeds"] == 3 and c["targets"] == ["xcopa"] and c["comparisons"] == 1
+    assert c["delta"] == pytest.approx(40.0) and 0 < c["low"] <= c["delta"] <= c["high"]
+    text = verdict(r)
+    assert text.startswith("**Multi-task beat the best single task on low-resource languages.**")
+    assert "`mt` (multitask), +40.0 points" in text and "languages × 3 seed(s) × test examples" in text
+    verdict_store(tmp_path / "level", 14, 14)
+    text = verdict(build_report(tmp_path / "level"))
+    assert text.startswith("**No clear difference at this budget**")
+    verdict_store(tmp_path / "down", 18, 10)
+    assert verdict(build_report(tmp_path / "down")).startswith("**The best single task beat multi-task")
+    verdict_store(tmp_path / "one", 10, 18, seeds=(0,))
+    assert verdict(build_report(tmp_path / "one")).startswith("**No verdict at 1 seed(s).**")
+
+
+def test_the_verdict_is_family_wise_over_the_multi_task_configurations(tmp_path):
+    store = verdict_store(tmp_path, 10, 18)
+    header_configs = ["none", "A", "mt"]
+    assert [c["name"] for c in build_report(tmp_path).configs] == header_configs
+    for seed in (0, 1, 2):  # a second multi-task configuration: two comparisons, 97.5% intervals each
+        store.add(make_cell("avg", "average", "xcopa", seed,
+                            {lang: correct_rows(16, salt=f"avg{seed}{lang}") for lang in LOW}))
+    r = build_report(tmp_path)
+    assert [c["config"] for c in r.combined] == ["mt", "avg"]
+    assert all(c["comparisons"] == 2 and c["level"] == pytest.approx(0.975) for c in r.combined)
+    assert "97.5% each (95% family-wise, Bonferroni over 2" in verdict(r)
+
+
+def test_intervals_hold_the_variance_over_seeds(tmp_path):
+    # No example variance (every row right, or every row wrong), seeds that disagree: per-seed
+    # gains 100, 0, 0. Resampling only test examples would give [33.3, 33.3]; resampling the
+    # seeds, the mean of three draws from {100, 0, 0} is 0 with probability 8/27 and 100 with 1/27.
+    store = new_store(tmp_path, [("none", "none"), ("A", "single")], ["xcopa"], seeds=(0, 1, 2))
+    for seed in (0, 1, 2):
+        store.add(make_cell("none", "none", "xcopa", seed, {"qu": correct_rows(0)}))
+        store.add(make_cell("A", "single", "xcopa", seed, {"qu": correct_rows(N if seed == 0 else 0)}))
+    low = next(c for c in build_report(tmp_path).gains if c.group == "low")
+    assert low.delta == pytest.approx(100 / 3)
+    assert (low.low, low.high) == (0.0, 100.0)
+
+
+def test_cells_that_did_not_learn_are_shown_and_left_out(tmp_path):
+    flat = {"metric": "accuracy", "score": 50.0, "floor": 50.0, "difference": 0.0, "low": -3.0, "high": 3.0,
+            "n": 100, "split": "test", "learned": False}
+    fine = {**flat, "score": 70.0, "difference": 20.0, "low": 12.0, "high": 28.0, "learned": True}
+    learned = {(cfg, seed): fine for cfg in ("none", "A", "mt") for seed in (0, 1, 2)}
+    learned[("mt", 1)] = flat
+    verdict_store(tmp_path, 10, (18, 20, 18), learned=learned)
+    r = build_report(tmp_path)
+    assert [c["cell"] for c in r.not_learned] == ["mt|xcopa|seed1"]
+    assert "accuracy 50.0 vs majority floor 50.0: +0.0 [-3.0, +3.0], not clearly above it" in r.not_learned[0]["why"]
+    # Shown: seed 1's 100% is in the per-language means; left out of the average (90 over seeds 0 and 2).
+    assert r.scores["xcopa"]["mt"]["qu"] == [90.0, 100.0, 90.0]
+    assert r.averages["xcopa"]["mt"]["low"][0] == pytest.approx(90.0)
+    _, rows = target_table(r, "xcopa")
+    assert rows[2][0] == "mt † (1 did not learn)" and rows[2][2] == "93.3±5.8"
+    assert rows[-2][:6] == ["floor: majority", "", "50.0", "50.0", "50.0", "50.0"]
+    assert rows[-1][0] == "floor: chance"
+    assert r.combined[0]["seeds"] == 2  # seed 1 pairs with nothing
+    text = verdict(r)
+    assert text.startswith("**No verdict at 2 seed(s).**")
+    md = render_markdown(r, {})
+    assert "## Cells that did not learn" in md and "mt|xcopa|seed1" in md
+
+
+def test_a_target_whose_cells_did_not_learn_is_left_out_of_the_verdict(tmp_path):
+    flat = {"metric": "accuracy", "score": 50.0, "floor": 50.0, "difference": 0.0, "low": -3.0, "high": 3.0,
+            "n": 100, "split": "test", "learned": False}
+    verdict_store(tmp_path, 10, 18, learned={(cfg, s): flat for cfg in ("none", "A", "mt") for s in (0, 1, 2)})
+    text = verdict(build_report(tmp_path))
+    assert text.startswith("No verdict:")
+    assert "Left out of the verdict: xcopa (9 cell(s) whose target adapter did not learn)" in text
 
 
 def test_table_and_markdown(tmp_path):
@@ -164,7 +245,7 @@ def test_table_and_markdown(tmp_path):
     assert "## Failed cells" in md and "fus|xcopa|seed0" in md and "CUDA out of memory while fusing" in md
     assert "(1 failed)" in md
     assert "Not scored: ht (no bundled xcopa data for ht)" in md
-    assert "Multi-task beat" in md and "| xcopa    | avg          | B             |" in md
+    assert "No verdict at 1 seed(s)" in md and "| xcopa    | avg          | B             |" in md
     assert "fp-0123456789" in md and "target:seed0@bbbbbbbbbb" in md and "intermediate:siqa@aaaaaaaaaa" in md
 
 
