@@ -413,9 +413,21 @@ def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, 
                         unknown_lang_low_resource=unknown_lang_low_resource, **_given_settings(options))
     result = evaluate(config, inter, out)
     key = result.primary
-    rows = [[lang + ("*" if r.low_resource else ""), f"{r.scores[key]:.1f}", r.n, r.split, r.source]
+    def floor(r, kind: str) -> str:
+        value = (r.floor or {}).get(kind)
+        return "–" if value is None else f"{value:.1f}"
+
+    rows = [[lang + ("*" if r.low_resource else ""), f"{r.scores[key]:.1f}", floor(r, "majority"), floor(r, "chance"),
+             r.n, r.split, r.source]
             for lang, r in sorted(result.languages.items(), key=lambda kv: (not kv[1].low_resource, kv[0]))]
-    click.echo(tabulate(rows, ["language", key, "examples", "split", "data"], tablefmt="github", disable_numparse=True))
+    click.echo(tabulate(rows, ["language", key, "majority floor", "chance", "examples", "split", "data"],
+                        tablefmt="github", disable_numparse=True))
+    learned = result.learned
+    if learned and learned.get("learned") is not None:
+        click.echo(f"target adapter on English {learned['split']}: {learned['metric']} {learned['score']:.1f} vs "
+                   f"majority floor {learned['floor']:.1f} ({learned['difference']:+.1f} [{learned['low']:+.1f}, "
+                   f"{learned['high']:+.1f}]): " + ("learned" if learned["learned"] else
+                                                    "DID NOT LEARN (not clearly above its floor)"))
     low = [r.scores[key] for r in result.languages.values() if r.low_resource]
     other = [r.scores[key] for r in result.languages.values() if not r.low_resource]
     if result.languages:
