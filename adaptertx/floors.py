@@ -9,7 +9,8 @@ A score means something only next to what a model that learned nothing would get
   exactly comparable; zero-shot, it is the English training label's score on each language.
 - **chance**: the expected score of a uniform random guess: ``100 / labels`` for
   classification and word-level tag accuracy, ``100 / choices`` for multiple choice,
-  ``100 / candidates`` for retrieval, 0 for entity F1 and extractive QA.
+  ``100 / candidates`` for retrieval, 0 for entity F1 and extractive QA; none for UD-POS's
+  chunk F1 (:func:`adaptertx.metrics.tag_f1`), whose majority floor is 0 or near it.
 
 :func:`versus_floor` is the test a trained adapter must pass to count as having learned: the
 paired difference between its score and the majority floor on the same held-out English
@@ -62,6 +63,8 @@ def chance(task: Task, rows: list[dict] | None = None, candidates: int | None = 
     """The expected primary score (percent) of a uniform random guess (see the module doc)."""
     if task.metric in ("entity_f1", "f1_em"):
         return 0.0
+    if task.metric == "tag_f1":  # XTREME's chunk F1 of random tags has no closed form; the majority floor stands
+        return None
     if task.family == "retrieval":
         return 100.0 / candidates if candidates else None
     if task.family == "multiple_choice":

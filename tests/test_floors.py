@@ -45,6 +45,7 @@ def test_chance_per_family():
     assert chance(get_task("commonsenseqa")) == pytest.approx(20.0)
     assert chance(get_task("tatoeba"), candidates=200) == pytest.approx(0.5)
     assert chance(get_task("xquad")) == 0.0 and chance(get_task("masakhaner")) == 0.0
+    assert chance(get_task("udpos")) is None  # chunk F1 of random tags: no closed form
     qa_rows = [{"id": "q", "answers": {"text": ["Paris"], "answer_start": [0]}, "context": "Paris", "question": "?"}]
     assert floors(get_task("xquad"), qa_rows, [])["majority"] == 0.0  # answering nothing scores 0
 
