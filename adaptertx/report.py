@@ -333,7 +333,8 @@ def _combined(table: _Cells, multi_vs_single: list[Comparison], multis: list[str
                  "targets": [c.target for c in used], "best_single": {c.target: c.b for c in used},
                  "without_interval": [c.target for c in rows if c not in used],
                  "not_compared": [t for t in targets if t not in {c.target for c in rows}],
-                 "seeds": min(seeds) if seeds else 0, "delta": None, "low": None, "high": None}
+                 "seeds": min(seeds) if seeds else 0, "seeds_per_target": dict(zip(
+                     [c.target for c in used], seeds, strict=True)), "delta": None, "low": None, "high": None}
         if used:
             both = np.mean(boots, axis=0)
             lo, hi = np.percentile(both, [100 * level / 2, 100 * (1 - level / 2)])
@@ -440,13 +441,16 @@ def verdict(report: Report) -> str:
         return ("No verdict: the study needs at least one single-task and one multi-task configuration whose "
                 "target adapters learned, with per-example low-resource results on the same target."
                 + _left_out(report, set()))
-    seeds = min(c["seeds"] for c in combined)
+    fewest = min(c["seeds"] for c in combined)
+    most = max(n for c in combined for n in c["seeds_per_target"].values())
+    seeds = str(most) if fewest == most else f"{fewest}–{most}"
     above = [c for c in combined if c["low"] > 0]
     below = [c for c in combined if c["high"] < 0]
     best = max(combined, key=lambda c: c["delta"])
-    if seeds < MIN_SEEDS:
-        head = (f"**No verdict at {seeds} seed(s).** A verdict needs at least {MIN_SEEDS} seeds of every target "
-                f"adapter, so that its interval holds the variance of training and not only of the test sets.")
+    if most < MIN_SEEDS or fewest < 2:
+        head = (f"**No verdict at {seeds} seed(s).** A verdict needs at least {MIN_SEEDS} seeds of the target "
+                f"adapters (and two on every target, once the cells that did not learn are left out), so that its "
+                f"interval holds the variance of training and not only of the test sets.")
     elif above and not below:
         head = "**Multi-task beat the best single task on low-resource languages.**"
     elif below and not above:
@@ -469,6 +473,9 @@ def verdict(report: Report) -> str:
               f"configuration(s)), from a hierarchical bootstrap over languages × {seeds} seed(s) × test examples. "
               f"The intermediate adapters are trained once per study, so their own training variance is not in "
               f"the intervals.")
+    singles = [c["name"] for c in report.configs if c["method"] == "single"]
+    if len(singles) == 1:
+        method += f" The study has one single-task configuration, `{singles[0]}`: it is the best single task."
     used = {t for c in combined for t in c["targets"]}
     return head + " " + method + _left_out(report, used) + "\n\n" + "\n".join(lines)
 

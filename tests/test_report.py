@@ -162,6 +162,7 @@ def test_verdict_beat_no_clear_difference_and_lost(tmp_path):
     text = verdict(r)
     assert text.startswith("**Multi-task beat the best single task on low-resource languages.**")
     assert "`mt` (multitask), +40.0 points" in text and "languages × 3 seed(s) × test examples" in text
+    assert "one single-task configuration, `A`: it is the best single task" in text
     verdict_store(tmp_path / "level", 14, 14)
     text = verdict(build_report(tmp_path / "level"))
     assert text.startswith("**No clear difference at this budget**")
