@@ -20,12 +20,10 @@ lies above zero (:func:`learned`).
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from adaptertx.errors import AdaptertxError
-from adaptertx.metrics import PRIMARY, example_stats, stats_score
+from adaptertx.metrics import PRIMARY, boot_indices, example_stats, resampled_scores, stats_score, stats_sums
 from adaptertx.tasks import Task
 
 #: Bootstrap rounds of :func:`versus_floor`.
@@ -82,7 +80,7 @@ def majority_score(task: Task, rows: list[dict], train_rows: list[dict], *, lang
     preds = floor_predictions(task, rows, train_rows)
     if preds is None or not rows:
         return None
-    return stats_score(task, _sums(example_stats(task, preds, rows, lang=lang)))[PRIMARY[task.metric]]
+    return stats_score(task, stats_sums(example_stats(task, preds, rows, lang=lang)))[PRIMARY[task.metric]]
 
 
 def floors(task: Task, rows: list[dict], train_rows: list[dict] | None, *, lang: str | None = None,
@@ -90,18 +88,6 @@ def floors(task: Task, rows: list[dict], train_rows: list[dict] | None, *, lang:
     """``{"majority": ..., "chance": ...}`` for ``rows`` (either may be ``None``)."""
     return {"majority": None if train_rows is None else majority_score(task, rows, train_rows, lang=lang),
             "chance": chance(task, rows, candidates)}
-
-
-def _sums(stats) -> list[float]:
-    arr = np.asarray(stats, dtype=np.float64)
-    return [*arr.sum(axis=0).tolist(), len(arr)]
-
-
-def _boot(task: Task, stats: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    sums = stats[idx].sum(axis=1)
-    n = idx.shape[1]
-    key = PRIMARY[task.metric]
-    return np.array([stats_score(task, [*row, n])[key] for row in sums])
 
 
 def versus_floor(task: Task, predictions, rows: list[dict], train_rows: list[dict], *, lang: str | None = "en",
@@ -119,15 +105,14 @@ def versus_floor(task: Task, predictions, rows: list[dict], train_rows: list[dic
         return None
     if not isinstance(predictions, dict) and len(predictions) != len(rows):
         raise AdaptertxError(f"{task.name}: {len(predictions)} predictions for {len(rows)} examples")
-    ours = np.asarray(example_stats(task, predictions, rows, lang=lang), dtype=np.float64)
-    base = np.asarray(example_stats(task, floor_preds, rows, lang=lang), dtype=np.float64)
+    ours = example_stats(task, predictions, rows, lang=lang)
+    base = example_stats(task, floor_preds, rows, lang=lang)
     key = PRIMARY[task.metric]
-    score = stats_score(task, _sums(ours))[key]
-    floor = stats_score(task, _sums(base))[key]
+    score = stats_score(task, stats_sums(ours))[key]
+    floor = stats_score(task, stats_sums(base))[key]
     n = len(rows)
-    seed = int.from_bytes(hashlib.sha256(f"floor/{task.name}".encode()).digest()[:8], "little") ^ n
-    idx = np.random.default_rng(seed).integers(0, n, size=(rounds, n))
-    diffs = _boot(task, ours, idx) - _boot(task, base, idx)
+    idx = boot_indices(n, f"floor/{task.name}", rounds)
+    diffs = resampled_scores(task, ours, idx, key) - resampled_scores(task, base, idx, key)
     low, high = (float(v) for v in np.percentile(diffs, [2.5, 97.5]))
     return {"metric": key, "score": score, "floor": floor, "difference": score - floor, "low": low, "high": high,
             "n": n}

@@ -29,6 +29,7 @@ predictions of :func:`adaptertx.features.decode_predictions`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 import sys
@@ -36,6 +37,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
+
+import numpy as np
 
 from adaptertx.errors import AdaptertxError
 from adaptertx.tasks import Task
@@ -516,3 +519,26 @@ RETRIEVAL_DIRECTIONS = ("en_to_x", "x_to_en")
 #: The score each metric is compared by (reports, best checkpoints).
 PRIMARY = {"accuracy": "accuracy", "f1_em": "f1", "entity_f1": "f1", "tag_f1": "f1",
            "retrieval_accuracy": RETRIEVAL_DIRECTIONS[0], "map@20": "map@20"}
+
+
+# ------------------------------------------------------------------------------ resampling per-example counts
+
+
+def stats_sums(stats: Sequence[Sequence[float]]) -> list[float]:
+    """Column sums of :func:`example_stats` rows, then the number of rows: what :func:`stats_score` takes."""
+    cols = [sum(col) for col in zip(*stats, strict=True)] if len(stats) else []
+    return [*cols, len(stats)]
+
+
+def boot_indices(n: int, key: str, rounds: int) -> np.ndarray:
+    """(rounds, n) bootstrap resamples of ``n`` items, seeded by ``key`` and ``n`` (repeatable)."""
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") ^ n  # the whole key counts
+    return np.random.default_rng(seed).integers(0, n, size=(rounds, n))
+
+
+def resampled_scores(task: Task, stats, idx: np.ndarray, primary: str) -> np.ndarray:
+    """(rounds,) the ``primary`` score of each resample ``idx`` (from :func:`boot_indices`) of
+    ``stats``, the :func:`example_stats` rows of one set of predictions."""
+    sums = np.asarray(stats, dtype=np.float64)[idx].sum(axis=1)  # (rounds, columns)
+    n = idx.shape[1]
+    return np.array([stats_score(task, [*row, n])[primary] for row in sums])

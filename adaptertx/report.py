@@ -28,7 +28,6 @@ compared on, which favours it: a multi-task gain shown here is conservative.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -41,7 +40,7 @@ import numpy as np
 from adaptertx.errors import AdaptertxError, import_optional
 from adaptertx.io import atomic_write_bytes, atomic_write_text
 from adaptertx.languages import pretraining_gib
-from adaptertx.metrics import stats_score
+from adaptertx.metrics import boot_indices, resampled_scores
 from adaptertx.results import read_store
 from adaptertx.rundir import MERGE_METHODS
 from adaptertx.tasks import get_task
@@ -93,19 +92,6 @@ class Report:
     intermediate: dict = field(default_factory=dict)  # task -> its adapter's English test vs its floor
 
 
-def _boot_indices(n: int, key: str, rounds: int) -> np.ndarray:
-    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") ^ n  # the whole key counts
-    return np.random.default_rng(seed).integers(0, n, size=(rounds, n))
-
-
-def _replicates(task, stats: list, idx: np.ndarray, primary: str) -> np.ndarray:
-    """(rounds,) the primary score of each bootstrap resample of ``stats`` (rows of counts)."""
-    arr = np.asarray(stats, dtype=np.float64)
-    sums = arr[idx].sum(axis=1)  # (rounds, columns)
-    n = idx.shape[1]
-    return np.array([stats_score(task, [*row, n])[primary] for row in sums])
-
-
 @dataclass
 class _Cells:
     """The finished cells' scores by target, configuration and language, with what comparing them needs."""
@@ -137,8 +123,8 @@ class _Cells:
                 self.cache[key] = None
             else:
                 rows, _ = entry
-                self.cache[key] = _replicates(get_task(t), rows, _boot_indices(len(rows), f"{t}/{lang}", self.rounds),
-                                              self.primary[t])
+                idx = boot_indices(len(rows), f"{t}/{lang}", self.rounds)
+                self.cache[key] = resampled_scores(get_task(t), rows, idx, self.primary[t])
         return self.cache[key]
 
     def seeds(self, t: str, a: str, b: str) -> list[int]:
@@ -172,7 +158,7 @@ class _Cells:
         lo = hi = None
         d = self.diffs(t, a, b, langs, seeds)
         if d is not None:
-            picks = _boot_indices(len(seeds), f"seeds/{t}/{a}/{b}/{group}", self.rounds)
+            picks = boot_indices(len(seeds), f"seeds/{t}/{a}/{b}/{group}", self.rounds)
             boot = d[np.arange(self.rounds)[:, None], picks].mean(axis=(1, 2))
             lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
         return Comparison(t, group, a, b, point, lo, hi, len(langs))
@@ -324,8 +310,8 @@ def _combined(table: _Cells, multi_vs_single: list[Comparison], multis: list[str
             if d is None:
                 continue
             key = f"{c.target}/{c.a}/{c.b}"
-            s_pick = _boot_indices(len(common), f"seeds/{key}", rounds)[:, :, None]
-            l_pick = _boot_indices(len(langs), f"langs/{key}", rounds)[:, None, :]
+            s_pick = boot_indices(len(common), f"seeds/{key}", rounds)[:, :, None]
+            l_pick = boot_indices(len(langs), f"langs/{key}", rounds)[:, None, :]
             boots.append(d[np.arange(rounds)[:, None, None], s_pick, l_pick].mean(axis=(1, 2)))
             used.append(c)
             seeds.append(len(common))

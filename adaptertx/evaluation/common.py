@@ -315,14 +315,9 @@ def progress_bar(items, progress: bool, desc: str):
     return tqdm(items, desc=desc, unit="lang", disable=not progress, leave=False)
 
 
-def sums(stats: list[list[float]]) -> list[float]:
-    """Column sums of per-example counts, then the number of examples."""
-    cols = [sum(col) for col in zip(*stats, strict=True)] if stats else []
-    return [*cols, len(stats)]
-
-
 def rounded(scores: dict) -> dict:
-    return {k: round(v, 4) for k, v in scores.items()}
+    """Scores (or floors) to four decimals; ``None`` stays ``None``."""
+    return {k: None if v is None else round(v, 4) for k, v in scores.items()}
 
 
 def trace(config: EvalConfig, inter: Intermediate, fingerprint: str | None, out: Path | None, start: float) -> dict:

@@ -31,7 +31,6 @@ from adaptertx.evaluation.common import (
     is_low,
     progress_bar,
     rounded,
-    sums,
     trace,
 )
 from adaptertx.evaluation.intermediate import Intermediate
@@ -44,6 +43,7 @@ from adaptertx.metrics import (
     bitext_f1,
     example_stats,
     stats_score,
+    stats_sums,
 )
 from adaptertx.models import fingerprint, load_model
 from adaptertx.retrieval.encoder import (
@@ -189,7 +189,8 @@ def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: 
         found_en_x = knn(tgt, src, 1)[1][:, 0].tolist()  # each English sentence's nearest source sentence
         found_x_en = knn(src, tgt, 1)[1][:, 0].tolist()
         nearest = tuple(zip(found_en_x, found_x_en, strict=True))
-        rates = stats_score(get_task("tatoeba"), sums(example_stats(get_task("tatoeba"), nearest, _targets(len(rows)))))
+        tatoeba = get_task("tatoeba")
+        rates = stats_score(tatoeba, stats_sums(example_stats(tatoeba, nearest, _targets(len(rows)))))
         scores.append(TatoebaScore(code, len(rows), rates["en_to_x"], rates["x_to_en"], bitext_f1(found_x_en),
                                    is_low(code), prefix, encoder.truncated - before, nearest))
     return scores
@@ -313,8 +314,8 @@ def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, star
                                   progress=progress)
         for s in scores:
             stats = example_stats(task, s.nearest, _targets(s.pairs))
-            results[s.lang] = LanguageResult(rounded(stats_score(task, sums(stats))), s.pairs, s.low_resource, "test",
-                                             "bundled", stats, ids_sha(_targets(s.pairs)))
+            results[s.lang] = LanguageResult(rounded(stats_score(task, stats_sums(stats))), s.pairs, s.low_resource,
+                                             "test", "bundled", stats, ids_sha(_targets(s.pairs)))
         protocol = {"directions": list(RETRIEVAL_DIRECTIONS), "primary": PRIMARY[task.metric],
                     "description": TATOEBA_PROTOCOL}
     elif task.name == "bucc":
@@ -423,7 +424,7 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
         _, index = knn(q_emb, cand_emb, MAP_K)
         stats = [[average_precision_at_k(answers[q["id"]], [cand_ids[j] for j in row], MAP_K)]
                  for q, row in zip(questions, index.tolist(), strict=True)]
-        scores = stats_score(task, sums(stats))
+        scores = stats_score(task, stats_sums(stats))
         results[code] = LanguageResult(rounded(scores), len(questions), is_low(code, config), "test", str(own[code]),
                                        stats, ids_sha(questions))
     return results, missing
@@ -535,6 +536,6 @@ def _evaluate_mewsli(config: EvalConfig, adapter: str | None, progress: bool
         _, index = knn(q_encoder([f"{m['mention']}: {m['sentence']}" for m in rows]), cand_emb, MAP_K)
         stats = [[average_precision_at_k({m["entity_id"]}, [cand_ids[j] for j in row], MAP_K)]
                  for m, row in zip(rows, index.tolist(), strict=True)]
-        results[code] = LanguageResult(rounded(stats_score(task, sums(stats))), len(rows), is_low(code, config), split,
-                                       str(mentions_path), stats, ids_sha(rows))
+        results[code] = LanguageResult(rounded(stats_score(task, stats_sums(stats))), len(rows), is_low(code, config),
+                                       split, str(mentions_path), stats, ids_sha(rows))
     return results, missing, notes

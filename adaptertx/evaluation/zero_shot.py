@@ -47,7 +47,6 @@ from adaptertx.evaluation.common import (
     own_sets,
     progress_bar,
     rounded,
-    sums,
     trace,
 )
 from adaptertx.evaluation.intermediate import NONE, Intermediate, load_into
@@ -57,7 +56,7 @@ from adaptertx.fused_fusion import enable_fused_fusion, fast_fusion_attention
 from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.languages import normalize
 from adaptertx.merging.fusion import fusion_regulariser
-from adaptertx.metrics import PRIMARY, example_stats, stats_score
+from adaptertx.metrics import PRIMARY, example_stats, stats_score, stats_sums
 from adaptertx.modeling import BuiltModel, adapter_config, add_head, load_base, load_trainable_state
 from adaptertx.models import fingerprint, hub_reachable
 from adaptertx.tasks import Task, get_task
@@ -204,8 +203,8 @@ def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathL
             preds = [restrict(p, keep) for p in preds]
             gold = [dict(r, tags=restrict(r["tags"], keep)) for r in rows]
         stats = example_stats(task, preds, gold, lang=lang)
-        scores = stats_score(task, sums(stats))
-        floor = rounded_floor(floors(task, gold, train_rows, lang=lang))
+        scores = stats_score(task, stats_sums(stats))
+        floor = rounded(floors(task, gold, train_rows, lang=lang))
         results[lang] = LanguageResult(rounded(scores), len(rows), is_low(lang, config), split, source, stats,
                                        ids_sha(rows), floor)
     record = trace(config, inter, built.fingerprint, Path(out), start)
@@ -217,13 +216,9 @@ def _with_chance(task: Task, result: EvalResult) -> EvalResult:
     """Tatoeba's floor: chance, one right sentence among the language's ``n`` candidates."""
     if task.metric != "retrieval_accuracy":
         return result
-    langs = {k: dataclasses.replace(v, floor=rounded_floor({"majority": None, "chance": chance(task, candidates=v.n)}))
+    langs = {k: dataclasses.replace(v, floor=rounded({"majority": None, "chance": chance(task, candidates=v.n)}))
              for k, v in result.languages.items()}
     return dataclasses.replace(result, languages=langs)
-
-
-def rounded_floor(floor: dict) -> dict:
-    return {k: None if v is None else round(v, 4) for k, v in floor.items()}
 
 
 def target_learned(out: Path) -> dict | None:
