@@ -540,14 +540,17 @@ def _encoder_kwargs(precision, reference) -> dict:
 def retrieve_tatoeba(model_name, adapter, layer, data_dir, precision, reference, out, langs, max_pairs) -> None:
     """Tatoeba accuracy (nearest neighbour by cosine) per language, both directions: en→x (XTREME's) first."""
     from adaptertx.evaluation import evaluate_tatoeba
+    from adaptertx.floors import chance
     from adaptertx.io import atomic_write_text
+    from adaptertx.tasks import get_task
 
     scores = evaluate_tatoeba(model_name, _csv(langs), layer=layer, max_pairs=max_pairs, adapter=adapter,
                               data_dir=data_dir, **_encoder_kwargs(precision, reference))
+    tatoeba = get_task("tatoeba")
     rows = [(s.lang + (" *" if s.low_resource else ""), s.pairs, f"{s.en_to_x:.1f}", f"{s.x_to_en:.1f}",
-             f"{s.x_to_en_f1:.1f}") for s in scores]
-    click.echo(tabulate(rows, headers=["lang", "pairs", "en→x %", "x→en %", "x→en F1 %"],
-                        colalign=("left", "right", "right", "right", "right"), disable_numparse=True))
+             f"{s.x_to_en_f1:.1f}", f"{chance(tatoeba, candidates=s.pairs):.1f}") for s in scores]
+    click.echo(tabulate(rows, headers=["lang", "pairs", "en→x %", "x→en %", "x→en F1 %", "chance %"],
+                        colalign=("left", "right", "right", "right", "right", "right"), disable_numparse=True))
     for label, group in (("all", scores), ("low-resource *", [s for s in scores if s.low_resource]),
                          ("other", [s for s in scores if not s.low_resource])):
         if group:

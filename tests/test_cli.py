@@ -70,3 +70,5 @@ def test_retrieve_tatoeba_on_the_default_model(me5_dir, tmp_path):
     assert scores["de"]["x_to_en"] > 90
     assert scores["kab"]["x_to_en"] > 5
     assert "low-resource" in result.output
+    assert "chance %" in result.output  # each language's score beside one right answer among its 100 candidates
+    assert [line.split()[-1] for line in result.output.splitlines() if line.startswith(("de ", "kab "))] == ["1.0"] * 2
