@@ -586,10 +586,13 @@ def retrieve_bucc(model_name, adapter, layer, data_dir, precision, reference, ou
     except AdaptertxError:
         mark = ""
     click.echo(tabulate([(f"{s.lang}-en{mark}", s.source_sentences, s.target_sentences, s.gold, s.extracted,
-                          f"{s.threshold:.4f}", f"{s.precision:.1f}", f"{s.recall:.1f}", f"{s.f1:.1f}")],
-                        headers=["pair", "source", "target", "gold", "extracted", "threshold", "P %", "R %", "F1 %"],
+                          f"{s.threshold:.4f}", f"{s.precision:.1f}", f"{s.recall:.1f}", f"{s.f1:.1f}",
+                          f"{s.chance:.2f}")],
+                        headers=["pair", "source", "target", "gold", "extracted", "threshold", "P %", "R %", "F1 %",
+                                 "chance F1 %"],
                         disable_numparse=True))
-    click.echo(f"XTREME's mining protocol (ratio margin, k={k}, F1-tuned threshold); prefix {s.prefix!r}")
+    click.echo(f"XTREME's mining protocol (ratio margin, k={k}, F1-tuned threshold); prefix {s.prefix!r}; "
+               f"chance: every source sentence paired with a random target")
     if s.truncated:
         click.echo(f"{s.truncated} sentences were longer than the model's limit and were truncated")
     if out:

@@ -10,7 +10,8 @@ A score means something only next to what a model that learned nothing would get
 - **chance**: the expected score of a uniform random guess: ``100 / labels`` for
   classification and word-level tag accuracy, ``100 / choices`` for multiple choice,
   ``100 / candidates`` for retrieval, 0 for entity F1 and extractive QA; none for UD-POS's
-  chunk F1 (:func:`adaptertx.metrics.tag_f1`), whose majority floor is 0 or near it.
+  chunk F1 (:func:`adaptertx.metrics.tag_f1`), whose majority floor is 0 or near it. BUCC's
+  mining F1 has :func:`mining_chance`: each source sentence paired with a random target.
 
 :func:`versus_floor` is the test a trained adapter must pass to count as having learned: the
 paired difference between its score and the majority floor on the same held-out English
@@ -73,6 +74,21 @@ def chance(task: Task, rows: list[dict] | None = None, candidates: int | None = 
     if task.labels:
         return 100.0 / len(task.labels)
     return None
+
+
+def mining_chance(sources: int, targets: int, gold: int) -> float:
+    """BUCC's chance F1 (percent): every one of ``sources`` sentences paired with a uniformly
+    random one of ``targets`` and extracted. Each of the ``gold`` pairs is then found with
+    probability ``1 / targets``, so the expected hits are ``gold / targets`` and
+    F1 = 2 · hits / (extracted + gold).
+
+    >>> round(mining_chance(1000, 1000, 100), 4)
+    0.0182
+    """
+    if sources <= 0 or targets <= 0 or gold <= 0:
+        raise AdaptertxError(f"mining chance needs sentences on both sides and gold pairs "
+                             f"(got {sources}, {targets}, {gold})")
+    return 100.0 * 2 * (gold / targets) / (sources + gold)
 
 
 def majority_score(task: Task, rows: list[dict], train_rows: list[dict], *, lang: str | None = None) -> float | None:

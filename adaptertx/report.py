@@ -75,7 +75,7 @@ class Report:
     targets: list[str]
     configs: list[dict]
     baseline: str | None
-    scores: dict  # target -> config -> lang -> [score per seed]
+    scores: dict  # target -> config -> lang -> [score per seed], cells that learned only
     low_resource: dict  # target -> lang -> bool
     primary: dict  # target -> score name
     averages: dict  # target -> config -> group -> (mean, std or None)
@@ -87,7 +87,7 @@ class Report:
     cells: list[dict]
     notes: list[str] = field(default_factory=list)
     floors: dict = field(default_factory=dict)  # target -> lang -> {"majority", "chance"}
-    not_learned: list[dict] = field(default_factory=list)  # {"cell", "target", "config", "seed", "why"}
+    not_learned: list[dict] = field(default_factory=list)  # {"cell", "target", "config", "seed", "why", "scores"}
     combined: list[dict] = field(default_factory=list)  # the verdict's statistic per multi-task configuration
     intermediate: dict = field(default_factory=dict)  # task -> its adapter's English test vs its floor
 
@@ -252,7 +252,9 @@ def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
     shown, missing = _collect(finished, targets, rounds)
     table, _ = _collect([c for c in finished if cell_learned(c) is not False], targets, rounds)
     not_learned = [{"cell": c["cell"], "target": c["target"], "config": c["config"], "seed": c["seed"],
-                    "why": _why_not(c)} for c in finished if cell_learned(c) is False]
+                    "why": _why_not(c),
+                    "scores": {lang: r["scores"][c["primary"]] for lang, r in c["languages"].items()}}
+                   for c in finished if cell_learned(c) is False]
     averages = _averages(table, targets)
 
     gains = []
@@ -276,7 +278,7 @@ def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
     overall = _overall(multi_vs_single, multis, methods)
     combined = _combined(table, multi_vs_single, multis, methods, targets, rounds)
     return Report(header, targets, [{"name": n, "method": methods.get(n)} for n in config_order], baseline,
-                  shown.scores, shown.low_res, shown.primary, averages, gains, multi_vs_single, overall, missing,
+                  table.scores, shown.low_res, shown.primary, averages, gains, multi_vs_single, overall, missing,
                   failed, cells, [], _floors(finished), not_learned, combined, _intermediate(finished))
 
 
@@ -346,15 +348,25 @@ def _ci(c: Comparison | None) -> str:
     return f"{c.delta:+.1f} [{c.low:+.1f}, {c.high:+.1f}]"
 
 
+def _gib(lang: str) -> float:
+    """CC-100 size for ordering a table (a code adaptertx does not know, placed by the user when
+    it was scored, sorts with the languages XLM-R never saw)."""
+    try:
+        return pretraining_gib(lang)
+    except AdaptertxError:
+        return 0.0
+
+
 def _lang_order(report: Report, t: str) -> list[str]:
-    return sorted(report.low_resource.get(t, {}), key=lambda lang: (pretraining_gib(lang), lang))
+    return sorted(report.low_resource.get(t, {}), key=lambda lang: (_gib(lang), lang))
 
 
 def target_table(report: Report, t: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows of one target's table: configurations × languages (low-resource first,
     marked ``*``), averages, the gains over the baseline with their 95% intervals, and the floors
-    (majority predictor, chance) beneath. A configuration with cells whose target adapter did not
-    learn is marked ``†`` (those cells are shown but left out of its averages and gains)."""
+    (majority predictor, chance) beneath. A cell whose target adapter did not learn has a row of
+    its own beneath its configuration's, marked ``†``: its scores are shown, and left out of the
+    configuration's per-language means, averages and gains."""
     langs = _lang_order(report, t)
     head = ["config", "method"] + [f"{lang}*" if report.low_resource[t][lang] else lang for lang in langs] + \
            ["avg", "low* avg", "other avg"]
@@ -363,23 +375,26 @@ def target_table(report: Report, t: str) -> tuple[list[str], list[list[str]]]:
     rows = []
     gains = {(c.a, c.group): c for c in report.gains if c.target == t}
     for cfg in [c["name"] for c in report.configs]:
+        method = next(c["method"] for c in report.configs if c["name"] == cfg)
         per = report.scores.get(t, {}).get(cfg)
-        if per is None:
-            continue
-        cells = []
-        for lang in langs:
-            vals = per.get(lang)
-            cells.append("–" if not vals else _fmt(mean(vals)) + (f"±{stdev(vals):.1f}" if len(vals) > 1 else ""))
-        avg = report.averages.get(t, {}).get(cfg, {})
-        dnl = sum(1 for c in report.not_learned if c["target"] == t and c["config"] == cfg)
-        row = [cfg + (f" † ({dnl} did not learn)" if dnl else ""),
-               next(c["method"] for c in report.configs if c["name"] == cfg), *cells,
-               *(_fmt(avg.get(g, (None,))[0]) + (f"±{avg[g][1]:.1f}" if g in avg and avg[g][1] is not None else "")
-                 for g in GROUPS)]
-        if report.baseline:
-            row += ["" if cfg == report.baseline else _ci(gains.get((cfg, "low"))),
-                    "" if cfg == report.baseline else _ci(gains.get((cfg, "all")))]
-        rows.append(row)
+        if per is not None:
+            cells = []
+            for lang in langs:
+                vals = per.get(lang)
+                cells.append("–" if not vals else _fmt(mean(vals)) + (f"±{stdev(vals):.1f}" if len(vals) > 1 else ""))
+            avg = report.averages.get(t, {}).get(cfg, {})
+            row = [cfg, method, *cells,
+                   *(_fmt(avg.get(g, (None,))[0]) + (f"±{avg[g][1]:.1f}" if g in avg and avg[g][1] is not None else "")
+                     for g in GROUPS)]
+            if report.baseline:
+                row += ["" if cfg == report.baseline else _ci(gains.get((cfg, "low"))),
+                        "" if cfg == report.baseline else _ci(gains.get((cfg, "all")))]
+            rows.append(row)
+        for c in report.not_learned:
+            if c["target"] == t and c["config"] == cfg:
+                row = [f"{cfg} † seed {c['seed']} (did not learn)", method,
+                       *(_fmt(c["scores"].get(lang)) for lang in langs)]
+                rows.append(row + [""] * (len(head) - len(row)))
     return head, rows + _floor_rows(report, t, langs, len(head))
 
 

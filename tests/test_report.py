@@ -208,11 +208,14 @@ def test_cells_that_did_not_learn_are_shown_and_left_out(tmp_path):
     r = build_report(tmp_path)
     assert [c["cell"] for c in r.not_learned] == ["mt|xcopa|seed1"]
     assert "accuracy 50.0 vs majority floor 50.0: +0.0 [-3.0, +3.0], not clearly above it" in r.not_learned[0]["why"]
-    # Shown: seed 1's 100% is in the per-language means; left out of the average (90 over seeds 0 and 2).
-    assert r.scores["xcopa"]["mt"]["qu"] == [90.0, 100.0, 90.0]
+    # Left out of the configuration's means and averages (90 over seeds 0 and 2); seed 1's 100%
+    # is shown in a row of its own.
+    assert r.scores["xcopa"]["mt"]["qu"] == [90.0, 90.0]
+    assert r.not_learned[0]["scores"] == {lang: 100.0 for lang in LOW}
     assert r.averages["xcopa"]["mt"]["low"][0] == pytest.approx(90.0)
     _, rows = target_table(r, "xcopa")
-    assert rows[2][0] == "mt † (1 did not learn)" and rows[2][2] == "93.3±5.8"
+    assert rows[2][:3] == ["mt", "multitask", "90.0±0.0"]
+    assert rows[3][:3] == ["mt † seed 1 (did not learn)", "multitask", "100.0"] and set(rows[3][5:]) == {""}
     assert rows[-2][:6] == ["floor: majority", "", "50.0", "50.0", "50.0", "50.0"]
     assert rows[-1][0] == "floor: chance"
     assert r.combined[0]["seeds"] == 2  # seed 1 pairs with nothing
@@ -220,6 +223,28 @@ def test_cells_that_did_not_learn_are_shown_and_left_out(tmp_path):
     assert text.startswith("**No verdict at 2 seed(s).**")
     md = render_markdown(r, {})
     assert "## Cells that did not learn" in md and "mt|xcopa|seed1" in md
+
+
+def test_a_configuration_none_of_whose_cells_learned_keeps_its_rows(tmp_path):
+    flat = {"metric": "accuracy", "score": 50.0, "floor": 50.0, "difference": 0.0, "low": -3.0, "high": 3.0,
+            "n": 100, "split": "test", "learned": False}
+    verdict_store(tmp_path, 10, 18, learned={("mt", s): flat for s in (0, 1, 2)})
+    r = build_report(tmp_path)
+    assert "mt" not in r.scores["xcopa"] and "mt" not in r.averages["xcopa"]
+    _, rows = target_table(r, "xcopa")
+    assert [row[0] for row in rows[2:5]] == [f"mt † seed {s} (did not learn)" for s in (0, 1, 2)]
+    assert all(row[2] == "90.0" for row in rows[2:5])
+
+
+def test_a_language_the_user_placed_sorts_with_unseen_languages(tmp_path):
+    # "xx-local" is no ISO code: the user gave its pretraining size when it was scored, and the
+    # cell records it as low-resource; the report orders it without knowing it.
+    store = new_store(tmp_path, [("none", "none")], ["xcopa"])
+    cell = make_cell("none", "none", "xcopa", 0, {"qu": correct_rows(10), "it": correct_rows(14)})
+    cell["languages"]["xx-local"] = {**cell["languages"]["qu"]}
+    store.add(cell)
+    head, _ = target_table(build_report(tmp_path), "xcopa")
+    assert head[2:5] == ["qu*", "xx-local*", "it"]
 
 
 def test_a_target_whose_cells_did_not_learn_is_left_out_of_the_verdict(tmp_path):

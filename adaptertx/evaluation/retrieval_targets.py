@@ -34,6 +34,7 @@ from adaptertx.evaluation.common import (
     trace,
 )
 from adaptertx.evaluation.intermediate import Intermediate
+from adaptertx.floors import mining_chance
 from adaptertx.languages import normalize_or_keep
 from adaptertx.metrics import (
     MAP_K,
@@ -204,7 +205,8 @@ def _targets(n: int) -> list[dict]:
 @dataclass(frozen=True)
 class BuccScore:
     """BUCC mining result for one language pair at the F1-optimal threshold (percentages), by
-    :data:`BUCC_PROTOCOL`; ``prefix``: the text put before every sentence."""
+    :data:`BUCC_PROTOCOL`; ``prefix``: the text put before every sentence; ``chance``: the F1
+    of random pairs (:func:`adaptertx.floors.mining_chance`)."""
 
     lang: str
     source_sentences: int
@@ -218,6 +220,7 @@ class BuccScore:
     f1: float
     prefix: str = ""
     truncated: int = 0
+    chance: float | None = None
 
 
 def _bucc_data(lang: str, data_dir: str | os.PathLike | None, split: str):
@@ -279,7 +282,8 @@ def evaluate_bucc(model_name: str, lang: str = "zh", *, split: str = "dev", data
     correct = [(src_ids[s], tgt_ids[t]) in gold for s, t in zip(found.src.tolist(), found.tgt.tolist(), strict=True)]
     best = optimize_threshold(found.score, correct, len(gold))
     return BuccScore(bucc.lang, len(src_ids), len(tgt_ids), len(gold), len(correct), best.extracted, best.threshold,
-                     100 * best.precision, 100 * best.recall, 100 * best.f1, prefix, encoder.truncated)
+                     100 * best.precision, 100 * best.recall, 100 * best.f1, prefix, encoder.truncated,
+                     mining_chance(len(src_ids), len(tgt_ids), len(gold)))
 
 
 def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, start: float,
@@ -327,7 +331,8 @@ def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, star
                 missing[code] = str(e)
                 continue
             results[code] = LanguageResult({"f1": round(s.f1, 4), "precision": round(s.precision, 4),
-                                            "recall": round(s.recall, 4)}, s.gold, is_low(code), "dev", "bundled")
+                                            "recall": round(s.recall, 4)}, s.gold, is_low(code), "dev", "bundled",
+                                           floor=rounded({"majority": None, "chance": s.chance}))
         protocol = {"description": BUCC_PROTOCOL}
     elif task.name == "lareqa":
         results, missing = _evaluate_lareqa(config, adapter, progress)

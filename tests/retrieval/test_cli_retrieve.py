@@ -41,6 +41,8 @@ def test_retrieve_bucc_on_user_files(tiny_xlmr_dir, tmp_path, flags):
     r = CliRunner().invoke(main, ["retrieve", "bucc", "--model", tiny_xlmr_dir, "--data-dir", str(tmp_path), *flags])
     assert r.exit_code == 0, r.output
     assert "zh-en" in r.output and "F1 %" in r.output
+    # Two sources, three targets, two gold pairs: chance F1 = 2 * (2/3) / (2 + 2) = 33.33%.
+    assert "chance F1 %" in r.output and "33.33" in r.output
 
 
 def test_retrieve_bucc_unknown_gold_id(tiny_xlmr_dir, tmp_path):

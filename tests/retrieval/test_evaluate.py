@@ -174,6 +174,8 @@ def test_bucc_user_files(tiny_xlmr, tiny_xlmr_dir, tmp_path, hf_pooled):
     want = _bucc_brute_force(src, tgt, {(0, 1), (1, 2), (2, 0)})
     assert (score.precision, score.recall, score.f1, score.extracted, score.candidates) == pytest.approx(want)
     assert score.f1 >= 80 - 1e-9 and score.recall >= 200 / 3 - 1e-9
+    # Chance: three sources each paired with one of four targets at random, 3/4 hits expected.
+    assert score.chance == pytest.approx(100 * 2 * (3 / 4) / (3 + 3))
     _bucc(tmp_path, ["zh-1\ten-2", "zh-9\ten-3"])
     with pytest.raises(AdaptertxError, match="names 'zh-9', which is not in zh-en.dev.zh"):
         evaluate_bucc(tiny_xlmr_dir, "zh", data_dir=tmp_path, progress=False)
