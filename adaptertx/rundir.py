@@ -6,7 +6,7 @@ training, a zero-shot target adapter)::
     OUT/run.json          config, status ("running", then "finished"), base fingerprint, versions, scores
     OUT/metrics.jsonl     one JSON line per logged step and per evaluation
     OUT/adapter/          the trained adapter (and head) in the AdapterHub layout, safetensors
-    OUT/checkpoints/      last/ (resume state) and best.safetensors
+    OUT/checkpoints/      last.safetensors (resume state, one file) and best.safetensors
 
 A **merged folder** (``adaptertx merge``) holds ``recipe.json`` (the method, inputs, weights),
 ``adapter/`` and ``heads/<task>/``; a trained merge (multitask, fusion) is a run folder too, and
@@ -139,7 +139,8 @@ def load_tensors(path: str | os.PathLike) -> dict:
         raise AdaptertxError(f"{path} does not exist: the folder is incomplete") from None
     except Exception as e:  # safetensors raises its own error types for damaged files
         text = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise AdaptertxError(f"{path} is damaged or not a safetensors file ({text}); write it again") from None
+        raise AdaptertxError(f"{path} is damaged or not a safetensors file ({text}); make that folder again "
+                             f"(--overwrite)") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -207,7 +208,7 @@ def portable_model(model: str | None, where: str | os.PathLike) -> str | None:
 def input_dir(record: dict, where: str | os.PathLike) -> Path:
     """The run folder a recipe's input ``record`` names (relative to the recipe's folder ``where``;
     older recipes hold absolute paths)."""
-    return Path(where) / record["run_dir"]
+    return Path(os.path.normpath(Path(where) / record["run_dir"]))
 
 
 def load_run(run_dir: str | os.PathLike) -> TrainedAdapter:

@@ -50,7 +50,7 @@ def reference(tmp_path_factory, tiny_xlmr_dir):
 @pytest.mark.parametrize("point,n", [
     ("step", 1),        # before the first step: nothing to resume, it starts again from scratch
     ("checkpoint", 2),  # half way through writing the second checkpoint: the first one is used
-    ("final", 1),       # while adapter/ is written at the end
+    pytest.param("final", 1, marks=pytest.mark.slow),     # while adapter/ is written at the end
     pytest.param("step", 6, marks=pytest.mark.slow),      # mid-epoch, after a checkpoint
     pytest.param("finished", 1, marks=pytest.mark.slow),  # everything written but the finished run.json
 ])
@@ -63,6 +63,7 @@ def test_train_killed_then_run_again_equals_an_uninterrupted_run(tmp_path, tiny_
     assert not [p for p in (tmp_path / "run").rglob(".*")]  # nothing an interrupted write left
 
 
+@pytest.mark.slow
 def test_a_moved_run_resumes_from_its_new_place(tmp_path, tiny_xlmr_dir, reference):
     args = train_args(tiny_xlmr_dir, tmp_path / "a")
     run_killed(args, "step", 4, cwd=tmp_path)
@@ -134,14 +135,18 @@ xcopa = ["sw"]
 """
 
 
-def test_experiment_killed_before_any_checkpoint_finishes_when_run_again(tmp_path, tiny_xlmr_dir):
+@pytest.mark.parametrize("kills", [
+    (3,),  # the first cell's first step (the intermediate adapter, two steps, is finished)
+    pytest.param((1, 3), marks=pytest.mark.slow),  # first the intermediate adapter's first step, then as above
+])
+def test_experiment_killed_before_any_checkpoint_finishes_when_run_again(tmp_path, tiny_xlmr_dir, kills):
     from adaptertx.results import read_store
 
     study = tmp_path / "study.toml"
     study.write_text(STUDY.format(model=tiny_xlmr_dir))
     args = ["experiment", str(study), "--out", str(tmp_path / "out"), "--no-report"]
-    run_killed(args, "step", 1, cwd=tmp_path)  # the intermediate adapter's first step (save_every 100)
-    run_killed(args, "step", 3, cwd=tmp_path)  # its two steps (it starts again), then the first cell's first step
+    for n in kills:  # a study keeps save_every = 100: nothing has checkpointed when it dies
+        run_killed(args, "step", n, cwd=tmp_path)
     assert not (tmp_path / "out" / "results.jsonl").exists() or all(
         c["status"] == "finished" for c in read_store(tmp_path / "out")[1])
     output = cli(args)

@@ -155,7 +155,7 @@ def _from_hub(repo_id: str, name: str) -> str:
             raise AdaptertxError(f"could not load model {name!r}: it is not in the local Hugging Face cache and the "
                                  f"Hub is not reachable (or HF_HUB_OFFLINE is set); {hint}") from None
     try:
-        hf_hub_download(repo_id, "config.json")
+        hf_hub_download(repo_id, "config.json", endpoint=os.environ.get("HF_ENDPOINT") or None)
     except RepositoryNotFoundError:
         raise AdaptertxError(f"unknown model {name!r}: the Hub has no model {repo_id!r} (or it is private: log in "
                              f"with `hf auth login`); {hint}") from None

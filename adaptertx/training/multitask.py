@@ -23,7 +23,7 @@ The output folder has the layout of a weight-space merge, so downstream code tre
                              ``model.load_head(OUT/heads/<task>, use_safetensors=True)``)
     OUT/run.json             config, status ("finished" at the end), fingerprint, scores
     OUT/metrics.jsonl        one JSON line per optimiser step (with its tasks) and evaluation
-    OUT/checkpoints/         resume state (last/) and best.safetensors
+    OUT/checkpoints/         resume state (last.safetensors) and best.safetensors
 
 :func:`train_mixture` is the same job for a model built elsewhere (AdapterFusion trained on the
 mixture of its task adapters' data).

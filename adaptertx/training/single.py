@@ -9,7 +9,7 @@ score of the best adapter beside the majority baseline. The run folder
     OUT/run.json            config, status, base fingerprint, adapter seed, versions, scores
     OUT/metrics.jsonl       one JSON line per logged step and per evaluation
     OUT/adapter/            the best adapter + head in the AdapterHub layout (safetensors)
-    OUT/checkpoints/        last/ (resume state) and best.safetensors while training
+    OUT/checkpoints/        last.safetensors (resume state) and best.safetensors while training
 
 :func:`train_one_task` is the same job for a model built elsewhere (an AdapterFusion over task
 adapters, a zero-shot target adapter stacked on an intermediate configuration).
