@@ -240,7 +240,7 @@ def _budget(problems: _Problems, raw: dict, where: str, base: TargetSettings = T
     """The budget keys of ``raw`` applied to ``base``; each bad value recorded (type, range)."""
     good = {}
     for key in BUDGET_KEYS:
-        if key in raw and problems.check(f"{where} {key}:", base.replace, **{key: raw[key]}) is not None:
+        if key in raw and problems.check(where, base.replace, **{key: raw[key]}) is not None:  # names the key
             good[key] = raw[key]
     return base.replace(**good)
 
@@ -271,6 +271,7 @@ def load_study(path: str | os.PathLike) -> Study:
     model = head.get("model", DEFAULT_MODEL)
     if not isinstance(model, str) or not model:
         problems.expect("[study] model:", "a model name, folder or Hub id", model)
+
     quant = head.get("quant", QUANT)
     if quant not in QUANT_MODES:
         problems.expect("[study] quant:", f"one of {', '.join(QUANT_MODES)} (unknown quant)", quant)
@@ -395,7 +396,10 @@ def _load_targets(problems: _Problems, targets: dict) -> dict:
             known.append(t)
 
     def per_target(key: str):
-        for t, value in _table(problems, targets, key, "[targets] ").items():
+        given = _table(problems, targets, key, "[targets] ")
+        if not isinstance(targets.get("tasks", []), list):
+            return  # the tasks are wrong already: naming them again says nothing new
+        for t, value in given.items():
             if t not in names:
                 problems.add(f"[targets.{key}]", f"names {t!r}, which is not a target of the study")
             elif t in known:
@@ -499,8 +503,12 @@ def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
               echo=print) -> StudyResult:
     """Run every unfinished cell of ``study`` into the folder ``out`` (see the module doc).
 
-    The folder is locked while the study runs (:func:`lock_study`): a second driver on it is refused."""
+    The folder is locked while the study runs (:func:`lock_study`): a second driver on it is refused.
+    A base model that cannot be found is an error before anything is written."""
+    from adaptertx.models import check_model
+
     out = Path(out)
+    check_model(study.model)
     with lock_study(out):
         return _run_study(study, out, progress, echo)
 

@@ -34,9 +34,9 @@ RUN_FILE = "run.json"
 RECIPE_FILE = "recipe.json"
 METRICS_FILE = "metrics.jsonl"
 ADAPTER_FILES = ("adapter_config.json", "adapter.safetensors")
+HEAD_FILES = ("head_config.json", "model_head.safetensors")
 
 log = logging.getLogger(__name__)
-HEAD_FILES = ("head_config.json", "model_head.safetensors")
 
 
 # ------------------------------------------------------------------------------ methods
@@ -354,7 +354,10 @@ def sweep(out: Path) -> None:
 def start(out: Path, config: dict, *, method: str | None = None, **extra) -> None:
     """Begin a new run in ``out`` (after :func:`prepare` said :data:`NEW` or :data:`RESTART`): clear
     what it holds, write ``run.json`` with status ``running`` and start an empty metrics log."""
-    remove_dir(out)
+    if _holds_nothing(out):
+        sweep(out)
+    else:  # an earlier run (overwritten, or started again): gone as a whole, even if killed meanwhile
+        remove_dir(out)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
     write_run(out, config, "running", method=method, **extra)

@@ -299,7 +299,7 @@ def test_fusion_trained_on_the_task_mixture_in_a_study(tmp_path, tiny_xlmr_dir):
     ("max_eval_examples = 8", 'max_eval_examples = "many"',
      r"\[targets\] max_eval_examples: expected a whole number >= 1, or leave it out, got 'many'"),
     ('tasks = ["xcopa", "tatoeba"]', 'tasks = "xcopa"', r"\[targets\] tasks: expected a list of target task names"),
-    ("max_eval_examples = 8", "max_eval_examples = 8\nbatch_size = 0", r"\[targets\] batch_size must be at least 1"),
+    ("max_eval_examples = 8", "max_eval_examples = 8\nmax_steps = 0", r"\[targets\] max_steps must be at least 1"),
     ("max_eval_examples = 8", "max_eval_examples = 8\n\n[targets.overrides.xcopa]\nlr = -1.0",
      r"\[targets.overrides.xcopa\] lr must be positive, got -1.0"),
     ('name = "tiny"', 'name = "../../escape"', r"\[study\] name: expected a plain name .*got '../../escape'"),

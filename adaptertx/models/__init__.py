@@ -100,6 +100,14 @@ def hub_id(name_or_path: str) -> str | None:
     return name_or_path
 
 
+def check_model(name_or_path: str) -> None:
+    """A one-line error now, within seconds, for a model :func:`resolve` would fail to find (the
+    bundled default is not converted here)."""
+    spec = MODELS.get(name_or_path)
+    if spec is None or spec.source != "bundled":
+        resolve(name_or_path)
+
+
 def resolve(name_or_path: str) -> str:
     """Return a folder or Hub id that ``from_pretrained`` accepts for ``name_or_path``."""
     spec = MODELS.get(name_or_path)
