@@ -324,7 +324,8 @@ def prepare(out: Path, config: dict, *, resume: bool = False, overwrite: bool = 
     if finished:
         if resume:
             raise AdaptertxError(f"{out} holds a finished {what}; nothing to resume (use --overwrite to train again)")
-        raise AdaptertxError(f"{out} already holds a finished {what}; pass --overwrite to replace it")
+        raise AdaptertxError(f"{out} already holds a merged model; pass --overwrite to replace it" if method else
+                             f"{out} already holds a finished run; pass --overwrite to replace it")
     diff = differs(config, saved.get("config") or {})
     if diff:
         raise AdaptertxError(f"{out} holds an unfinished {what} of a different config (differs in: "

@@ -97,8 +97,12 @@ def test_export_of_a_run_is_an_adapterhub_folder_with_a_card(sources, tmp_path):
     got = files_of(out)
     assert set(got) == {"README.md", MANIFEST, "adapter_config.json", "adapter.safetensors", "head_config.json",
                         "model_head.safetensors", "run.json"}
-    for name in ("adapter.safetensors", "model_head.safetensors", "run.json", "adapter_config.json"):
-        assert got[name] == (sources["mrpc"] / ("run.json" if name == "run.json" else f"adapter/{name}")).read_bytes()
+    for name in ("adapter.safetensors", "model_head.safetensors", "adapter_config.json"):
+        assert got[name] == (sources["mrpc"] / f"adapter/{name}").read_bytes()
+    # run.json as the run wrote it, but with the local paths in it (the base folder, --out) relative
+    source_run, exported_run = json.loads((sources["mrpc"] / "run.json").read_text()), json.loads(got["run.json"])
+    assert exported_run["config"]["model"] == os.path.relpath(source_run["config"]["model"], sources["mrpc"])
+    assert {**exported_run, "config": None} == {**source_run, "config": None}
     assert result.kind == "run" and result.method == "single_task" and result.card == "written"
     assert result.base_model is None  # a local base folder has no Hub id
 
