@@ -10,6 +10,7 @@ import click
 from tabulate import tabulate
 
 from adaptertx.errors import AdaptertxError
+from adaptertx.io import write_error
 from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, QUANT_MODES, TARGET, TRAIN
 
 
@@ -22,6 +23,11 @@ def _clear_errors(fn):
             return fn(*args, **kwargs)
         except AdaptertxError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # a write or read the library did not name (a full disk, no permission)
+            clear = write_error(e, e.filename or "a file")
+            if clear is None and e.filename is None:
+                raise
+            raise click.ClickException(str(clear or f"{e.filename}: {e.strerror}")) from None
 
     return run
 
@@ -81,7 +87,9 @@ def main() -> None:
     logging.getLogger("adaptertx").setLevel(logging.INFO)
     # Library chatter that is no news to a user: bitsandbytes' optional CPU 4-bit kernel
     # package, its per-call fp16 cast notice, and adapters' note before an adapter is active.
-    for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions", "adapters.model_mixin"):
+    # huggingface_hub's retry notices come before the one-line error a missing model gives.
+    for name in ("bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions", "adapters.model_mixin",
+                 "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -392,9 +400,17 @@ def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, 
     """Train TARGET's adapter on English over an intermediate configuration, then score it
     zero-shot on every language (retrieval targets: encode and score directly)."""
     from adaptertx.evaluation import EvalConfig, data_dir_files, evaluate, fusion_of, load_intermediate
+    from adaptertx.evaluation.common import ALL_LANGUAGES
     from adaptertx.io import atomic_write_text
+    from adaptertx.languages import normalize_or_keep
 
     files = [_data_file(item) for item in data_files]
+    wanted = {normalize_or_keep(w) for w in _csv(langs) or []}
+    outside = [f"{lang}={path}" for lang, path in files
+               if wanted and lang != ALL_LANGUAGES and normalize_or_keep(lang) not in wanted]
+    if outside:
+        raise click.UsageError(f"--data-file {', '.join(outside)}: not a language of --langs ({langs}); add it to "
+                               f"--langs or leave the file out")
     if data_dir:
         files += data_dir_files(data_dir, target)
     sizes = []
@@ -622,7 +638,11 @@ def export_cmd(source, repo_id, out, do_push, private, revision, create_pr, resu
                f"{result.base_model or 'a local model'}; {len(result.evaluation)} evaluation rows)")
     if do_push:
         pushed = push(result.out, repo_id, private=private or None, revision=revision, create_pr=create_pr)
-        click.echo(f"pushed to {pushed.repo_id}@{pushed.revision}: {pushed.pr_url or pushed.commit_url}")
+        if pushed.changed:
+            click.echo(f"pushed to {pushed.repo_id}@{pushed.revision}: {pushed.pr_url or pushed.commit_url}")
+        else:
+            click.echo(f"{pushed.repo_id}@{pushed.revision} already holds these {len(pushed.files)} files "
+                       f"unchanged: no commit made ({pushed.commit_url})")
 
 
 if __name__ == "__main__":

@@ -27,11 +27,14 @@ once per study (their seed is the study's first seed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import time
 import traceback
 
@@ -47,6 +50,9 @@ from tqdm.auto import tqdm
 from adaptertx import settings as training_settings
 from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation import NONE, EvalConfig, data_dir_files, evaluate, fusion_of, load_intermediate
+from adaptertx.evaluation.common import ALL_LANGUAGES
+from adaptertx.io import writing
+from adaptertx.languages import normalize_or_keep
 from adaptertx.merging import MIXTURE, MergeOptions, merge
 from adaptertx.results import STORE_FILE, ResultsStore
 from adaptertx.rundir import METHODS, RUN_FILE, WEIGHT_SPACE, read_json, run_status
@@ -58,6 +64,8 @@ log = logging.getLogger(__name__)
 
 #: Budget keys a study takes: every training setting but the seed (a study's seeds are its own).
 BUDGET_KEYS = tuple(n for n in training_settings.names() if n != "seed")
+#: The lock file of a study folder (held by the process running the study).
+LOCK_FILE = ".lock"
 #: The budget keys of the first studies: the others enter a study's hash only when set.
 _HASHED_KEYS = ("epochs", "batch_size", "lr", "max_length", "max_examples")
 
@@ -159,143 +167,279 @@ class Study:
 
 # ------------------------------------------------------------------------------ loading a config
 
+#: A study's or a configuration's name: it names folders inside the study folder, so one plain
+#: path component (letters, digits, ``.``, ``_``, ``-``; not starting with a dot).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_SECTIONS = ("study", "intermediate", "configs", "targets")
+_STUDY_KEYS = ("name", "model", "quant", "adapter", "seeds", "adapter_seed", "description")
+_CONFIG_KEYS = ("name", "method", "tasks", "weights", "sampling", "temperature", "fusion_data")
+_TARGET_KEYS = ("tasks", "languages", "overrides", "max_eval_examples", "data", "max_candidates")
+_SAMPLING = ("proportional", "temperature", "uniform")
 
-def _table(raw: dict, key: str, path: Path) -> dict:
-    value = raw.get(key, {})
-    if not isinstance(value, dict):
-        raise AdaptertxError(f"{path}: [{key}] must be a table")
+
+class _Problems:
+    """Every problem of a study file, gathered so that one error lists them all."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.items = path, []
+
+    def add(self, where: str, text: str) -> None:
+        self.items.append(f"{where} {text}" if where else text)
+
+    def expect(self, where: str, expected: str, got) -> None:
+        self.add(where, f"expected {expected}, got {got!r}")
+
+    def check(self, where: str, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, or ``None`` with its :class:`AdaptertxError` recorded."""
+        try:
+            return fn(*args, **kwargs)
+        except AdaptertxError as e:
+            self.add(where, str(e))
+            return None
+
+    def raise_any(self) -> None:
+        if self.items:
+            n = len(self.items)
+            raise AdaptertxError(f"{self.path}: {n} problem{'s' if n > 1 else ''} in the study file: "
+                                 + "; ".join(self.items))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _name(problems: _Problems, where: str, value) -> str | None:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or ".." in value:
+        problems.expect(where, "a plain name (letters, digits, '.', '_', '-'; it names a folder inside the study "
+                               "folder)", value)
+        return None
     return value
 
 
-def _budget(raw: dict, where: str, base: TargetSettings | None = None) -> TargetSettings:
-    unknown = set(raw) - set(BUDGET_KEYS) - {"tasks", "languages", "overrides", "max_eval_examples", "data",
-                                             "max_candidates"}
-    if unknown:
-        raise AdaptertxError(f"{where}: unknown keys {', '.join(sorted(unknown))}; "
-                             f"budget keys are {', '.join(BUDGET_KEYS)}")
-    values = {k: raw[k] for k in BUDGET_KEYS if k in raw}
-    try:
-        return (base or TARGET).replace(**values)
-    except AdaptertxError as e:
-        raise AdaptertxError(f"{where}: {e}") from None
+def _str_list(problems: _Problems, where: str, value, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems.expect(where, f"a list of {what} (e.g. [\"a\", \"b\"])", value)
+        return []
+    return value
+
+
+def _table(problems: _Problems, raw: dict, key: str, where: str) -> dict:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        problems.expect(f"{where}{key}", "a table", value)
+        return {}
+    return value
+
+
+def _unknown(problems: _Problems, table: dict, known, where: str) -> None:
+    for key in sorted(set(table) - set(known)):
+        problems.add(where, f"has an unknown key {key!r} (known: {', '.join(known)})")
+
+
+def _budget(problems: _Problems, raw: dict, where: str, base: TargetSettings = TARGET) -> TargetSettings:
+    """The budget keys of ``raw`` applied to ``base``; each bad value recorded (type, range)."""
+    good = {}
+    for key in BUDGET_KEYS:
+        if key in raw and problems.check(where, base.replace, **{key: raw[key]}) is not None:  # names the key
+            good[key] = raw[key]
+    return base.replace(**good)
 
 
 def load_study(path: str | os.PathLike) -> Study:
-    """Parse and check a study TOML file; unknown tasks, languages or methods are clear errors."""
+    """Parse and check a whole study TOML file before anything is written: every key, type and
+    range, every name, method, task, language and data folder. Every problem found is listed in
+    one :class:`AdaptertxError` (the file, the key, what was expected and what it holds)."""
     path = Path(path)
     if not path.is_file():
-        raise AdaptertxError(f"no study config at {path}")
+        raise AdaptertxError(f"no study config at {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise AdaptertxError(f"{path} is not valid TOML: {e}") from None
-    unknown = set(raw) - {"study", "intermediate", "configs", "targets"}
-    if unknown:
-        raise AdaptertxError(f"{path}: unknown sections {', '.join(sorted(unknown))}")
-    head = _table(raw, "study", path)
+    except OSError as e:
+        raise AdaptertxError(f"cannot read the study config {path}: {e.strerror}") from None
+    problems = _Problems(path)
+    for key in sorted(set(raw) - set(_SECTIONS)):
+        problems.add("", f"unknown section [{key}] (sections: {', '.join(_SECTIONS)})")
+    head = _table(problems, raw, "study", "")
+    inter = _table(problems, raw, "intermediate", "")
+    targets = _table(problems, raw, "targets", "")
+    _unknown(problems, head, _STUDY_KEYS, "[study]")
     if "name" not in head:
-        raise AdaptertxError(f"{path}: [study] needs a name")
-    known_head = {"name", "model", "quant", "adapter", "seeds", "adapter_seed", "description"}
-    if set(head) - known_head:
-        raise AdaptertxError(f"{path}: unknown [study] keys {', '.join(sorted(set(head) - known_head))}")
-    inter = _table(raw, "intermediate", path)
-    targets = _table(raw, "targets", path)
-    configs = _load_configs(raw, path)
+        problems.add("[study]", "needs a name")
+    name = _name(problems, "[study] name:", head["name"]) if "name" in head else None
+    model = head.get("model", DEFAULT_MODEL)
+    if not isinstance(model, str) or not model:
+        problems.expect("[study] model:", "a model name, folder or Hub id", model)
+
     quant = head.get("quant", QUANT)
     if quant not in QUANT_MODES:
-        raise AdaptertxError(f"{path}: unknown quant {quant!r}; choose one of {', '.join(QUANT_MODES)}")
-    seeds = tuple(int(s) for s in head.get("seeds", [0]))
-    if not seeds:
-        raise AdaptertxError(f"{path}: seeds is empty")
-    return Study(name=head["name"], model=head.get("model", DEFAULT_MODEL), quant=quant,
-                 adapter=head.get("adapter", ADAPTER), seeds=seeds,
-                 adapter_seed=int(head.get("adapter_seed", ADAPTER_SEED)),
-                 intermediate=_budget({k: v for k, v in inter.items() if k != "tasks"}, f"{path}: [intermediate]"),
-                 configs=configs, **_load_targets(targets, path), description=head.get("description", ""))
+        problems.expect("[study] quant:", f"one of {', '.join(QUANT_MODES)} (unknown quant)", quant)
+    adapter = head.get("adapter", ADAPTER)
+    if not isinstance(adapter, str):
+        problems.expect("[study] adapter:", "an adapters config name (seq_bn, lora, ...)", adapter)
+    else:
+        from adaptertx.modeling import adapter_config
+
+        problems.check("[study] adapter:", adapter_config, adapter)
+    seeds = head.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(_is_int(s) and s >= 0 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        problems.expect("[study] seeds:", "a non-empty list of distinct whole numbers >= 0 (e.g. [0, 1, 2])", seeds)
+        seeds = [0]
+    adapter_seed = head.get("adapter_seed", ADAPTER_SEED)
+    if not _is_int(adapter_seed):
+        problems.expect("[study] adapter_seed:", "a whole number", adapter_seed)
+    description = head.get("description", "")
+    if not isinstance(description, str):
+        problems.expect("[study] description:", "text", description)
+    _unknown(problems, inter, (*BUDGET_KEYS, "tasks"), "[intermediate]")
+    intermediate = _budget(problems, inter, "[intermediate]")
+    configs = _load_configs(problems, raw)
+    fields = _load_targets(problems, targets)
+    problems.raise_any()
+    return Study(name=name, model=model, quant=quant, adapter=adapter, seeds=tuple(seeds),
+                 adapter_seed=adapter_seed, intermediate=intermediate, configs=configs, **fields,
+                 description=description)
 
 
-def _load_configs(raw: dict, path: Path) -> tuple[ConfigSpec, ...]:
+def _load_configs(problems: _Problems, raw: dict) -> tuple[ConfigSpec, ...]:
     """The study's ``[[configs]]``, checked."""
+    given = raw.get("configs", [])
+    if not isinstance(given, list) or not all(isinstance(c, dict) for c in given):
+        problems.expect("configs:", "[[configs]] tables", given)
+        return ()
+    if not given:
+        problems.add("", "no [[configs]]")
     configs = []
-    for i, c in enumerate(raw.get("configs", [])):
-        where = f"{path}: configs[{i}]"
+    for i, c in enumerate(given):
+        where = f"configs[{i}]" + (f" ({c['name']})" if isinstance(c.get("name"), str) else "")
+        _unknown(problems, c, _CONFIG_KEYS, where)
         if "name" not in c or "method" not in c:
-            raise AdaptertxError(f"{where} needs a name and a method")
+            problems.add(where, "needs a name and a method")
+            continue
+        name = _name(problems, f"{where} name:", c["name"])
         method = c["method"]
         if method not in METHODS:
-            raise AdaptertxError(f"{where}: unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        tasks = tuple(c.get("tasks", ()))
+            problems.expect(f"{where} method:", f"one of {', '.join(METHODS)} (unknown method)", method)
+            continue
+        tasks = _str_list(problems, f"{where} tasks:", c.get("tasks", []), "task names")
         for t in tasks:
-            task = get_task(t)
-            if task.role != "intermediate":
-                raise AdaptertxError(f"{where}: {t!r} is not an intermediate task")
-        need = {"none": (0, 0), "single": (1, 1)}.get(method, (2, 99))
-        if not need[0] <= len(tasks) <= need[1]:
-            raise AdaptertxError(f"{where}: method {method!r} takes {need[0]}" +
-                                 (f"-{need[1]}" if need[1] != need[0] and need[1] < 99
-                                  else "+" if need[1] == 99 else "") +
-                                 f" tasks, got {len(tasks)}")
-        extra = set(c) - {"name", "method", "tasks", "weights", "sampling", "temperature", "fusion_data"}
-        if extra:
-            raise AdaptertxError(f"{where}: unknown keys {', '.join(sorted(extra))}")
+            task = problems.check(f"{where} tasks:", get_task, t)
+            if task is not None and task.role != "intermediate":
+                problems.add(f"{where} tasks:", f"{t!r} is not an intermediate task")
+        low, high = {"none": (0, 0), "single": (1, 1)}.get(method, (2, 99))
+        if not low <= len(tasks) <= high and (tasks or "tasks" in c or method != "none"):
+            count = f"{low}" if low == high else f"{low}+"
+            problems.add(f"{where} tasks:", f"method {method!r} takes {count} tasks, got {len(tasks)}")
         weights = c.get("weights")
         if weights == "dev":
             if method not in WEIGHT_SPACE:
-                raise AdaptertxError(f"{where}: weights = \"dev\" applies to average, task_arithmetic and ties")
+                problems.add(f"{where} weights:", "\"dev\" applies to average, task_arithmetic and ties")
         elif weights is not None:
-            if isinstance(weights, str) or not isinstance(weights, list):
-                raise AdaptertxError(f"{where}: weights is a list of numbers, one per task, or \"dev\"")
-            weights = tuple(float(w) for w in weights)
-        if isinstance(weights, tuple) and len(weights) != len(tasks):
-            raise AdaptertxError(f"{where}: {len(weights)} weights for {len(tasks)} tasks")
+            if not isinstance(weights, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                        and w >= 0 for w in weights):
+                problems.expect(f"{where} weights:", "a list of numbers >= 0, one per task, or \"dev\"", weights)
+                weights = None
+            elif len(weights) != len(tasks):
+                problems.add(f"{where} weights:", f"{len(weights)} weights for {len(tasks)} tasks")
+                weights = None
+            elif method not in WEIGHT_SPACE:
+                problems.add(f"{where} weights:", "apply to average, task_arithmetic and ties")
+            else:
+                weights = tuple(float(w) for w in weights)
+        sampling = c.get("sampling", "proportional")
+        if sampling not in _SAMPLING:
+            problems.expect(f"{where} sampling:", f"one of {', '.join(_SAMPLING)}", sampling)
+        temperature = c.get("temperature", 2.0)
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
+            problems.expect(f"{where} temperature:", "a number > 0", temperature)
+            temperature = 2.0
         fusion_data = c.get("fusion_data", "target")
         if fusion_data not in ("target", "mixture") or (method != "fusion" and "fusion_data" in c):
-            raise AdaptertxError(f"{where}: fusion_data is \"target\" or \"mixture\", for method \"fusion\" only")
-        configs.append(ConfigSpec(c["name"], method, tasks, weights, c.get("sampling", "proportional"),
-                                  float(c.get("temperature", 2.0)), fusion_data))
-    if not configs:
-        raise AdaptertxError(f"{path}: no [[configs]]")
-    names = [c.name for c in configs]
-    if len(set(names)) != len(names):
-        raise AdaptertxError(f"{path}: configuration names must be unique (got {', '.join(names)})")
+            problems.expect(f"{where} fusion_data:", "\"target\" or \"mixture\", for method \"fusion\" only",
+                            fusion_data)
+        configs.append(ConfigSpec(name, method, tuple(tasks), weights, sampling, float(temperature), fusion_data))
+    names = [c.name for c in configs if c.name]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        problems.add("configs:", f"configuration names must be unique ({', '.join(twice)} given twice)")
     return tuple(configs)
 
 
-def _load_targets(targets: dict, path: Path) -> dict:
+def _positive(problems: _Problems, table: dict, key: str, where: str) -> int | None:
+    value = table.get(key)
+    if value is not None and (not _is_int(value) or value < 1):
+        problems.expect(f"{where} {key}:", "a whole number >= 1, or leave it out", value)
+        return None
+    return value
+
+
+def _load_targets(problems: _Problems, targets: dict) -> dict:
     """The study's ``[targets]`` section, checked, as :class:`Study` fields."""
-    target_names = tuple(targets.get("tasks", ()))
-    if not target_names:
-        raise AdaptertxError(f"{path}: [targets] needs tasks")
-    for t in target_names:
-        task = get_task(t)
+    _unknown(problems, targets, (*BUDGET_KEYS, *_TARGET_KEYS), "[targets]")
+    if "tasks" not in targets:
+        problems.add("[targets]", "needs tasks")
+    names = _str_list(problems, "[targets] tasks:", targets.get("tasks", []), "target task names")
+    if "tasks" in targets and not names and isinstance(targets.get("tasks"), list):
+        problems.add("[targets] tasks:", "is empty")
+    known = []
+    for t in names:
+        task = problems.check("[targets] tasks:", get_task, t)
+        if task is None:
+            continue
         if task.role != "target":
-            raise AdaptertxError(f"{path}: {t!r} is not a target task")
-        if task.family != "retrieval" and task.english_train is None:
-            raise AdaptertxError(f"{path}: target {t!r} has no English training data")
+            problems.add("[targets] tasks:", f"{t!r} is not a target task")
+        elif task.family != "retrieval" and task.english_train is None:
+            problems.add("[targets] tasks:", f"target {t!r} has no English training data")
+        else:
+            known.append(t)
+
+    def per_target(key: str):
+        given = _table(problems, targets, key, "[targets] ")
+        if not isinstance(targets.get("tasks", []), list):
+            return  # the tasks are wrong already: naming them again says nothing new
+        for t, value in given.items():
+            if t not in names:
+                problems.add(f"[targets.{key}]", f"names {t!r}, which is not a target of the study")
+            elif t in known:
+                yield t, value
+
     languages = []
-    for t, langs in _table(targets, "languages", path).items():
-        if t not in target_names:
-            raise AdaptertxError(f"{path}: [targets.languages] names {t!r}, which is not a target of the study")
-        task = get_task(t)
-        languages.append((t, tuple(task.check_language(code) for code in langs)))
+    for t, langs in per_target("languages"):
+        codes = [problems.check(f"[targets.languages] {t}:", get_task(t).check_language, code)
+                 for code in _str_list(problems, f"[targets.languages] {t}:", langs, "language codes")]
+        languages.append((t, tuple(c for c in codes if c is not None)))
     data = []
-    for t, folder in _table(targets, "data", path).items():
-        if t not in target_names:
-            raise AdaptertxError(f"{path}: [targets.data] names {t!r}, which is not a target of the study")
+    for t, folder in per_target("data"):
         if not isinstance(folder, str) or not Path(folder).is_dir():
-            raise AdaptertxError(f"{path}: [targets.data] {t} = {folder!r} is not a folder (relative paths are "
-                                 f"taken from the directory the study runs in)")
+            problems.expect(f"[targets.data] {t}:", "a folder of test files (relative paths are taken from the "
+                                                  "directory the study runs in); not a folder", folder)
+            continue
+        files = problems.check(f"[targets.data] {t}:", data_dir_files, Path(folder).resolve(), t)
+        if files is None:
+            continue
+        wanted = dict(languages).get(t)
+        outside = sorted({lang for lang, _ in files if lang != ALL_LANGUAGES and wanted is not None
+                          and normalize_or_keep(lang) not in wanted}) if t != "mewsli_x" else []
+        if outside:
+            problems.add(f"[targets.data] {t}:", f"holds files of {', '.join(outside)}, which [targets.languages] "
+                                                 f"{t} leaves out; add them there or take the files out")
         data.append((t, folder))
-    target_budget = _budget(targets, f"{path}: [targets]")
+    target_budget = _budget(problems, targets, "[targets]")
     overrides = []
-    for t, changes in _table(targets, "overrides", path).items():
-        if t not in target_names:
-            raise AdaptertxError(f"{path}: [targets.overrides] names {t!r}, which is not a target of the study")
-        _budget(changes, f"{path}: [targets.overrides.{t}]")
-        overrides.append((t, tuple(sorted(changes.items()))))
-    return {"targets": target_names, "target_budget": target_budget, "overrides": tuple(overrides),
-            "languages": tuple(languages), "max_eval_examples": targets.get("max_eval_examples"), "data": tuple(data),
-            "max_candidates": targets.get("max_candidates")}
+    for t, changes in per_target("overrides"):
+        where = f"[targets.overrides.{t}]"
+        if not isinstance(changes, dict):
+            problems.expect(where, "a table of budget keys", changes)
+            continue
+        _unknown(problems, changes, BUDGET_KEYS, where)
+        _budget(problems, changes, where, target_budget)
+        overrides.append((t, tuple(sorted((k, v) for k, v in changes.items() if k in BUDGET_KEYS))))
+    return {"targets": tuple(names), "target_budget": target_budget, "overrides": tuple(overrides),
+            "languages": tuple(languages), "max_eval_examples": _positive(problems, targets, "max_eval_examples",
+                                                                          "[targets]"),
+            "data": tuple(data), "max_candidates": _positive(problems, targets, "max_candidates", "[targets]")}
 
 
 # ------------------------------------------------------------------------------ running it
@@ -319,13 +463,12 @@ def cell_id(config: str, target: str, seed: int) -> str:
 
 def _train_intermediate(study: Study, task: str, out: Path, progress: bool) -> Path:
     run = out / "intermediate" / task
-    status = run_status(run)
-    if status == "finished":
+    if run_status(run) == "finished":
         return run
     config = TrainConfig(task=task, model=study.model, out=str(run), adapter=study.adapter, quant=study.quant,
                          adapter_seed=study.adapter_seed,
                          **study.intermediate.replace(seed=study.seeds[0]).training_json())
-    train(config, resume=status is not None, progress=progress)
+    train(config, progress=progress)  # an interrupted run continues (or starts again if it never checkpointed)
     return run
 
 
@@ -351,15 +494,47 @@ def _merged(study: Study, spec: ConfigSpec, runs: dict[str, Path], errors: dict[
                                target=MIXTURE if spec.method == "fusion" else None,
                                settings=study.intermediate.replace(seed=study.seeds[0]) if trained else None,
                                progress=progress, sampling=spec.sampling, temperature=spec.temperature)
-        resume = trained and (folder / "run.json").is_file()
-        merge(spec.method, dirs, folder, options, overwrite=not resume and folder.exists(), resume=resume)
+        # A trained merge that was interrupted continues; a weight-space one is written whole or not at all.
+        merge(spec.method, dirs, folder, options, overwrite=not trained and folder.exists())
     return load_intermediate(folder)
 
 
 def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
               echo=print) -> StudyResult:
-    """Run every unfinished cell of ``study`` into the folder ``out`` (see the module doc)."""
+    """Run every unfinished cell of ``study`` into the folder ``out`` (see the module doc).
+
+    The folder is locked while the study runs (:func:`lock_study`): a second driver on it is refused.
+    A base model that cannot be found is an error before anything is written."""
+    from adaptertx.models import check_model
+
     out = Path(out)
+    check_model(study.model)
+    with lock_study(out):
+        return _run_study(study, out, progress, echo)
+
+
+@contextlib.contextmanager
+def lock_study(out: Path):
+    """Hold ``out/.lock`` (an exclusive ``flock``, released when the process ends, even when it is
+    killed) for as long as the block runs; a clear error when another process holds it."""
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise AdaptertxError(f"{out} is in use by another adaptertx experiment (pid {holder}); wait for it to "
+                                 f"finish, or give another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _run_study(study: Study, out: Path, progress: bool, echo) -> StudyResult:
     start = time.time()
     store = ResultsStore(out / STORE_FILE, {"study": study.name, "study_hash": study.study_hash(),
                                             "config": dataclasses.asdict(study)})

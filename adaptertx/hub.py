@@ -409,7 +409,7 @@ def card_text(source: Source, repo_id: str, *, base_model: str | None, license: 
                           license=license, datasets=datasets or None, tags=list(dict.fromkeys(tags)))
     what = {"run": "a task adapter", "merge": "a merged adapter", "fusion": "an AdapterFusion setup"}[source.kind]
     base_line = (f"[`{base_model}`](https://huggingface.co/{base_model})" if base_model
-                 else f"`{source.model}` (a local model)")
+                 else f"`{Path(source.model).name}` (a local model, fingerprint {source.fingerprint})")
     body = [f"# {repo_id.split('/')[1]}", "",
             f"{what[0].upper() + what[1:]} for {base_line}, trained with adaptertx on English data "
             f"({', '.join(source.tasks)}) for zero-shot cross-lingual transfer.", ""]
@@ -512,6 +512,22 @@ def _check_out(out: Path, source: Path) -> None:
                                  f"{', '.join(sorted(names)[:5])}); choose an empty or new folder")
 
 
+def _portable(data: bytes, root: Path) -> bytes:
+    """A ``run.json`` or ``recipe.json`` with every absolute local path in it made relative to the
+    exported folder ``root`` (inputs stay named by fingerprint, SHA-256 and relative path)."""
+
+    def walk(value):
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, str) and os.path.isabs(value):
+            return os.path.relpath(value, root)
+        return value
+
+    return (json.dumps(walk(json.loads(data)), indent=2) + "\n").encode()
+
+
 def export(source: str | os.PathLike, repo_id: str, out: str | os.PathLike, *, results: str | os.PathLike | None = None,
            overwrite_card: bool = False, license: str | None = None) -> ExportResult:
     """Write ``source`` (a finished run, a merged or an AdapterFusion folder) as a Hub model
@@ -555,6 +571,8 @@ def export(source: str | os.PathLike, repo_id: str, out: str | os.PathLike, *, r
             data = path.read_bytes()
             if path.name in ADAPTER_CONFIG_FILES:
                 data = _adapter_json(data, base_model)
+            elif rel in (rundir.RUN_FILE, rundir.RECIPE_FILE):
+                data = _portable(data, src.path)
             atomic_write_bytes(dest, data)
             manifest["files"][rel] = hashlib.sha256(data).hexdigest()
         if keep_card:
@@ -580,6 +598,7 @@ class PushResult:
     oid: str
     pr_url: str | None
     files: list[str]
+    changed: bool = True
 
 
 def check_export_folder(folder: str | os.PathLike) -> dict:
@@ -681,6 +700,7 @@ def push(export_dir: str | os.PathLike, repo_id: str, *, private: bool | None = 
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+        head = _head(api, repo_id, revision)
         info = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="model", revision=revision,
                                  create_pr=create_pr, commit_message=message, ignore_patterns=[MANIFEST])
     except HfHubHTTPError as e:
@@ -691,5 +711,20 @@ def push(export_dir: str | os.PathLike, repo_id: str, *, private: bool | None = 
     except (requests.RequestException, ValueError, RuntimeError, OSError) as e:
         raise AdaptertxError(f"push to {repo_id} failed: {_describe(e, token)} (no commit was made; run the same "
                              f"push again to complete it)") from None
-    log.info("pushed %d files to %s: %s", len(files), repo_id, info.commit_url)
-    return PushResult(repo_id, revision or "main", info.commit_url, info.oid, info.pr_url, files)
+    changed = info.oid != head or info.pr_url is not None
+    if changed:
+        log.info("pushed %d files to %s: %s", len(files), repo_id, info.commit_url)
+    else:
+        log.info("%s@%s already holds these %d files unchanged: no commit made", repo_id, revision or "main",
+                 len(files))
+    return PushResult(repo_id, revision or "main", info.commit_url, info.oid, info.pr_url, files, changed)
+
+
+def _head(api, repo_id: str, revision: str | None) -> str | None:
+    """The commit ``revision`` of ``repo_id`` points at (``None`` for a new, empty repository)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return api.repo_info(repo_id, revision=revision, repo_type="model").sha
+    except (HfHubHTTPError, ValueError, OSError):
+        return None

@@ -61,13 +61,13 @@ def load_base(model_name: str, quant: str) -> tuple[PreTrainedModel, PreTrainedT
     from adapters import AutoAdapterModel
 
     check_quant(quant)
-    source = resolve(model_name)
     kwargs = {}
     if quant == "bnb-int8":
         from transformers import BitsAndBytesConfig
 
         import_optional("bitsandbytes", "bnb", "quant 'bnb-int8'")
         kwargs = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "dtype": torch.float32}
+    source = resolve(model_name)
     try:
         model = AutoAdapterModel.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:

@@ -23,6 +23,7 @@ an earlier one (a failed cell that is run again and finishes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from adaptertx.errors import AdaptertxError
+from adaptertx.io import append_line, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +122,17 @@ class ResultsStore:
             f.write(b"\n")
 
     def _append(self, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        size = self.path.stat().st_size if self.path.exists() else 0
         try:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise AdaptertxError(f"could not append to {self.path} ({e.strerror}); earlier results are kept") from None
+            append_line(self.path, line, sync=True)
+        except (AdaptertxError, OSError) as e:
+            with contextlib.suppress(OSError):  # no torn line left behind
+                os.truncate(self.path, size)
+            cause = e.__context__ if isinstance(e, AdaptertxError) and e.__context__ is not None else e
+            why = write_failure(cause) or getattr(cause, "strerror", None) or str(e)
+            raise AdaptertxError(f"could not append to {self.path} ({why}); earlier results are kept: free space "
+                                 f"and run the same command again") from None
 
     def finished(self, cell: str) -> bool:
         """Whether ``cell`` has a finished record."""

@@ -6,7 +6,7 @@ training, a zero-shot target adapter)::
     OUT/run.json          config, status ("running", then "finished"), base fingerprint, versions, scores
     OUT/metrics.jsonl     one JSON line per logged step and per evaluation
     OUT/adapter/          the trained adapter (and head) in the AdapterHub layout, safetensors
-    OUT/checkpoints/      last/ (resume state) and best.safetensors
+    OUT/checkpoints/      last.safetensors (resume state, one file) and best.safetensors
 
 A **merged folder** (``adaptertx merge``) holds ``recipe.json`` (the method, inputs, weights),
 ``adapter/`` and ``heads/<task>/``; a trained merge (multitask, fusion) is a run folder too, and
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from adaptertx.environment import versions
 from adaptertx.errors import AdaptertxError
-from adaptertx.io import atomic_write_bytes, atomic_write_text
+from adaptertx.io import append_line, atomic_write_bytes, atomic_write_text, is_temporary, remove_dir, writing
 from adaptertx.metrics import PRIMARY
 from adaptertx.tasks import get_task
 
@@ -35,6 +35,8 @@ RECIPE_FILE = "recipe.json"
 METRICS_FILE = "metrics.jsonl"
 ADAPTER_FILES = ("adapter_config.json", "adapter.safetensors")
 HEAD_FILES = ("head_config.json", "model_head.safetensors")
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ methods
@@ -127,6 +129,20 @@ def has_head(folder: Path) -> bool:
     return all((Path(folder) / f).is_file() for f in HEAD_FILES)
 
 
+def load_tensors(path: str | os.PathLike) -> dict:
+    """The tensors of a safetensors file, or a one-line error naming a missing or damaged file."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise AdaptertxError(f"{path} does not exist: the folder is incomplete") from None
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        text = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise AdaptertxError(f"{path} is damaged or not a safetensors file ({text}); make that folder again "
+                             f"(--overwrite)") from None
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """The SHA-256 of a file (hex)."""
     h = hashlib.sha256()
@@ -165,11 +181,34 @@ class TrainedAdapter:
     def has_head(self) -> bool:
         return has_head(self.adapter_dir)
 
-    def record(self, weight: float | None = None) -> dict:
-        """What a recipe's ``inputs`` says of this run."""
-        return {"run_dir": str(self.run_dir.resolve()), "task": self.task, "adapter_name": self.adapter_name,
-                "fingerprint": self.fingerprint, "model": self.model, "quant": self.quant,
+    def record(self, where: Path, weight: float | None = None) -> dict:
+        """What a recipe's ``inputs`` says of this run, written in the folder ``where``: the run
+        folder relative to ``where`` (never an absolute local path), the base fingerprint and the
+        SHA-256 of the adapter's weights."""
+        return {"run_dir": relative(self.run_dir, where), "task": self.task, "adapter_name": self.adapter_name,
+                "fingerprint": self.fingerprint,
+                "adapter_sha256": sha256_file(self.adapter_dir / "adapter.safetensors"),
+                "model": portable_model(self.model, where), "quant": self.quant,
                 "adapter_seed": self.adapter_seed, **({"weight": weight} if weight is not None else {})}
+
+
+def relative(path: str | os.PathLike, where: str | os.PathLike) -> str:
+    """``path`` relative to the folder ``where`` (both resolved), as a recipe records an input."""
+    return os.path.relpath(Path(path).resolve(), Path(where).resolve())
+
+
+def portable_model(model: str | None, where: str | os.PathLike) -> str | None:
+    """A base model as a record written in ``where`` names it: a known name or Hub id as given,
+    a local folder relative to ``where``."""
+    if model and os.path.isabs(os.path.expanduser(model)):
+        return relative(os.path.expanduser(model), where)
+    return model
+
+
+def input_dir(record: dict, where: str | os.PathLike) -> Path:
+    """The run folder a recipe's input ``record`` names (relative to the recipe's folder ``where``;
+    older recipes hold absolute paths)."""
+    return Path(os.path.normpath(Path(where) / record["run_dir"]))
 
 
 def load_run(run_dir: str | os.PathLike) -> TrainedAdapter:
@@ -230,38 +269,72 @@ def kind(folder: str | os.PathLike) -> str:
 # ------------------------------------------------------------------------------ writing
 
 
-def prepare(out: Path, config: dict, *, resume: bool, overwrite: bool, method: str | None = None) -> None:
-    """Check that ``out`` may receive a new run (or, with ``resume``, holds this unfinished run).
+#: What :func:`prepare` found: a new run, an unfinished one to restart from scratch (it never
+#: checkpointed), or an unfinished one to continue from its last checkpoint.
+NEW, RESTART, RESUME = "new", "restart", "resume"
+CHECKPOINT = Path("checkpoints") / "last.safetensors"
 
-    ``method`` is the merge method a trained merge records in ``run.json`` (``None`` for a
-    single-task run); ``config`` is the run's config as ``run.json`` holds it. Nothing is written.
+
+def has_checkpoint(out: Path) -> bool:
+    """Whether the run folder ``out`` holds a resume checkpoint (this layout's or the older ``last/``)."""
+    return (out / CHECKPOINT).is_file() or (out / "checkpoints" / "last" / "progress.json").is_file()
+
+
+def _holds_nothing(out: Path) -> bool:
+    """Whether ``out`` is missing or holds only what an interrupted write leaves (temporary names)."""
+    return not out.exists() or all(is_temporary(p.name) for p in out.iterdir())
+
+
+def differs(config: dict, saved: dict) -> list[str]:
+    """The keys in which two run configs differ; ``out`` is where the run is, not what it is."""
+    keys = (set(config) | set(saved)) - {"out"}
+    return sorted(k for k in keys if config.get(k) != saved.get(k))
+
+
+def prepare(out: Path, config: dict, *, resume: bool = False, overwrite: bool = False,
+            method: str | None = None) -> str:
+    """What to do in ``out``: :data:`NEW` (empty or missing, or ``overwrite``), :data:`RESUME` (it
+    holds this unfinished run and its checkpoint) or :data:`RESTART` (this unfinished run, killed
+    before its first checkpoint: it starts again from scratch). Nothing is written.
+
+    An unfinished run of the same config always continues, with or without ``resume``: the same
+    command run again after a crash finishes the work. ``method`` is the merge method a trained
+    merge records in ``run.json`` (``None`` for a single-task run); ``config`` is the run's config
+    as ``run.json`` holds it (its ``out`` is not compared: a folder may be moved or named another way).
+    A trained merge is finished when its ``recipe.json`` exists (it is written last).
     """
     run_file = out / RUN_FILE
     what = "merge" if method else "run"
     if out.exists() and not out.is_dir():
         raise AdaptertxError(f"{out} exists and is not a folder; choose another --out")
-    if resume:
-        if not run_file.exists():
-            raise AdaptertxError(f"nothing to resume in {out}: it holds no run")
-        saved = read_json(run_file, "start again with --overwrite")
-        if saved.get("method") != method:
-            raise AdaptertxError(f"{out} holds no {method} run; nothing to resume" if method else
-                                 f"{out} holds a {saved.get('method')} run, not a training run; nothing to resume")
-        if saved.get("status") == "finished" or (method and (out / RECIPE_FILE).exists()):
-            raise AdaptertxError(f"{out} holds a finished {what}; nothing to resume (use --overwrite to train again)")
-        if saved.get("config") != config:
-            diff = sorted(k for k, v in config.items() if (saved.get("config") or {}).get(k) != v)
-            raise AdaptertxError(f"cannot resume {out} with a different config (differs in: {', '.join(diff)})")
-        return
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if overwrite or _holds_nothing(out):
+        if resume and not overwrite:
+            log.info("nothing to resume in %s: starting the run", out)
+        return NEW
+    if not run_file.exists():
         if (out / RECIPE_FILE).exists():
             raise AdaptertxError(f"{out} already holds a merged model; pass --overwrite to replace it")
-        if run_file.exists() and run_status(out) == "finished":
-            raise AdaptertxError(f"{out} already holds a finished run; pass --overwrite to replace it")
-        if run_file.exists():
-            raise AdaptertxError(f"{out} holds an unfinished run; "
-                                 f"pass --resume to continue it or --overwrite to start again")
         raise AdaptertxError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
+    saved = read_json(run_file, "start again with --overwrite")
+    if saved.get("method") != method:
+        raise AdaptertxError(f"{out} holds no {method} run; choose another --out or pass --overwrite" if method else
+                             f"{out} holds a {saved.get('method')} run, not a training run; choose another --out "
+                             f"or pass --overwrite")
+    finished = (out / RECIPE_FILE).exists() if method else saved.get("status") == "finished"
+    if finished:
+        if resume:
+            raise AdaptertxError(f"{out} holds a finished {what}; nothing to resume (use --overwrite to train again)")
+        raise AdaptertxError(f"{out} already holds a merged model; pass --overwrite to replace it" if method else
+                             f"{out} already holds a finished run; pass --overwrite to replace it")
+    diff = differs(config, saved.get("config") or {})
+    if diff:
+        raise AdaptertxError(f"{out} holds an unfinished {what} of a different config (differs in: "
+                             f"{', '.join(diff)}); cannot resume it: pass --overwrite to start again, or choose "
+                             f"another --out")
+    if has_checkpoint(out):
+        return RESUME
+    log.info("%s holds an unfinished %s that never reached a checkpoint: starting it again", out, what)
+    return RESTART
 
 
 def write_run(out: Path, config: dict, status: str, *, method: str | None = None, **extra) -> None:
@@ -271,30 +344,52 @@ def write_run(out: Path, config: dict, status: str, *, method: str | None = None
     atomic_write_text(out / RUN_FILE, json.dumps(body, indent=2) + "\n")
 
 
-def start(out: Path, config: dict, *, overwrite: bool, method: str | None = None, **extra) -> None:
-    """Begin a new run in ``out``: replace what it holds (with ``overwrite``), write ``run.json``
-    with status ``running``, and start an empty metrics log."""
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+def sweep(out: Path) -> None:
+    """Remove what interrupted writes left in the run folder ``out`` (temporary names), before it continues."""
+    for folder in (out, out / "checkpoints"):
+        for p in folder.iterdir() if folder.is_dir() else ():
+            if is_temporary(p.name):
+                remove_dir(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def start(out: Path, config: dict, *, method: str | None = None, **extra) -> None:
+    """Begin a new run in ``out`` (after :func:`prepare` said :data:`NEW` or :data:`RESTART`): clear
+    what it holds, write ``run.json`` with status ``running`` and start an empty metrics log."""
+    if _holds_nothing(out):
+        sweep(out)
+    else:  # an earlier run (overwritten, or started again): gone as a whole, even if killed meanwhile
+        remove_dir(out)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     write_run(out, config, "running", method=method, **extra)
-    (out / METRICS_FILE).unlink(missing_ok=True)
 
 
 def append_log(out: Path, record: dict) -> None:
     """One line of the run's metrics log."""
-    with open(out / METRICS_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    append_line(out / METRICS_FILE, json.dumps(record))
+
+
+def read_log(out: Path) -> list[dict]:
+    """The run's metrics log; a line torn by a crash (the last one) is left out."""
+    path = out / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_bytes().split(b"\n"):
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a torn or empty line
+            continue
+    return records
 
 
 def truncate_log(out: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint being resumed (they will be written again)."""
-    path = out / METRICS_FILE
-    if not path.exists():
+    """Drop log lines written after the checkpoint being resumed (they will be written again),
+    and the final test line of a run killed while writing its results."""
+    if not (out / METRICS_FILE).exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+    keep = [json.dumps(r) for r in read_log(out) if r.get("step", 0) <= step and "test" not in r]
+    atomic_write_bytes(out / METRICS_FILE, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
 def write_recipe(out: Path, recipe: dict) -> None:

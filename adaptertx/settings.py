@@ -79,9 +79,11 @@ class TrainSettings:
              f"weight_decay must be non-negative, got {self.weight_decay}"),
             (0 <= self.warmup < 1, f"warmup is a fraction in [0, 1), got {self.warmup}"),
             (self.max_length >= 8, f"max_length must be at least 8, got {self.max_length}"),
-            (self.max_examples is None or self.max_examples >= 1, "max_examples must be at least 1"),
-            (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
-            (self.save_every >= 1, "save_every must be at least 1"),
+            (self.max_examples is None or self.max_examples >= 1,
+             f"max_examples must be at least 1 or unset, got {self.max_examples}"),
+            (self.max_steps is None or self.max_steps >= 1,
+             f"max_steps must be at least 1 or unset, got {self.max_steps}"),
+            (self.save_every >= 1, f"save_every must be at least 1, got {self.save_every}"),
         ]
         for ok, message in checks:
             if not ok:

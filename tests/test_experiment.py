@@ -168,14 +168,14 @@ def test_cli_experiment_resumes_and_exits_1_on_failures(study_run):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.replace('tasks = ["mrpc"]\n', 'tasks = ["nope"]\n', 1), "unknown task 'nope'"),
-    (lambda s: s.replace('method = "average"', 'method = "soup"'), "unknown method 'soup'"),
+    (lambda s: s.replace('method = "average"', 'method = "soup"'), r"method: expected one of .*got 'soup'"),
     (lambda s: s.replace('tasks = ["mnli"]', 'tasks = ["mnli", "mrpc"]'), "takes 1 tasks, got 2"),
     (lambda s: s.replace('tasks = ["xcopa", "tatoeba"]', 'tasks = ["xcopa", "siqa"]'), "'siqa' is not a target"),
     (lambda s: s.replace('tatoeba = ["de", "sw"]', 'tatoeba = ["de", "xx"]'), "unknown language code 'xx'"),
     (lambda s: s.replace('xcopa = ["sw", "it"]', 'xcopa = ["sw", "fr"]'), "no language 'fr'"),
     (lambda s: s.replace('xcopa = ["sw", "it"]', 'udpos = ["de"]'), "not a target of the study"),
     (lambda s: s.replace('name = "mnli"', 'name = "mrpc"'), "must be unique"),
-    (lambda s: s.replace("max_eval_examples = 8", "max_eval_examples = 8\nbogus = 1"), "unknown keys bogus"),
+    (lambda s: s.replace("max_eval_examples = 8", "max_eval_examples = 8\nbogus = 1"), "unknown key 'bogus'"),
     (lambda s: s.replace('quant = "none"', 'quant = "int4"'), "unknown quant"),
     (lambda s: s.replace("[study]", "[study\n"), "not valid TOML"),
     (lambda s: s.replace('name = "tiny"\n', ""), "needs a name"),
@@ -206,7 +206,7 @@ def test_target_data_folders(tmp_path, monkeypatch):
     own.mkdir()
     (own / "qu.jsonl").write_text("{}\n", encoding="utf-8")
     (own / ".hidden").write_text("", encoding="utf-8")
-    base = STUDY.format(model="me5-small")
+    base = STUDY.format(model="me5-small").replace('xcopa = ["sw", "it"]', 'xcopa = ["sw", "it", "qu"]')
     plain = load_study(write(tmp_path, base))
     study = load_study(write(tmp_path, base + '\n[targets.data]\nxcopa = "xcopa-own"\n'))
     assert study.data_files_for("xcopa") == (("qu", str(own / "qu.jsonl")),)
@@ -224,7 +224,7 @@ def test_target_data_folders(tmp_path, monkeypatch):
     for c in old["configs"]:
         c.pop("fusion_data")
     assert plain.study_hash() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    with pytest.raises(AdaptertxError, match=r"\[targets.data\] xcopa = 'nowhere' is not a folder"):
+    with pytest.raises(AdaptertxError, match=r"\[targets.data\] xcopa: expected a folder .*got 'nowhere'"):
         load_study(write(tmp_path, base + '\n[targets.data]\nxcopa = "nowhere"\n'))
     with pytest.raises(AdaptertxError, match=r"\[targets.data\] names 'xnli', which is not a target"):
         load_study(write(tmp_path, base + '\n[targets.data]\nxnli = "xcopa-own"\n'))
@@ -234,9 +234,9 @@ def test_dev_chosen_weights_in_a_study(tmp_path):
     base = STUDY.format(model="me5-small")
     study = load_study(write(tmp_path, base.replace('method = "average"\n', 'method = "average"\nweights = "dev"\n')))
     assert next(c for c in study.configs if c.name == "average").weights == "dev"
-    with pytest.raises(AdaptertxError, match='weights = "dev" applies to average, task_arithmetic and ties'):
+    with pytest.raises(AdaptertxError, match='weights: "dev" applies to average, task_arithmetic and ties'):
         load_study(write(tmp_path, base.replace('method = "fusion"\n', 'method = "fusion"\nweights = "dev"\n')))
-    with pytest.raises(AdaptertxError, match='weights is a list of numbers, one per task, or "dev"'):
+    with pytest.raises(AdaptertxError, match='weights: expected a list of numbers >= 0, one per task, or "dev"'):
         load_study(write(tmp_path, base.replace('method = "average"\n', 'method = "average"\nweights = "best"\n')))
 
 
@@ -284,7 +284,61 @@ def test_fusion_trained_on_the_task_mixture_in_a_study(tmp_path, tiny_xlmr_dir):
     assert cell["status"] == "finished" and cell["method"] == "fusion" and set(cell["languages"]) == {"sw"}
     assert cell["trace"]["intermediate"]["fusion_dir"].endswith("merged/fusion_mix/adapter")
     bad = MIXTURE_STUDY.format(model=tiny_xlmr_dir)
-    with pytest.raises(AdaptertxError, match='fusion_data is "target" or "mixture", for method "fusion" only'):
+    with pytest.raises(AdaptertxError, match='fusion_data: expected "target" or "mixture", for method "fusion" only'):
         load_study(write(tmp_path, bad.replace('fusion_data = "mixture"', 'fusion_data = "both"')))
     with pytest.raises(AdaptertxError, match='for method "fusion" only'):
         load_study(write(tmp_path, bad.replace('method = "fusion"', 'method = "average"')))
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("seeds = [0]", 'seeds = "zero"', r"\[study\] seeds: expected a non-empty list .*got 'zero'"),
+    ("seeds = [0]", "seeds = 0", r"\[study\] seeds: expected .*got 0"),
+    ("seeds = [0]", "seeds = [0, 0]", r"\[study\] seeds: expected a non-empty list of distinct"),
+    ("[intermediate]\nepochs = 1", '[intermediate]\nepochs = "one"', r"\[intermediate\] epochs must be a whole number, "
+                                                                      r"got 'one'"),
+    ("max_eval_examples = 8", 'max_eval_examples = "many"',
+     r"\[targets\] max_eval_examples: expected a whole number >= 1, or leave it out, got 'many'"),
+    ('tasks = ["xcopa", "tatoeba"]', 'tasks = "xcopa"', r"\[targets\] tasks: expected a list of target task names"),
+    ("max_eval_examples = 8", "max_eval_examples = 8\nmax_steps = 0", r"\[targets\] max_steps must be at least 1"),
+    ("max_eval_examples = 8", "max_eval_examples = 8\n\n[targets.overrides.xcopa]\nlr = -1.0",
+     r"\[targets.overrides.xcopa\] lr must be positive, got -1.0"),
+    ('name = "tiny"', 'name = "../../escape"', r"\[study\] name: expected a plain name .*got '../../escape'"),
+    ('name = "tiny"', "name = 42", r"\[study\] name: expected a plain name .*got 42"),
+    ('name = "average"', 'name = "../average"', r"configs\[3\] \(../average\) name: expected a plain name"),
+    ('tasks = ["mrpc"]\n', 'tasks = "mrpc"\n', r"configs\[1\] \(mrpc\) tasks: expected a list of task names"),
+    ("[[configs]]\nname = \"none\"", "[[configs]]\nname = \"none\"\ntemperature = \"hot\"",
+     r"configs\[0\] \(none\) temperature: expected a number > 0, got 'hot'"),
+])
+def test_every_study_value_is_checked_at_load_time(tmp_path, old, new, message):
+    text = STUDY.format(model="me5-small")
+    assert old in text
+    with pytest.raises(AdaptertxError, match=message):
+        load_study(write(tmp_path, text.replace(old, new, 1)))
+
+
+def test_every_problem_is_listed_at_once_and_nothing_is_written(tmp_path, monkeypatch):
+    from adaptertx.cli import main
+
+    text = (STUDY.format(model="me5-small").replace('name = "tiny"', 'name = "../../escape"')
+            .replace("seeds = [0]", 'seeds = "zero"').replace("max_eval_examples = 8", 'max_eval_examples = "many"')
+            .replace('tasks = ["xcopa", "tatoeba"]', 'tasks = ["xcopa", "tatoeba", "nope"]'))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    result = CliRunner().invoke(main, ["experiment", str(write(tmp_path, text))])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    for part in ("4 problems in the study file", "[study] name:", "[study] seeds:", "[targets] max_eval_examples:",
+                 "unknown task 'nope'"):
+        assert part in result.output
+    assert list((tmp_path / "work").iterdir()) == [] and list(tmp_path.iterdir()) == [tmp_path / "work",
+                                                                                       tmp_path / "study.toml"]
+
+
+def test_a_study_folder_takes_one_driver_at_a_time(tmp_path):
+    from adaptertx.experiment import lock_study
+
+    study = load_study(write(tmp_path, STUDY.format(model="me5-small")))
+    with lock_study(tmp_path / "out"):
+        with pytest.raises(AdaptertxError, match=r"in use by another adaptertx experiment \(pid \d+\)"):
+            run_study(study, tmp_path / "out", progress=False, echo=lambda *_: None)
+    assert not (tmp_path / "out" / "results.jsonl").exists()

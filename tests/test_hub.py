@@ -97,8 +97,12 @@ def test_export_of_a_run_is_an_adapterhub_folder_with_a_card(sources, tmp_path):
     got = files_of(out)
     assert set(got) == {"README.md", MANIFEST, "adapter_config.json", "adapter.safetensors", "head_config.json",
                         "model_head.safetensors", "run.json"}
-    for name in ("adapter.safetensors", "model_head.safetensors", "run.json", "adapter_config.json"):
-        assert got[name] == (sources["mrpc"] / ("run.json" if name == "run.json" else f"adapter/{name}")).read_bytes()
+    for name in ("adapter.safetensors", "model_head.safetensors", "adapter_config.json"):
+        assert got[name] == (sources["mrpc"] / f"adapter/{name}").read_bytes()
+    # run.json as the run wrote it, but with the local paths in it (the base folder, --out) relative
+    source_run, exported_run = json.loads((sources["mrpc"] / "run.json").read_text()), json.loads(got["run.json"])
+    assert exported_run["config"]["model"] == os.path.relpath(source_run["config"]["model"], sources["mrpc"])
+    assert {**exported_run, "config": None} == {**source_run, "config": None}
     assert result.kind == "run" and result.method == "single_task" and result.card == "written"
     assert result.base_model is None  # a local base folder has no Hub id
 
@@ -453,6 +457,7 @@ def test_an_interrupted_push_completes_on_rerun_without_duplicates(hub, sources,
     again = run_push(hub, tmp_path, out, "me/fusion")  # nothing changed: no new (empty) commit
     assert again.returncode == 0, again.stderr
     assert len(repo.commits) == 1 and json.loads(again.stdout)["oid"] == json.loads(done.stdout)["oid"]
+    assert json.loads(done.stdout)["changed"] is True and json.loads(again.stdout)["changed"] is False
 
 
 def test_push_to_a_branch_and_as_a_pull_request(hub, sources, tmp_path):
@@ -530,3 +535,25 @@ def test_cli_export_and_push_in_a_process(hub, sources, tmp_path):
     assert repo.private is True and repo.branches["main"].files == {k: v for k, v in files_of(out).items()
                                                                      if k != MANIFEST}
     assert not any(TOKEN.encode() in data for data in files_of(out).values())
+
+
+def test_provenance_names_inputs_by_fingerprint_and_relative_path(sources, tmp_path):
+    from adaptertx.rundir import sha256_file
+
+    recipe = json.loads((sources["avg"] / "recipe.json").read_text())
+    for i, task in zip(recipe["inputs"], ("mrpc", "copa"), strict=True):
+        assert i["run_dir"] == f"../{task}" and i["fingerprint"] == recipe["fingerprint"]
+        assert i["adapter_sha256"] == sha256_file(sources[task] / "adapter" / "adapter.safetensors")
+    moved = tmp_path / "moved"
+    shutil.copytree(sources["avg"].parent, moved)  # the study folder moved: the recipe still finds its inputs
+    from adaptertx.evaluation import load_intermediate
+
+    assert load_intermediate(moved / "fusion").adapters[0].resolve() == (moved / "mrpc" / "adapter").resolve()
+    roots = {str(sources["avg"].parent), str(Path(sources["avg"]).resolve().parent), str(tmp_path)}
+    for name in ("avg", "fusion", "mrpc"):
+        out = export(sources[name], f"me/{name}", tmp_path / f"export-{name}").out
+        for f in ("recipe.json", "run.json", "README.md"):
+            if (out / f).is_file():
+                text = (out / f).read_text()
+                assert not any(root in text for root in roots), (name, f)
+                assert '"/' not in text or f == "README.md", (name, f)

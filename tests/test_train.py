@@ -167,9 +167,8 @@ def test_resume_reaches_the_same_result(tmp_path, tiny_xlmr_dir):
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False, on_step=interrupt)
     assert json.loads((tmp_path / "b" / "mrpc" / "run.json").read_text())["status"] == "running"
-    with pytest.raises(AdaptertxError, match="holds an unfinished run; pass --resume"):
-        train(cfg, progress=False)
-    resumed = train(cfg, resume=True, progress=False)
+    # The same command again continues from the last checkpoint (--resume says so explicitly).
+    resumed = train(cfg, progress=False)
     a = load_file(str(full.out / "adapter" / "adapter.safetensors"))
     b = load_file(str(resumed.out / "adapter" / "adapter.safetensors"))
     assert a.keys() == b.keys()
@@ -200,7 +199,7 @@ def test_resume_refuses_other_configs_and_damaged_checkpoints(tmp_path, tiny_xlm
     other = config(tmp_path, "mrpc", tiny_xlmr_dir, max_steps=4, save_every=1, lr=5e-4)
     with pytest.raises(AdaptertxError, match=r"different config \(differs in: lr\)"):
         train(other, resume=True, progress=False)
-    state = tmp_path / "mrpc" / "checkpoints" / "last" / "state.safetensors"
+    state = tmp_path / "mrpc" / "checkpoints" / "last.safetensors"
     state.write_bytes(state.read_bytes()[:100])
     with pytest.raises(AdaptertxError, match="checkpoint in .* is damaged"):
         train(cfg, resume=True, progress=False)

@@ -57,8 +57,12 @@ def _fail(path: str | os.PathLike, line: int | None, msg: str) -> AdaptertxError
 
 def _read_bytes(path: str | os.PathLike) -> bytes:
     p = Path(path)
+    if p.is_dir():
+        raise AdaptertxError(f"{path} is a folder, not a data file (a folder of files is given with --data-dir)")
     if not p.is_file():
         raise AdaptertxError(f"{path}: no such file")
+    if not os.access(p, os.R_OK):
+        raise AdaptertxError(f"{path}: cannot read it (permission denied)")
     opener: Callable[..., Any] = open
     if p.suffix == ".xz":
         opener = lzma.open
@@ -69,7 +73,11 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
     try:
         with opener(p, "rb") as f:
             return f.read()
-    except (OSError, lzma.LZMAError, EOFError) as e:
+    except OSError as e:
+        if opener is open or e.errno is not None:
+            raise AdaptertxError(f"{path}: cannot read it ({e.strerror or e})") from None
+        raise AdaptertxError(f"{path}: cannot read compressed file ({e})") from None
+    except (lzma.LZMAError, EOFError) as e:
         raise AdaptertxError(f"{path}: cannot read compressed file ({e})") from None
 
 

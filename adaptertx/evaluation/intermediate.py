@@ -75,7 +75,7 @@ def load_intermediate(spec: str | os.PathLike | None) -> Intermediate:
         method = recipe.get("method")
         tasks = tuple(i.get("task") for i in recipe.get("inputs", [])) or tuple(recipe.get("tasks", ()))
         if method == "fusion":
-            inputs = [load_run(i["run_dir"]) for i in recipe["inputs"]]
+            inputs = [load_run(rundir.input_dir(i, folder)) for i in recipe["inputs"]]
             return Intermediate("fusion", tuple(i.task for i in inputs), tuple(i.adapter_dir for i in inputs),
                                 fusion_dir=folder / "adapter", source=folder, fingerprint=recipe.get("fingerprint"))
         if len(recipe.get("inputs", [])) == 1 and method in rundir.MERGE_METHODS:

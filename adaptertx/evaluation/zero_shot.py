@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 from adapters.composition import Fuse, Stack
-from safetensors.torch import load_file
 
 from adaptertx import data, rundir
 from adaptertx.data.remote import hub_source, load_remote, remote_splits
@@ -57,11 +56,12 @@ from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.languages import normalize
 from adaptertx.merging.fusion import fusion_regulariser
 from adaptertx.metrics import PRIMARY, example_stats, stats_score, stats_sums
-from adaptertx.modeling import BuiltModel, adapter_config, add_head, load_base, load_trainable_state
+from adaptertx.modeling import BuiltModel, adapter_config, add_head, load_base
 from adaptertx.models import fingerprint, hub_reachable
 from adaptertx.tasks import Task, get_task
 from adaptertx.training import TrainConfig, train_one_task
 from adaptertx.training.data import encode, english_splits, subset
+from adaptertx.training.loop import load_best
 from adaptertx.training.scoring import predict
 
 log = logging.getLogger(__name__)
@@ -268,17 +268,26 @@ def _train_target(config: EvalConfig, inter: Intermediate, train_task: Task, out
     def save(model, built: BuiltModel, folder: Path) -> None:
         model.save_adapter_setup(str(folder), model.active_adapters, head_setup=TARGET_NAME, use_safetensors=True)
 
-    info = {"intermediate": inter.describe(), "target": config.target}
+    # What the target run is trained over: the frozen weights by SHA-256 (folders may move).
+    info = {"intermediate": inter.describe(), "intermediate_sha256": [c["sha256"] for c in inter.checkpoints()],
+            "target": config.target}
     status = rundir.run_status(out)
-    if status == "finished":
+    if status is not None:
         saved = rundir.read_json(out / rundir.RUN_FILE)
-        if saved.get("config") != tcfg.to_json() or saved.get("intermediate") != info["intermediate"]:
-            raise AdaptertxError(f"{out} holds a finished target run of another configuration; choose another folder")
+        differs = rundir.differs(tcfg.to_json(), saved.get("config") or {})
+        key = "intermediate_sha256" if "intermediate_sha256" in saved else "intermediate"  # older runs: folders
+        if saved.get(key) != info[key]:
+            differs.append("intermediate")
+        if differs:
+            raise AdaptertxError(f"{out} holds a{' finished' if status == 'finished' else 'n unfinished'} target run "
+                                 f"of another configuration (differs in: {', '.join(differs)}); choose another "
+                                 f"--out")
+    if status == "finished":
         built = build()
-        load_trainable_state(built.model, load_file(str(out / "checkpoints" / "best.safetensors")))
+        load_best(out, built.model)
         return built
-    # AdapterFusion's value-matrix regulariser (the Fuse under a target is a dynamic one)
+    # AdapterFusion's value-matrix regulariser (the Fuse under a target is a dynamic one). An
+    # unfinished run continues from its last checkpoint, or from scratch when it never reached one.
     extra_loss = fusion_regulariser("dynamic") if inter.method == "fusion" else None
-    train_one_task(tcfg, train_task, build, save, run_info=info, extra_loss=extra_loss, resume=status is not None,
-                   progress=progress)
+    train_one_task(tcfg, train_task, build, save, run_info=info, extra_loss=extra_loss, progress=progress)
     return holder["built"]

@@ -63,7 +63,7 @@ def merge_multitask(inputs: list[TrainedAdapter], out: Path, options: MergeOptio
                                  f"multi-task training needs one")
         settings = {"model": inputs[0].model, "quant": inputs[0].quant, "adapter": adapters.pop(),
                     "adapter_seed": adapter_seed(inputs[0])}
-        runs = [i.record() for i in inputs]
+        runs = [i.record(out) for i in inputs]
         base_print = inputs[0].fingerprint
     settings.update((options.settings or TRAIN).training_json())
     settings.update({k: v for k, v in (("model", options.model), ("quant", options.quant)) if v is not None})

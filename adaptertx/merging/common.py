@@ -75,12 +75,14 @@ class MergeResult:
 
 
 def recipe(method: str, inputs: list[TrainedAdapter], weights: list[float] | None, given: list[float] | None,
-           name: str, **extra) -> dict:
-    """The ``recipe.json`` of a merge: method, name, inputs, weights, base fingerprint, ``extra``, versions."""
+           name: str, *, where: Path, **extra) -> dict:
+    """The ``recipe.json`` of a merge written in the folder ``where``: method, name, inputs (their run
+    folders relative to ``where``, base fingerprints and adapter SHA-256), weights, base fingerprint,
+    ``extra``, versions."""
     return {
         "method": method,
         "name": name,
-        "inputs": [i.record(w) for i, w in zip(inputs, weights or [None] * len(inputs), strict=True)],
+        "inputs": [i.record(where, w) for i, w in zip(inputs, weights or [None] * len(inputs), strict=True)],
         "weights": weights,
         "weights_given": given,
         "fingerprint": inputs[0].fingerprint,

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from adapters.composition import Fuse
-from safetensors.torch import load_file
 
 from adaptertx import rundir
 from adaptertx.errors import AdaptertxError
@@ -112,14 +111,14 @@ def merge_fusion(inputs: list[TrainedAdapter], out: Path, options: MergeOptions,
     config = TrainConfig(task=task.name, out=str(out), **_config_kwargs(inputs, options))
     train_rows, _, _ = english_splits(task, config.max_examples)
     _check_labels(task, train_rows)
-    info = {"fusion": {"inputs": [str(i.run_dir.resolve()) for i in inputs], "adapters": names,
+    info = {"fusion": {"inputs": [rundir.relative(i.run_dir, out) for i in inputs], "adapters": names,
                        "fusion_config": options.fusion_config, "head": head}}
-    if resume and (out / rundir.RUN_FILE).exists():
-        saved = rundir.read_json(out / rundir.RUN_FILE).get("fusion")
-        if saved != info["fusion"]:
-            raise AdaptertxError(f"cannot resume {out} with other fusion inputs or settings")
-    elif (out / rundir.RECIPE_FILE).exists() and not overwrite:
+    if (out / rundir.RECIPE_FILE).exists() and not overwrite:
         raise AdaptertxError(f"{out} already holds a merged model; pass --overwrite to replace it")
+    saved = rundir.read_json(out / rundir.RUN_FILE) if (out / rundir.RUN_FILE).is_file() and not overwrite else None
+    if saved is not None and saved.get("fusion") != info["fusion"]:
+        raise AdaptertxError(f"{out} holds an unfinished AdapterFusion of other inputs or settings; cannot resume "
+                             f"it: pass --overwrite to start again, or choose another --out")
 
     def build() -> BuiltModel:
         model, tokenizer, base_print = _fusion_model(config.model, config.quant, config.adapter_seed, inputs, names,
@@ -134,12 +133,17 @@ def merge_fusion(inputs: list[TrainedAdapter], out: Path, options: MergeOptions,
     def save(model, built: BuiltModel, folder: Path) -> None:
         model.save_adapter_setup(str(folder), fuse, head_setup=head, use_safetensors=True)
 
-    result = train_one_task(config, task, build, save, run_info=info,
-                            extra_loss=fusion_regulariser(options.fusion_config), resume=resume,
-                            overwrite=overwrite, progress=options.progress)
-    body = recipe("fusion", inputs, None, None, head, target=task.name, adapters=names,
+    if saved is not None and saved.get("status") == "finished" and rundir.differs(config.to_json(), saved["config"]) \
+            == []:  # trained, killed before its recipe was written: write it
+        validation, test = saved.get("validation"), saved.get("test")
+    else:
+        result = train_one_task(config, task, build, save, run_info=info,
+                                extra_loss=fusion_regulariser(options.fusion_config), resume=resume,
+                                overwrite=overwrite, progress=options.progress)
+        validation, test = result.validation, result.test
+    body = recipe("fusion", inputs, None, None, head, where=out, target=task.name, adapters=names,
                   fusion_config=options.fusion_config, seed=config.seed, adapter_seed=config.adapter_seed,
-                  train=config.to_json(), validation=result.validation, test=result.test,
+                  train=config.to_json(), validation=validation, test=test,
                   layout="adapter/ holds the setup written by save_adapter_setup: load it with "
                          "model.load_adapter_setup(<out>/adapter, use_safetensors=True)")
     rundir.write_recipe(out, body)
@@ -164,11 +168,13 @@ def _fusion_on_mixture(inputs: list[TrainedAdapter], out: Path, options: MergeOp
     name = options.name or "fusion_mixture"
     if name in names:
         raise AdaptertxError(f"the fusion's name {name!r} is also an adapter's name; pass another --name")
-    runs = [i.record() for i in inputs]
-    if resume and (out / rundir.RUN_FILE).exists():
+    runs = [i.record(out) for i in inputs]
+    if (out / rundir.RUN_FILE).is_file() and not overwrite:
         saved = rundir.read_json(out / rundir.RUN_FILE).get("inputs")
-        if saved is not None and [r["run_dir"] for r in saved] != [r["run_dir"] for r in runs]:
-            raise AdaptertxError(f"cannot resume {out} with other fusion inputs")
+        if saved is not None and [r.get("adapter_sha256", r["run_dir"]) for r in saved] != [
+                r.get("adapter_sha256", r["run_dir"]) for r in runs]:
+            raise AdaptertxError(f"{out} holds an AdapterFusion of other inputs; cannot resume it: pass --overwrite "
+                                 f"to start again, or choose another --out")
     config = MultitaskConfig(tasks=tuple(tasks), out=str(out), sampling=options.sampling,
                              temperature=options.temperature, name=name, **_config_kwargs(inputs, options))
 
@@ -204,7 +210,7 @@ def load_fusion_weights(model, fusion_dir: Path) -> None:
     files = sorted(Path(fusion_dir).rglob("*fusion*.safetensors"))
     if not files:
         raise AdaptertxError(f"{fusion_dir} holds no Fusion weights (adapter_fusion*.safetensors)")
-    state = load_file(str(files[0]))
+    state = rundir.load_tensors(files[0])
     own = {k: v for k, v in model.named_parameters() if "adapter_fusion_layer" in k}
     by_suffix = {k.split("adapter_fusion_layer.", 1)[1].split(".", 1)[1]: k for k in own}
     loaded = 0

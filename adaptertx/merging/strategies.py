@@ -26,9 +26,9 @@ import math
 
 import torch
 from adapters import AdapterConfig, AutoAdapterModel
-from safetensors.torch import load_file
 from transformers import AutoConfig
 
+from adaptertx import rundir
 from adaptertx.errors import AdaptertxError
 from adaptertx.modeling import rename_key
 from adaptertx.models import resolve
@@ -79,7 +79,7 @@ def normalise_weights(weights: list[float] | None, n: int) -> list[float]:
 
 def adapter_state(inp: TrainedAdapter, name: str = "merged") -> dict[str, torch.Tensor]:
     """The input's adapter tensors, keyed with its adapter name replaced by ``name``."""
-    state = load_file(str(inp.adapter_dir / "adapter.safetensors"))
+    state = rundir.load_tensors(inp.adapter_dir / "adapter.safetensors")
     return {rename_key(k, inp.adapter_name, name): v for k, v in state.items()}
 
 
@@ -165,7 +165,7 @@ def initial_adapter_state(inp: TrainedAdapter, name: str = "merged") -> dict[str
                              f"{str(e).splitlines()[0]}") from None
     torch.manual_seed(inp.adapter_seed)
     model.add_adapter(inp.adapter_name, config=AdapterConfig.load(inp.adapter_config))
-    saved = load_file(str(inp.adapter_dir / "adapter.safetensors"))
+    saved = rundir.load_tensors(inp.adapter_dir / "adapter.safetensors")
     params = dict(model.named_parameters())
     state = {}
     for key in saved:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from adaptertx import rundir
 from adaptertx.errors import AdaptertxError
@@ -73,7 +73,7 @@ def _write_adapter(tmp: Path, template: TrainedAdapter, state: dict[str, torch.T
         head_cfg = json.loads((head_from.adapter_dir / "head_config.json").read_text())
         head_cfg["name"] = name
         atomic_write_text(folder / "head_config.json", json.dumps(head_cfg, indent=2, sort_keys=True))
-        head = load_file(str(head_from.adapter_dir / "model_head.safetensors"))
+        head = rundir.load_tensors(head_from.adapter_dir / "model_head.safetensors")
         save_file({rename_key(k, head_from.adapter_name, name): v for k, v in head.items()},
                   str(folder / "model_head.safetensors"))
 
@@ -123,8 +123,8 @@ def _weight_space(method: str, inputs: list[TrainedAdapter], out: Path, options:
         weights = search.weights
         extra["dev"] = search.record()
     merged = combine(states, weights, name)
-    body = recipe(method, inputs, weights, given, name, warnings=warnings, weights_from=_weights_from(options),
-                  **extra)
+    body = recipe(method, inputs, weights, given, name, where=out, warnings=warnings,
+                  weights_from=_weights_from(options), **extra)
     with atomic_dir(out) as tmp:
         _write_adapter(tmp, inputs[0], merged, name, head_from)
         body["heads"] = copy_heads(inputs, tmp)
@@ -190,7 +190,7 @@ def copy_single(method: str, inp: TrainedAdapter, out: Path, options: MergeOptio
         extra = {"weights_from": "dev", "dev": _search_weights([inp], options).record()}
     elif weight_space:
         extra = {"weights_from": _weights_from(options)}
-    body = recipe(method, [inp], [1.0], None if options.from_dev else options.weights, inp.adapter_name,
+    body = recipe(method, [inp], [1.0], None if options.from_dev else options.weights, inp.adapter_name, where=out,
                   note="a single input is returned unchanged", **extra)
     with atomic_dir(out) as tmp:
         shutil.copytree(inp.adapter_dir, tmp / "adapter")

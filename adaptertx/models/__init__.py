@@ -100,6 +100,14 @@ def hub_id(name_or_path: str) -> str | None:
     return name_or_path
 
 
+def check_model(name_or_path: str) -> None:
+    """A one-line error now, within seconds, for a model :func:`resolve` would fail to find (the
+    bundled default is not converted here)."""
+    spec = MODELS.get(name_or_path)
+    if spec is None or spec.source != "bundled":
+        resolve(name_or_path)
+
+
 def resolve(name_or_path: str) -> str:
     """Return a folder or Hub id that ``from_pretrained`` accepts for ``name_or_path``."""
     spec = MODELS.get(name_or_path)
@@ -108,16 +116,60 @@ def resolve(name_or_path: str) -> str:
 
         return str(ensure_me5_small())
     if spec is not None:
-        return spec.hub_id
+        return _from_hub(spec.hub_id, name_or_path)
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise AdaptertxError(f"model folder {path} has no config.json: expected a saved Hugging Face model")
-        return str(path)
-    if name_or_path.count("/") <= 1 and not name_or_path.startswith((".", "/", "~")):
-        return name_or_path  # a Hub id
+        return check_model_folder(path)
+    if hub_id(name_or_path) is not None and not name_or_path.startswith((".", "/", "~")):
+        return _from_hub(name_or_path, name_or_path)
     raise AdaptertxError(f"unknown model {name_or_path!r}: not a folder, not a known name "
                          f"({', '.join(MODELS)}) and not a Hub id")
+
+
+#: Weight files adaptertx loads (safetensors: loading them runs no code).
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+#: Weight files it refuses: pickles (loading one can run any code) and other frameworks' formats.
+UNSAFE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.h5", "*.msgpack")
+
+
+def check_model_folder(path: Path) -> str:
+    """``path`` as a model source, or a one-line error: it must hold a ``config.json`` and
+    safetensors weights (a folder of pickles is refused, naming the file, and never loaded)."""
+    if not path.is_dir():
+        raise AdaptertxError(f"model {str(path)!r} is a file; expected a folder holding a saved Hugging Face model")
+    if not (path / "config.json").is_file():
+        raise AdaptertxError(f"model folder {path} has no config.json: expected a saved Hugging Face model")
+    if not any((path / name).is_file() for name in SAFE_WEIGHTS):
+        unsafe = sorted(p.name for pattern in UNSAFE_WEIGHTS for p in path.glob(pattern))
+        if unsafe:
+            raise AdaptertxError(f"model folder {path} holds its weights as {unsafe[0]}, not model.safetensors: "
+                                 f"adaptertx loads safetensors only (a pickle can run code when loaded); save the "
+                                 f"model with save_pretrained(..., safe_serialization=True)")
+        raise AdaptertxError(f"model folder {path} holds no weights: expected model.safetensors beside config.json")
+    return str(path)
+
+
+def _from_hub(repo_id: str, name: str) -> str:
+    """The source of a Hub model: its id when the Hub answers and holds it, its cached snapshot
+    folder when the Hub cannot be reached; a one-line error within seconds otherwise (no retries)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    hint = f"pass a local folder or the offline default {DEFAULT_MODEL!r}"
+    if not hub_reachable():
+        try:
+            return check_model_folder(Path(snapshot_download(repo_id, local_files_only=True)))
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            raise AdaptertxError(f"could not load model {name!r}: it is not in the local Hugging Face cache and the "
+                                 f"Hub is not reachable (or HF_HUB_OFFLINE is set); {hint}") from None
+    try:
+        hf_hub_download(repo_id, "config.json", endpoint=os.environ.get("HF_ENDPOINT") or None)
+    except RepositoryNotFoundError:
+        raise AdaptertxError(f"unknown model {name!r}: the Hub has no model {repo_id!r} (or it is private: log in "
+                             f"with `hf auth login`); {hint}") from None
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise AdaptertxError(f"could not load model {name!r} from the Hub: {first_line(e)}; {hint}") from None
+    return repo_id
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: torch.dtype | None = None,

@@ -26,15 +26,18 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as save_tensors
 from tqdm.auto import tqdm
 
 from adaptertx import rundir
 from adaptertx.errors import AdaptertxError
 from adaptertx.features import Features
-from adaptertx.io import atomic_dir, atomic_write_text
+from adaptertx.io import atomic_write_bytes, writing
 from adaptertx.metrics import PRIMARY
 from adaptertx.modeling import BuiltModel, load_trainable_state, trainable_state
+from adaptertx.models import first_line
 from adaptertx.settings import TrainSettings
 from adaptertx.tasks import Task
 from adaptertx.training.sampling import epoch_plan
@@ -142,7 +145,8 @@ class Validation:
 
 
 def save_checkpoint(ckpt_dir: Path, model, optimizer, progress: dict) -> None:
-    """Trainable tensors, AdamW moments, RNG and progress, written as one atomic folder."""
+    """Trainable tensors, AdamW moments, RNG and progress, written as one file
+    (``last.safetensors``; the progress in its metadata) that replaces the last one atomically."""
     tensors = {f"param.{n}": t for n, t in trainable_state(model).items()}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
@@ -152,21 +156,28 @@ def save_checkpoint(ckpt_dir: Path, model, optimizer, progress: dict) -> None:
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = dict(progress, param_groups=opt["param_groups"])
-    with atomic_dir(ckpt_dir / "last") as tmp:
-        save_file(tensors, str(tmp / "state.safetensors"))
-        atomic_write_text(tmp / "progress.json", json.dumps(meta, indent=1))
+    atomic_write_bytes(ckpt_dir / "last.safetensors", save_tensors(tensors, metadata={"progress": json.dumps(meta)}))
+
+
+def _read_checkpoint(ckpt_dir: Path) -> tuple[dict, dict]:
+    """(tensors, progress) of the last checkpoint (this layout's one file or the older ``last/`` folder)."""
+    path = ckpt_dir / "last.safetensors"
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["progress"])
+            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 (safe_open has no __iter__)
+    folder = ckpt_dir / "last"
+    return load_file(str(folder / "state.safetensors")), json.loads((folder / "progress.json").read_text())
 
 
 def load_checkpoint(ckpt_dir: Path, model, optimizer) -> dict:
     """Restore what :func:`save_checkpoint` wrote; returns the progress dict."""
-    folder = ckpt_dir / "last"
     try:
-        tensors = load_file(str(folder / "state.safetensors"))
-        meta = json.loads((folder / "progress.json").read_text())
+        tensors, meta = _read_checkpoint(ckpt_dir)
     except FileNotFoundError:
         raise AdaptertxError(f"no checkpoint to resume from in {ckpt_dir}") from None
     except Exception as e:  # safetensors raises its own error types for damaged files
-        raise AdaptertxError(f"checkpoint in {folder} is damaged ({str(e).splitlines()[0]}); "
+        raise AdaptertxError(f"the checkpoint in {ckpt_dir} is damaged ({first_line(e)}); "
                              f"start again with --overwrite") from None
     load_trainable_state(model, {k[len("param."):]: v for k, v in tensors.items() if k.startswith("param.")})
     state: dict[int, dict] = {}
@@ -179,6 +190,19 @@ def load_checkpoint(ckpt_dir: Path, model, optimizer) -> dict:
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return meta
+
+
+def load_best(out: Path, model) -> None:
+    """Load the best epoch's trainable tensors (``checkpoints/best.safetensors``) into ``model``."""
+    path = out / "checkpoints" / "best.safetensors"
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise AdaptertxError(f"{path} is missing: the run folder is incomplete; start again with --overwrite") \
+            from None
+    except Exception as e:
+        raise AdaptertxError(f"{path} is damaged ({first_line(e)}); start again with --overwrite") from None
+    load_trainable_state(model, state)
 
 
 def lr_factor(step: int, total: int, warmup_steps: int) -> float:
@@ -265,7 +289,7 @@ def fit(built: BuiltModel, plan: SingleTaskPlan | MixturePlan, validation: Valid
             _end_of_epoch(built, validation, accelerator, model, optimizer, out, state, epoch)
     finally:
         run.bar.close()
-    load_trainable_state(fitted.model, load_file(str(out / "checkpoints" / "best.safetensors")))
+    load_best(out, fitted.model)
     fitted.total_params = sum(p.numel() for p in fitted.model.parameters())
     return fitted
 
@@ -296,12 +320,14 @@ def _initial_state(run: _Run, validation: Validation, resume: bool) -> dict:
     state: dict = {"epoch": 0, "batch": 0, "step": 0, "best": None, "best_value": None, "best_epoch": -1,
                    "history": [], "drawn": {t.name: 0 for t in validation.tasks}}
     if resume:
+        rundir.sweep(run.out)
         state = {**state, **load_checkpoint(ckpt_dir, run.accelerator.unwrap_model(run.model), run.optimizer)}
         if state["best_value"] is None and state["best"] is not None:  # checkpoints written before best_value
             state["best_value"] = validation.value(state["best"])
         rundir.truncate_log(run.out, state["step"])
         log.info("resuming %s at step %d (epoch %d, batch %d)", run.out, state["step"], state["epoch"], state["batch"])
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with writing(ckpt_dir):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     return state
 
 
@@ -379,8 +405,8 @@ def _end_of_epoch(built: BuiltModel, validation: Validation, accelerator, model,
         rundir.append_log(out, record)
         if state["best_value"] is None or value > state["best_value"]:
             state["best"], state["best_value"], state["best_epoch"] = scores, value, epoch
-            save_file(trainable_state(accelerator.unwrap_model(model)), str(ckpt_dir / "best.tmp"))
-            (ckpt_dir / "best.tmp").replace(ckpt_dir / "best.safetensors")
+            best = save_tensors(trainable_state(accelerator.unwrap_model(model)))
+            atomic_write_bytes(ckpt_dir / "best.safetensors", best)
     state["epoch"], state["batch"] = epoch + 1, 0
     if accelerator.is_main_process:
         save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer, state)

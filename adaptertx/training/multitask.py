@@ -23,7 +23,7 @@ The output folder has the layout of a weight-space merge, so downstream code tre
                              ``model.load_head(OUT/heads/<task>, use_safetensors=True)``)
     OUT/run.json             config, status ("finished" at the end), fingerprint, scores
     OUT/metrics.jsonl        one JSON line per optimiser step (with its tasks) and evaluation
-    OUT/checkpoints/         resume state (last/) and best.safetensors
+    OUT/checkpoints/         resume state (last.safetensors) and best.safetensors
 
 :func:`train_mixture` is the same job for a model built elsewhere (AdapterFusion trained on the
 mixture of its task adapters' data).
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from adaptertx import rundir
 from adaptertx.environment import versions
@@ -159,7 +159,7 @@ def _save_outputs(model, config: MultitaskConfig, out: Path) -> dict[str, str]:
             head_cfg = json.loads((source / "head_config.json").read_text())
             head_cfg["name"] = config.name
             atomic_write_text(tmp / "head_config.json", json.dumps(head_cfg, indent=2, sort_keys=True))
-            head = load_file(str(source / "model_head.safetensors"))
+            head = rundir.load_tensors(source / "model_head.safetensors")
             save_file({rename_key(k, config.target, config.name): v.contiguous() for k, v in head.items()},
                       str(tmp / "model_head.safetensors"))
     return {task: f"heads/{task}" for task in config.tasks}
@@ -229,7 +229,7 @@ def train_mixture(config: MultitaskConfig, build: Callable[[list[Task]], BuiltMo
     """
     task_list = [get_task(t) for t in config.tasks]
     out = Path(config.out)
-    rundir.prepare(out, config.to_json(), resume=resume, overwrite=overwrite, method=method)
+    mode = rundir.prepare(out, config.to_json(), resume=resume, overwrite=overwrite, method=method)
     splits = {t.name: english_splits(t, config.max_examples) for t in task_list}
     sizes = [len(splits[t.name][0]) for t in task_list]
     probs = sampling_probabilities(sizes, config.sampling, config.temperature)
@@ -247,12 +247,12 @@ def train_mixture(config: MultitaskConfig, build: Callable[[list[Task]], BuiltMo
     probabilities = dict(zip(config.tasks, probs, strict=True))
     run_info = {"fingerprint": built.fingerprint, "adapter_name": config.name, "inputs": runs or [],
                 "sizes": dict(zip(config.tasks, sizes, strict=True)), "probabilities": probabilities}
-    if not resume:
-        rundir.start(out, config.to_json(), overwrite=overwrite, method=method, **run_info)
+    if mode != rundir.RESUME:
+        rundir.start(out, config.to_json(), method=method, **run_info)
     plan = MixturePlan(tuple(task_list), train_feats, tuple(probs), config.batch_size, config.seed)
     validation = Validation(tuple(task_list), dev_feats, {t.name: splits[t.name][1] for t in task_list},
                             config.batch_size * 2, heads=True)
-    fitted = fit(built, plan, validation, out, config.settings(), resume=resume, progress=progress,
+    fitted = fit(built, plan, validation, out, config.settings(), resume=mode == rundir.RESUME, progress=progress,
                  desc=f"{method} {'+'.join(config.tasks)}", on_step=on_step, extra_loss=extra_loss)
 
     state = fitted.state

@@ -9,7 +9,7 @@ score of the best adapter beside the majority baseline. The run folder
     OUT/run.json            config, status, base fingerprint, adapter seed, versions, scores
     OUT/metrics.jsonl       one JSON line per logged step and per evaluation
     OUT/adapter/            the best adapter + head in the AdapterHub layout (safetensors)
-    OUT/checkpoints/        last/ (resume state) and best.safetensors while training
+    OUT/checkpoints/        last.safetensors (resume state) and best.safetensors while training
 
 :func:`train_one_task` is the same job for a model built elsewhere (an AdapterFusion over task
 adapters, a zero-shot target adapter stacked on an intermediate configuration).
@@ -86,7 +86,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     Args:
         config: the run.
-        resume: continue the unfinished run in ``config.out`` from its last checkpoint.
+        resume: continue the unfinished run in ``config.out`` (an unfinished run of the same config
+            is always continued: from its last checkpoint, or from scratch when it never reached one).
         overwrite: replace whatever ``config.out`` holds.
         progress: show a progress bar.
         on_step: called after every optimiser step with ``(step, {"loss", "lr", ...})``.
@@ -124,7 +125,7 @@ def train_one_task(config: TrainConfig, task: Task, build: Callable[[], BuiltMod
         resume, overwrite, progress, on_step: as in :func:`train`.
     """
     out = Path(config.out)
-    rundir.prepare(out, config.to_json(), resume=resume, overwrite=overwrite)
+    mode = rundir.prepare(out, config.to_json(), resume=resume, overwrite=overwrite)
     train_rows, dev_rows, test_rows = english_splits(task, config.max_examples)
     set_seed(config.seed)
     built = build()
@@ -132,11 +133,11 @@ def train_one_task(config: TrainConfig, task: Task, build: Callable[[], BuiltMod
     run_info = run_info or {}
     train_feats = encode(task, train_rows, built.tokenizer, config.max_length, "training")
     dev_feats = encode(task, dev_rows, built.tokenizer, config.max_length, "validation")
-    if not resume:
-        rundir.start(out, config.to_json(), overwrite=overwrite, fingerprint=built.fingerprint, **run_info)
+    if mode != rundir.RESUME:
+        rundir.start(out, config.to_json(), fingerprint=built.fingerprint, **run_info)
     plan = SingleTaskPlan(task, train_feats, config.batch_size, config.seed)
     validation = Validation((task,), {task.name: dev_feats}, {task.name: dev_rows}, config.batch_size * 2)
-    fitted = fit(built, plan, validation, out, config.settings(), resume=resume, progress=progress,
+    fitted = fit(built, plan, validation, out, config.settings(), resume=mode == rundir.RESUME, progress=progress,
                  desc=f"train {task.name}", on_step=on_step, extra_loss=extra_loss)
 
     state = fitted.state
