@@ -52,7 +52,7 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation import NONE, EvalConfig, data_dir_files, evaluate, fusion_of, load_intermediate
 from adaptertx.evaluation.common import ALL_LANGUAGES
 from adaptertx.io import writing
-from adaptertx.languages import normalize_or_keep
+from adaptertx.languages import normalize, normalize_or_keep
 from adaptertx.merging import MIXTURE, MergeOptions, merge
 from adaptertx.results import STORE_FILE, ResultsStore
 from adaptertx.rundir import METHODS, RUN_FILE, WEIGHT_SPACE, read_json, run_status
@@ -113,6 +113,10 @@ class Study:
         data: per-target folders of the user's own test files (``adaptertx evaluate
             --data-dir``; relative paths from the directory the study runs in).
         max_candidates: Mewsli-X's candidate pool limit (:class:`adaptertx.evaluation.EvalConfig`).
+        pretraining_gib, unknown_lang_low_resource: how the own files' language codes that
+            adaptertx does not know are placed by the low-resource rule (``[targets]
+            pretraining_gib = {qhe = 0}``, ``unknown_lang_low_resource = true``; as
+            ``adaptertx evaluate --pretraining-gib`` / ``--unknown-lang-low-resource``).
     """
 
     name: str
@@ -130,13 +134,16 @@ class Study:
     max_eval_examples: int | None = None
     data: tuple[tuple[str, str], ...] = ()
     max_candidates: int | None = None
+    pretraining_gib: tuple[tuple[str, float], ...] = ()
+    unknown_lang_low_resource: bool = False
     description: str = field(default="", compare=False)
 
     def study_hash(self) -> str:
         """A hash of everything that decides the results (not the description)."""
         body = dataclasses.asdict(self)
         body.pop("description")
-        for key in ("data", "max_candidates"):  # added later: unset, they leave older studies' hashes alone
+        # added later: unset, they leave older studies' hashes alone
+        for key in ("data", "max_candidates", "pretraining_gib", "unknown_lang_low_resource"):
             if not body[key]:
                 body.pop(key)
         for key in ("intermediate", "target_budget"):  # so do the budget keys added later, left at their defaults
@@ -173,7 +180,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _SECTIONS = ("study", "intermediate", "configs", "targets")
 _STUDY_KEYS = ("name", "model", "quant", "adapter", "seeds", "adapter_seed", "description")
 _CONFIG_KEYS = ("name", "method", "tasks", "weights", "sampling", "temperature", "fusion_data")
-_TARGET_KEYS = ("tasks", "languages", "overrides", "max_eval_examples", "data", "max_candidates")
+_TARGET_KEYS = ("tasks", "languages", "overrides", "max_eval_examples", "data", "max_candidates", "pretraining_gib",
+                "unknown_lang_low_resource")
 _SAMPLING = ("proportional", "temperature", "uniform")
 
 
@@ -367,6 +375,14 @@ def _load_configs(problems: _Problems, raw: dict) -> tuple[ConfigSpec, ...]:
     return tuple(configs)
 
 
+def _iso_or_none(code: str) -> str | None:
+    """``code`` as the ISO 639 code adaptertx knows, or ``None``."""
+    try:
+        return normalize(code)
+    except AdaptertxError:
+        return None
+
+
 def _positive(problems: _Problems, table: dict, key: str, where: str) -> int | None:
     value = table.get(key)
     if value is not None and (not _is_int(value) or value < 1):
@@ -410,6 +426,19 @@ def _load_targets(problems: _Problems, targets: dict) -> dict:
         codes = [problems.check(f"[targets.languages] {t}:", get_task(t).check_language, code)
                  for code in _str_list(problems, f"[targets.languages] {t}:", langs, "language codes")]
         languages.append((t, tuple(c for c in codes if c is not None)))
+    sizes = _table(problems, targets, "pretraining_gib", "[targets] ")
+    for code, gib in sizes.items():
+        if not isinstance(gib, (int, float)) or isinstance(gib, bool) or gib < 0:
+            problems.expect(f"[targets.pretraining_gib] {code}:", "a CC-100 size in GiB >= 0 (0 if the model never "
+                                                                "saw the language)", gib)
+        elif _iso_or_none(code) is not None:
+            problems.add(f"[targets.pretraining_gib] {code}:", f"is the ISO 639 code {_iso_or_none(code)!r}, "
+                                                               f"whose CC-100 size adaptertx knows; sizes are for "
+                                                               f"codes it does not know")
+    unknown_low = targets.get("unknown_lang_low_resource", False)
+    if not isinstance(unknown_low, bool):
+        problems.expect("[targets] unknown_lang_low_resource:", "true or false", unknown_low)
+        unknown_low = False
     data = []
     for t, folder in per_target("data"):
         if not isinstance(folder, str) or not Path(folder).is_dir():
@@ -425,6 +454,12 @@ def _load_targets(problems: _Problems, targets: dict) -> dict:
         if outside:
             problems.add(f"[targets.data] {t}:", f"holds files of {', '.join(outside)}, which [targets.languages] "
                                                  f"{t} leaves out; add them there or take the files out")
+        unplaced = sorted({lang for lang, _ in files if lang != ALL_LANGUAGES and _iso_or_none(lang) is None
+                           and lang not in sizes and not unknown_low}) if t != "mewsli_x" else []
+        if unplaced:
+            problems.add(f"[targets.data] {t}:", f"holds files of {', '.join(unplaced)}, not ISO 639 codes: give "
+                                                 f"each one's CC-100 size in [targets.pretraining_gib] (0 if the "
+                                                 f"model never saw it) or set unknown_lang_low_resource = true")
         data.append((t, folder))
     target_budget = _budget(problems, targets, "[targets]")
     overrides = []
@@ -439,7 +474,10 @@ def _load_targets(problems: _Problems, targets: dict) -> dict:
     return {"targets": tuple(names), "target_budget": target_budget, "overrides": tuple(overrides),
             "languages": tuple(languages), "max_eval_examples": _positive(problems, targets, "max_eval_examples",
                                                                           "[targets]"),
-            "data": tuple(data), "max_candidates": _positive(problems, targets, "max_candidates", "[targets]")}
+            "data": tuple(data), "max_candidates": _positive(problems, targets, "max_candidates", "[targets]"),
+            "pretraining_gib": tuple(sorted((c, float(g)) for c, g in sizes.items()
+                                            if isinstance(g, (int, float)) and not isinstance(g, bool))),
+            "unknown_lang_low_resource": unknown_low}
 
 
 # ------------------------------------------------------------------------------ running it
@@ -587,7 +625,9 @@ def _run_study(study: Study, out: Path, progress: bool, echo) -> StudyResult:
             config = EvalConfig(target=target, model=study.model, quant=study.quant, adapter=study.adapter,
                                 languages=study.languages_for(target), max_eval_examples=study.max_eval_examples,
                                 adapter_seed=study.adapter_seed, data_files=study.data_files_for(target),
-                                max_candidates=study.max_candidates, **b.replace(seed=seed).training_json())
+                                max_candidates=study.max_candidates, pretraining_gib=study.pretraining_gib,
+                                unknown_lang_low_resource=study.unknown_lang_low_resource,
+                                **b.replace(seed=seed).training_json())
             result = evaluate(config, inter, out / "cells" / spec.name / target / f"seed{seed}", progress=progress)
         except KeyboardInterrupt:
             raise

@@ -217,7 +217,7 @@ def test_target_data_folders(tmp_path, monkeypatch):
     import hashlib
 
     old = dataclasses.asdict(plain)
-    for key in ("description", "data", "max_candidates"):
+    for key in ("description", "data", "max_candidates", "pretraining_gib", "unknown_lang_low_resource"):
         old.pop(key)
     for key in ("intermediate", "target_budget"):  # the five budget keys studies first had
         old[key] = {k: old[key][k] for k in ("epochs", "batch_size", "lr", "max_length", "max_examples")}
@@ -228,6 +228,34 @@ def test_target_data_folders(tmp_path, monkeypatch):
         load_study(write(tmp_path, base + '\n[targets.data]\nxcopa = "nowhere"\n'))
     with pytest.raises(AdaptertxError, match=r"\[targets.data\] names 'xnli', which is not a target"):
         load_study(write(tmp_path, base + '\n[targets.data]\nxnli = "xcopa-own"\n'))
+
+
+def test_own_files_of_codes_adaptertx_does_not_know(tmp_path, monkeypatch):
+    # UD's Hebrew-English code-switching treebank is "qhe": no ISO 639 code, so the study must
+    # say how the low-resource rule places it, as `adaptertx evaluate` must be told.
+    monkeypatch.chdir(tmp_path)
+    own = tmp_path / "ud-own"
+    own.mkdir()
+    (own / "qhe_htb-ud-test.conllu").write_text("1\tx\t_\tNOUN\t_\t_\t0\troot\t_\t_\n\n", encoding="utf-8")
+    base = STUDY.format(model="me5-small").replace('tasks = ["xcopa", "tatoeba"]', 'tasks = ["udpos", "tatoeba"]')
+    base = base.replace('xcopa = ["sw", "it"]\n', "")
+    with pytest.raises(AdaptertxError, match=r"\[targets.data\] udpos: holds files of qhe, not ISO 639 codes: "
+                                             r"give each one's CC-100 size in \[targets.pretraining_gib\]"):
+        load_study(write(tmp_path, base + '\n[targets.data]\nudpos = "ud-own"\n'))
+    sized = load_study(write(tmp_path, base.replace("[targets.languages]", "pretraining_gib = { qhe = 0 }\n\n"
+                                                    "[targets.languages]") + '\n[targets.data]\nudpos = "ud-own"\n'))
+    assert sized.pretraining_gib == (("qhe", 0.0),) and sized.unknown_lang_low_resource is False
+    flagged = load_study(write(tmp_path, base.replace("[targets.languages]", "unknown_lang_low_resource = true\n\n"
+                                                      "[targets.languages]") + '\n[targets.data]\nudpos = "ud-own"\n'))
+    assert flagged.unknown_lang_low_resource is True
+    assert len({sized.study_hash(), flagged.study_hash()}) == 2
+    with pytest.raises(AdaptertxError) as bad:
+        load_study(write(tmp_path, base.replace("[targets.languages]", 'pretraining_gib = { de = 3, qhe = "none" }\n'
+                                                "unknown_lang_low_resource = 1\n\n[targets.languages]")))
+    text = str(bad.value)
+    assert "3 problems" in text and "[targets.pretraining_gib] de: is the ISO 639 code 'de'" in text
+    assert "[targets.pretraining_gib] qhe: expected a CC-100 size in GiB >= 0" in text
+    assert "[targets] unknown_lang_low_resource: expected true or false, got 1" in text
 
 
 def test_dev_chosen_weights_in_a_study(tmp_path):
