@@ -626,7 +626,7 @@ def render_markdown(report: Report, plots: dict[str, str]) -> str:
         out += [f"![gains on low-resource languages]({plots['summary']})", ""]
     for t in report.targets:
         out += [f"## {t} ({report.primary.get(t, '?')})", ""]
-        if t in report.scores:
+        if t in report.scores or any(c["target"] == t for c in report.not_learned):
             head, rows = target_table(report, t)
             out += [tabulate(rows, head, tablefmt="github", disable_numparse=True), ""]
         if t in plots:

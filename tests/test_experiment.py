@@ -149,9 +149,14 @@ def test_report_from_the_study(study_run):
     assert report.baseline == "none"
     assert "## Failed cells" in text and "mnli|xcopa|seed0" in text and "no bundled English data" in text
     assert "## Verdict" in text and "sw*" in text
-    assert (path.parent / "gains_xcopa.png").read_bytes()[:4] == b"\x89PNG"
+    # The tiny model's XCOPA adapters stay at their floor: their cells are rows of their own and
+    # nothing of XCOPA is averaged or plotted; Tatoeba, which trains nothing, is.
+    assert all(c["target"] == "xcopa" for c in report.not_learned) and report.not_learned
+    assert "(did not learn)" in text and not (path.parent / "gains_xcopa.png").exists()
+    assert (path.parent / "gains_tatoeba.png").read_bytes()[:4] == b"\x89PNG"
     body = json.loads((path.parent / "report.json").read_text())
-    assert body["baseline"] == "none" and "xcopa" in body["scores"]
+    assert body["baseline"] == "none" and "tatoeba" in body["scores"] and "xcopa" not in body["scores"]
+    assert {c["target"] for c in body["not_learned"]} == {"xcopa"}
     assert build_report(root / "out", rounds=200).scores == report.scores
 
 
