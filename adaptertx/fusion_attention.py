@@ -49,7 +49,9 @@ class FusionAttention:
     """Records the attention of the Fusion ``fuse`` of ``model`` while it predicts.
 
     Use as a context manager (the sinks and the hook are removed on exit); scoring inside
-    :meth:`collect`, then :meth:`take` the means. Outputs are unchanged by recording.
+    :meth:`collect`, then :meth:`take` the means. Outputs are unchanged by recording. The
+    model's Fusion layers get :func:`adaptertx.fused_fusion.fast_fusion_attention` (the same
+    computation), whose library-path forward hands over the probabilities.
 
     Attributes:
         adapters: the Fusion's adapter names, in its order. layers: one label per Fusion position.

@@ -158,3 +158,7 @@ def test_two_studies_rankings_compared(tmp_path):
     out = CliRunner().invoke(main, ["report", str(a), str(b)])
     assert out.exit_code == 0, out.output
     assert "same best task" in out.output and "versus-second.md" in out.output
+    out = CliRunner().invoke(main, ["report", str(a)])
+    assert out.exit_code == 0, out.output
+    assert "xcopa: best single intermediate task per language" in out.output
+    assert "Observation on `xcopa`" in out.output and (a / "report" / "attention_xcopa_fus.png").is_file()
