@@ -583,8 +583,9 @@ def _plot_attention(view) -> bytes:
     panels = [("mean over layers", [view.layer_mean(lang) for lang in view.languages])]
     panels += [(f"layer {view.layers[i]}", [view.mean[lang][i] for lang in view.languages]) for i in view.top()]
     width = 1.2 + 0.9 * len(view.adapters)
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels) + 1.6, 0.42 * len(view.languages) + 2.0),
-                             squeeze=False)
+    height = 0.42 * len(view.languages) + 2.0
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels) + 1.6, height), squeeze=False)
+    fig.subplots_adjust(top=1 - 0.7 / height, bottom=0.8 / height, left=0.06, right=0.9)
     labels = [f"{lang}*" if view.low_resource[lang] else lang for lang in view.languages]
     image = None
     for i, (ax, (title, values)) in enumerate(zip(axes[0], panels, strict=True)):
