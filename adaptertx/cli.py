@@ -485,7 +485,7 @@ def experiment_cmd(config, out, no_report) -> None:
 
 
 def _print_report(store: str) -> None:
-    from adaptertx.report import target_table, verdict, write_report
+    from adaptertx.report import target_table, task_lines, verdict, write_report
 
     path, report = write_report(store)
     for t in report.targets:
@@ -494,15 +494,27 @@ def _print_report(store: str) -> None:
             click.echo(f"\n{t} ({report.primary[t]}; * = low-resource)")
             click.echo(tabulate(rows, head, tablefmt="simple", disable_numparse=True))
     click.echo("\n" + verdict(report).replace("**", ""))
+    for line in task_lines(report):
+        click.echo(line)
     click.echo(f"\nreport: {path} (tables, plots, trace)")
 
 
 @main.command("report")
 @click.argument("study", type=click.Path(exists=True))
+@click.argument("other", type=click.Path(exists=True), required=False)
 @_clear_errors
-def report_cmd(study) -> None:
-    """Tables, bootstrap intervals, plots and the verdict of a study folder (or results.jsonl)."""
-    _print_report(study)
+def report_cmd(study, other) -> None:
+    """Tables, bootstrap intervals, plots and the verdict of a study folder (or results.jsonl).
+    With OTHER, a second study: compare the two studies' per-language rankings of their single
+    intermediate tasks instead (written beside STUDY's report)."""
+    if other is None:
+        _print_report(study)
+        return
+    from adaptertx.report import write_comparison
+
+    path, comparison = write_comparison(study, other)
+    click.echo(path.read_text(encoding="utf-8").rstrip())
+    click.echo(f"\ncomparison: {path}")
 
 
 @main.group()

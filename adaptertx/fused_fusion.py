@@ -14,6 +14,9 @@ adapter over a Fusion, :mod:`adaptertx.evaluate`). A layer uses it in eval mode 
 gradient of its adapter or fusion weights is being recorded; otherwise (training, fusion
 attentions requested) the library's forward runs. The folded weights are taken when the path is enabled: call
 :meth:`FusedFusion.refresh` after changing the adapter or fusion weights.
+
+Both forwards hand the Fusion's attention probabilities to the layer's :func:`attention_sink`
+when one is set, so :mod:`adaptertx.fusion_attention` records the same weights on either path.
 """
 
 from __future__ import annotations
@@ -81,6 +84,14 @@ def _same_activation(acts, block):
 
 
 _REGISTRY = "_adaptertx_fused_fusions"
+#: Where a Fusion layer (``BertFusion``) holds the callable that receives its attention
+#: probabilities, (B, T, N) float32, on every forward (:mod:`adaptertx.fusion_attention`).
+ATTENTION_SINK = "_adaptertx_attention_sink"
+
+
+def attention_sink(fusion: nn.Module):
+    """The callable a Fusion layer hands its attention probabilities to, or ``None``."""
+    return fusion.__dict__.get(ATTENTION_SINK)
 
 
 def _dispatcher(layer, registry: dict):
@@ -171,7 +182,12 @@ class FusedFusion:
             fusion = layer.adapter_fusion_layer[block.name]
             temperature = fusion.T
             fusion.T = max(fusion.T - fusion.reduction, 1.0)  # the library anneals on every forward
-            out = adapter_fusion(x, query, residual, self._packed_for(layer, x), temperature)
+            sink = attention_sink(fusion)
+            out = adapter_fusion(x, query, residual, self._packed_for(layer, x), temperature,
+                                 return_probs=sink is not None)
+            if sink is not None:
+                out, probs = out
+                sink(probs)
             return state._replace(hidden_states=out, adapter_residual=residual, last=last)
 
         return forward
@@ -231,7 +247,8 @@ def _fusion_attention_forward(self, query, key, value, residual, output_attentio
     that copies the (D, D) weight B·T times (under bf16 autocast on CPU, ~25x the cost of the
     rest of the model); here they are one 2-D GEMM each, and the per-token products over the N
     adapters are broadcast products summed in fp32. Shapes: query, residual (B, T, D); key,
-    value (B, T, N, D).
+    value (B, T, N, D). The probabilities (B, T, N) go to the layer's :func:`attention_sink` when
+    one is set (:mod:`adaptertx.fusion_attention`).
     """
     from torch import nn as _nn
 
@@ -247,6 +264,9 @@ def _fusion_attention_forward(self, query, key, value, residual, output_attentio
     scores = self.dropout(scores)
     probs = _nn.Softmax(dim=-1)(scores / self.T)
     self.T = max(self.T - self.reduction, 1.0)
+    sink = attention_sink(self)
+    if sink is not None:
+        sink(probs.detach())
     context = (probs.unsqueeze(-1) * value_layer.float()).sum(2).to(value_layer.dtype)  # (B, T, D)
     if self.config["value"] and not self.config["value_before_softmax"]:
         context = self.value(context)

@@ -43,6 +43,15 @@ from adaptertx.languages import pretraining_gib
 from adaptertx.metrics import boot_indices, resampled_scores
 from adaptertx.results import read_store
 from adaptertx.rundir import MERGE_METHODS
+from adaptertx.task_rankings import (
+    TaskViews,
+    agreement_sentence,
+    build_views,
+    compare_studies,
+    ranking_table,
+    render,
+    render_comparison,
+)
 from adaptertx.tasks import get_task
 
 MULTI = MERGE_METHODS
@@ -90,6 +99,7 @@ class Report:
     not_learned: list[dict] = field(default_factory=list)  # {"cell", "target", "config", "seed", "why", "scores"}
     combined: list[dict] = field(default_factory=list)  # the verdict's statistic per multi-task configuration
     intermediate: dict = field(default_factory=dict)  # task -> its adapter's English test vs its floor
+    views: TaskViews | None = None  # which task for which language (:mod:`adaptertx.task_rankings`)
 
 
 @dataclass
@@ -144,12 +154,15 @@ class _Cells:
         return np.stack([np.stack([self.reps(t, a, s, lang) - self.reps(t, b, s, lang) for lang in langs], axis=-1)
                          for s in seeds], axis=1)
 
-    def compare(self, t: str, a: str, b: str, group: str) -> Comparison | None:
-        """``a`` minus ``b`` on ``group``'s languages, with a paired hierarchical bootstrap
-        interval (seeds resampled, then test examples) when both have per-example counts of
-        the same examples."""
+    def compare(self, t: str, a: str, b: str, group: str, langs: list[str] | None = None) -> Comparison | None:
+        """``a`` minus ``b`` on ``group``'s languages (or on ``langs``, ``group`` then naming
+        them, e.g. one language), with a paired hierarchical bootstrap interval (seeds resampled,
+        then test examples) when both have per-example counts of the same examples."""
         scores = self.scores
-        langs = self.group_langs(t, group, [a, b])
+        if langs is None:
+            langs = self.group_langs(t, group, [a, b])
+        else:
+            langs = [lang for lang in langs if all(lang in scores.get(t, {}).get(x, {}) for x in (a, b))]
         seeds = self.seeds(t, a, b)
         if not langs or not seeds:
             return None
@@ -277,9 +290,13 @@ def build_report(store: str | os.PathLike, *, rounds: int = 1000) -> Report:
         multi_vs_single += [c for m in multis if (c := table.compare(t, m, best_single, "low")) is not None]
     overall = _overall(multi_vs_single, multis, methods)
     combined = _combined(table, multi_vs_single, multis, methods, targets, rounds)
+    tasks = {c["name"]: c.get("tasks", []) for c in header.get("config", {}).get("configs", [])}
+    views = build_views([c for c in finished if cell_learned(c) is not False], table,
+                        [{"name": n, "method": methods.get(n), "tasks": tasks.get(n, [])} for n in config_order],
+                        baseline, targets, lambda t, langs: sorted(langs, key=lambda lang: (_gib(lang), lang)), rounds)
     return Report(header, targets, [{"name": n, "method": methods.get(n)} for n in config_order], baseline,
                   table.scores, shown.low_res, shown.primary, averages, gains, multi_vs_single, overall, missing,
-                  failed, cells, [], _floors(finished), not_learned, combined, _intermediate(finished))
+                  failed, cells, [], _floors(finished), not_learned, combined, _intermediate(finished), views)
 
 
 def _overall(multi_vs_single: list[Comparison], multis: list[str], methods: dict) -> list[dict]:
@@ -490,10 +507,11 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> bytes:
+def _png(fig, tight: bool = True) -> bytes:
     """``fig`` as PNG bytes (the figure is closed)."""
     plt = _pyplot()
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -556,6 +574,33 @@ def _plot_summary(report: Report) -> bytes | None:
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
+
+
+def _plot_attention(view) -> bytes:
+    """A Fusion's attention (:class:`adaptertx.task_rankings.AttentionView`) as a heatmap:
+    languages (least pretraining data first) × task adapters, for the layer mean and each top layer."""
+    plt = _pyplot()
+    panels = [("mean over layers", [view.layer_mean(lang) for lang in view.languages])]
+    panels += [(f"layer {view.layers[i]}", [view.mean[lang][i] for lang in view.languages]) for i in view.top()]
+    width = 1.2 + 0.9 * len(view.adapters)
+    height = 0.42 * len(view.languages) + 2.0
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels) + 1.6, height), squeeze=False)
+    fig.subplots_adjust(top=1 - 0.7 / height, bottom=0.8 / height, left=0.06, right=0.9)
+    labels = [f"{lang}*" if view.low_resource[lang] else lang for lang in view.languages]
+    image = None
+    for i, (ax, (title, values)) in enumerate(zip(axes[0], panels, strict=True)):
+        grid = np.array(values)
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (row, col), v in np.ndenumerate(grid):
+            ax.text(col, row, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if v < 0.6 else "black")
+        ax.set_xticks(range(len(view.adapters)), view.adapters, rotation=30, fontsize=8)
+        ax.set_yticks(range(len(labels)), labels if i == 0 else [""] * len(labels), fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.03, label="attention weight")
+    fig.suptitle(f"{view.target}: attention of {view.config} over its task adapters (mean over real tokens and "
+                 f"{len(view.seeds)} seed(s); languages by CC-100 size, * low-resource)", fontsize=9)
+    return _png(fig, tight=False)
 
 
 def _trace_rows(report: Report) -> list[list[str]]:
@@ -634,6 +679,8 @@ def render_markdown(report: Report, plots: dict[str, str]) -> str:
         gone = report.missing.get(t, {})
         if gone:
             out += ["Not scored: " + "; ".join(f"{lang} ({why})" for lang, why in sorted(gone.items())), ""]
+    if report.views is not None:
+        out += render(report.views, report.baseline, plots)
     out += _learning_sections(report)
     if report.failed:
         out += ["## Failed cells", "", tabulate([[c["cell"], c.get("error", "?")] for c in report.failed],
@@ -665,6 +712,10 @@ def write_report(store: str | os.PathLike, out: str | os.PathLike | None = None,
     if png is not None:
         atomic_write_bytes(folder / "gains_low_resource.png", png)
         plots["summary"] = "gains_low_resource.png"
+    for view in report.views.attention if report.views else []:
+        name = f"attention_{view.target}_{view.config}.png"
+        atomic_write_bytes(folder / name, _plot_attention(view))
+        plots[f"{view.target}/{view.config}"] = name
     md = render_markdown(report, plots)
     atomic_write_text(folder / "report.md", md)
     body = {"study": report.study.get("study"), "study_hash": report.study.get("study_hash"),
@@ -674,6 +725,46 @@ def write_report(store: str | os.PathLike, out: str | os.PathLike | None = None,
             "overall": report.overall, "combined": report.combined, "floors": report.floors,
             "not_learned": report.not_learned, "intermediate": report.intermediate,
             "verdict": verdict(report), "missing": report.missing,
+            "task_views": report.views.to_json() if report.views else None,
             "failed": [{"cell": c["cell"], "error": c.get("error")} for c in report.failed]}
     atomic_write_text(folder / "report.json", json.dumps(body, indent=2) + "\n")
     return folder / "report.md", report
+
+
+def task_lines(report: Report) -> list[str]:
+    """For a terminal: each target's per-language ranking of the single tasks and its agreement
+    with the Fusion's attention (or why they are absent)."""
+    from tabulate import tabulate
+
+    views = report.views
+    if views is None:
+        return []
+    out = []
+    for t, rows in views.rankings.items():
+        head, body = ranking_table(rows, views.tasks, report.baseline, [v for v in views.attention if v.target == t])
+        out += [f"\n{t}: best single intermediate task per language", tabulate(body, head, tablefmt="simple",
+                                                                              disable_numparse=True)]
+    out += [f"\n{agreement_sentence(a)}" for a in views.agreement]
+    out += [f"\n{why}" for t, whys in views.absent.items() for why in whys]
+    return out
+
+
+def write_comparison(a: str | os.PathLike, b: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                     rounds: int = 1000):
+    """Compare two studies' per-language rankings of their single tasks
+    (:func:`adaptertx.task_rankings.compare_studies`); writes ``versus-<B's name>.md`` and
+    ``.json`` into ``out`` (default: A's ``report/``). Returns the Markdown file and the comparison."""
+    from dataclasses import asdict
+
+    first, second = build_report(a, rounds=rounds), build_report(b, rounds=rounds)
+    for store, report in ((a, first), (b, second)):
+        if not report.cells:
+            raise AdaptertxError(f"{store}: the results store holds no cells yet")
+    comparison = compare_studies(first, second, rounds=rounds)
+    a = Path(a)
+    folder = Path(out) if out is not None else (a if a.is_dir() else a.parent) / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"versus-{comparison.b}"
+    atomic_write_text(folder / f"{stem}.md", render_comparison(comparison))
+    atomic_write_text(folder / f"{stem}.json", json.dumps(asdict(comparison), indent=2) + "\n")
+    return folder / f"{stem}.md", comparison

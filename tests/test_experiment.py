@@ -91,6 +91,11 @@ def test_grid_runs_records_failures_and_resumes(study_run):
     assert ok["intermediate"]["dir"].endswith("merged/average")
     assert ok["trace"]["fingerprint"] and ok["trace"]["versions"]["adapters"]
     assert {c["role"] for c in ok["trace"]["checkpoints"]} == {"intermediate", "target"}
+    # The Fusion cell stores its attention over the task adapters per language and layer.
+    attention = by_id[cell_id("fusion", "xcopa", 0)]["fusion_attention"]
+    assert attention["adapters"] == ["mrpc", "siqa"] and set(attention["languages"]) == {"sw", "it"}
+    assert all(abs(sum(layer) - 1) < 1e-3 for v in attention["languages"].values() for layer in v["mean"])
+    assert "fusion_attention" not in ok
     fusion_tatoeba = by_id[cell_id("fusion", "tatoeba", 0)]
     assert fusion_tatoeba["status"] == "finished" and fusion_tatoeba["missing"]["sw"].startswith("not applicable")
     assert (root / "out" / "merged" / "average" / "recipe.json").is_file()

@@ -131,14 +131,27 @@ def test_fusion_cell_scores_come_from_the_fused_path_and_match_the_library(runs,
     assert served  # the fused path computed the Fuse layers of the test predictions
 
     model = AutoAdapterModel.from_pretrained(tiny_xlmr_dir)
-    model.load_adapter_setup(str(tmp_path / "cell" / "adapter"), use_safetensors=True)
+    model.load_adapter_setup(str(tmp_path / "cell" / "adapter"), set_active=True, use_safetensors=True)
     model.eval()
     rows = subset(data.load("xcopa", "sw", "test"), 8)
     feats = encode_examples(get_task("copa"), rows, load_tokenizer(tiny_xlmr_dir), max_length=48)
+    batch = feats.batch(range(len(rows)), labels=False)
     with torch.no_grad():
-        logits = model(**feats.batch(range(len(rows)), labels=False)).logits
-    preds = decode_predictions(get_task("copa"), feats, logits)
+        out = model(**batch, output_adapter_fusion_attentions=True)
+    preds = decode_predictions(get_task("copa"), feats, out.logits)
     assert [[float(p == r["label"])] for p, r in zip(preds, rows, strict=True)] == result.languages["sw"].stats
+    # The cell recorded the Fusion's attention on the fused path: the library's own attention
+    # output, averaged over the real tokens (every choice of every item), gives the same weights.
+    attention = result.fusion_attention
+    assert attention["adapters"] == ["siqa", "mrpc"] and attention["layers"] == ["0", "1"]
+    assert result.record()["fusion_attention"] == attention
+    mask = batch["attention_mask"].reshape(-1, batch["attention_mask"].shape[-1]).bool()
+    fusion_name = next(iter(out.adapter_fusion_attentions))
+    want = [torch.as_tensor(out.adapter_fusion_attentions[fusion_name][layer]["output_adapter"])[mask].mean(0)
+            for layer in (0, 1)]
+    sw = attention["languages"]["sw"]
+    assert sw["tokens"] == int(mask.sum()) and "labels" not in sw  # labels: classification targets only
+    torch.testing.assert_close(torch.tensor(sw["mean"]), torch.stack(want).float(), atol=2e-4, rtol=0)
 
 
 def test_missing_languages_are_reported_not_skipped(tiny_xlmr_dir):

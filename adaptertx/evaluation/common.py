@@ -268,7 +268,9 @@ class EvalResult:
 
     ``learned`` is the target adapter's English held-out score against its majority floor
     (:func:`adaptertx.floors.versus_floor`, with ``"learned"``: the interval above zero, and
-    ``"split"``); ``None`` for retrieval targets, which train nothing.
+    ``"split"``); ``None`` for retrieval targets, which train nothing. ``fusion_attention``: under
+    a Fusion, its attention over the task adapters per language and layer
+    (:mod:`adaptertx.fusion_attention`); ``None`` otherwise.
     """
 
     target: str
@@ -279,12 +281,16 @@ class EvalResult:
     trace: dict
     notes: list[str] = field(default_factory=list)
     learned: dict | None = None
+    fusion_attention: dict | None = None
 
     def record(self) -> dict:
         """As stored in a results store (see :mod:`adaptertx.results`)."""
-        return {"target": self.target, "metric": self.metric, "primary": self.primary,
+        body = {"target": self.target, "metric": self.metric, "primary": self.primary,
                 "languages": {k: dataclasses.asdict(v) for k, v in self.languages.items()},
                 "missing": self.missing, "trace": self.trace, "notes": self.notes, "learned": self.learned}
+        if self.fusion_attention is not None:
+            body["fusion_attention"] = self.fusion_attention
+        return body
 
 
 def is_low(code: str, config: EvalConfig | None = None) -> bool:

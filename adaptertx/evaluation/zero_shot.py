@@ -19,7 +19,9 @@ target adapter; a Fusion folder from ``adaptertx merge`` provides the starting w
 
 Retrieval targets are scored without training (:mod:`adaptertx.evaluation.retrieval_targets`).
 Every language's result holds its per-example counts (:func:`adaptertx.metrics.example_stats`),
-so reports recompute scores and bootstrap intervals from the stored counts alone.
+so reports recompute scores and bootstrap intervals from the stored counts alone. Under a Fusion,
+the result also holds the Fusion's attention over the task adapters per language and layer (per
+gold label for classification targets), recorded while scoring (:mod:`adaptertx.fusion_attention`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from adaptertx.evaluation.intermediate import NONE, Intermediate, load_into
 from adaptertx.evaluation.retrieval_targets import evaluate_retrieval
 from adaptertx.floors import chance, floors, learned
 from adaptertx.fused_fusion import enable_fused_fusion, fast_fusion_attention
+from adaptertx.fusion_attention import record_fusion_attention
 from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.languages import normalize
 from adaptertx.merging.fusion import fusion_regulariser
@@ -190,12 +193,16 @@ def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathL
         notes.append(f"entity types scored: {', '.join(sorted(keep))} (those of both {train_task.name} and "
                      f"{task.name}; other types count as O in gold and predictions)")
     results = {}
-    with _fused_inference(built.model):
+    attention = {}
+    with _fused_inference(built.model), _attention_recorder(built.model) as recorder:
         preds_by_lang = {}
         for lang, (rows, _, _) in progress_bar(sets.items(), progress, f"zero-shot {task.name}"):
             encodable = [_placeholder_labels(train_task, r) for r in rows]
             features = encode(train_task, encodable, built.tokenizer, config.max_length, f"{lang} test")
-            preds_by_lang[lang] = predict(built, train_task, features, batch_size=config.batch_size * 4)
+            with recorder.collect(_gold_labels(task, rows, features)) if recorder else contextlib.nullcontext():
+                preds_by_lang[lang] = predict(built, train_task, features, batch_size=config.batch_size * 4)
+            if recorder:
+                attention[lang] = recorder.take()
     for lang, (rows, split, source) in sets.items():
         preds = preds_by_lang[lang]
         gold = rows
@@ -208,8 +215,27 @@ def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathL
         results[lang] = LanguageResult(rounded(scores), len(rows), is_low(lang, config), split, source, stats,
                                        ids_sha(rows), floor)
     record = trace(config, inter, built.fingerprint, Path(out), start)
+    fusion_attention = None
+    if attention:
+        fusion_attention = {"adapters": list(inter.tasks), "layers": recorder.layers, "languages": attention}
     return EvalResult(task.name, task.metric, PRIMARY[task.metric], results, missing, record, notes,
-                      target_learned(Path(out)))
+                      target_learned(Path(out)), fusion_attention)
+
+
+def _attention_recorder(model):
+    """A :class:`adaptertx.fusion_attention.FusionAttention` for the model's Fuse (a no-op
+    context without one)."""
+    recorder = record_fusion_attention(model)
+    return recorder if recorder is not None else contextlib.nullcontext()
+
+
+def _gold_labels(task: Task, rows: list[dict], features) -> list[str] | None:
+    """Classification targets: each encoded row's gold label (the Fusion's attention is also
+    recorded per label); ``None`` otherwise."""
+    if task.family != "classification":
+        return None
+    label = {str(r["id"]): str(r["label"]) for r in rows}
+    return [label[str(i)] for i in features.example_ids]
 
 
 def _with_chance(task: Task, result: EvalResult) -> EvalResult:

@@ -185,14 +185,16 @@ def _check_inputs(x: torch.Tensor, query: torch.Tensor, residual: torch.Tensor, 
 
 
 def adapter_fusion(x: torch.Tensor, query: torch.Tensor, residual: torch.Tensor, packed: PackedFusion,
-                   temperature: float = 1.0) -> torch.Tensor:
+                   temperature: float = 1.0, *, return_probs: bool = False):
     """The fusion output of N adapters, computed with two GEMMs (see the module docstring).
 
     x, query, residual: (..., d), one shape and dtype (pass the same tensor as x and query when
     the fusion's query is the adapters' input, the default, to share one GEMM); packed: from
     :func:`pack_fusion`, cast to x's dtype unless under autocast; temperature: the fusion's
     softmax temperature. Returns (..., d) in x's dtype: what ``BertFusion.forward`` returns
-    (before ``post_forward``). Scores and softmax are computed in float32.
+    (before ``post_forward``). Scores and softmax are computed in float32. With
+    ``return_probs``, returns ``(out, probs)``: probs (..., n) float32, the attention over the
+    adapters (the softmax the output is computed with; no extra work).
     """
     d = packed.w_in.shape[1]
     _check_inputs(x, query, residual, d)
@@ -208,18 +210,19 @@ def adapter_fusion(x: torch.Tensor, query: torch.Tensor, residual: torch.Tensor,
         keys, bias_scores = yq[..., :nr], yq[..., nr:]
     a = packed.activation(h).reshape(*lead, n, r)
     scores = (keys.reshape(*lead, n, r).float() * a.float()).sum(-1) + bias_scores.float()
-    p = torch.softmax(scores / temperature, dim=-1).to(a.dtype)          # (..., n)
+    probs = torch.softmax(scores / temperature, dim=-1)                 # (..., n) float32
+    p = probs.to(a.dtype)
     z = torch.cat([(a * p.unsqueeze(-1)).reshape(*lead, nr), p], dim=-1)  # (..., n r + n)
     out = F.linear(z, packed.w_out)
-    if packed.res_w is not None:
-        return out + F.linear(residual, packed.res_w)
-    return out + residual
+    out = out + (F.linear(residual, packed.res_w) if packed.res_w is not None else residual)
+    return (out, probs) if return_probs else out
 
 
 def adapter_fusion_ref(x: torch.Tensor, query: torch.Tensor, residual: torch.Tensor, weights: FusionWeights,
-                       temperature: float = 1.0) -> torch.Tensor:
+                       temperature: float = 1.0, *, return_probs: bool = False):
     """Reference of :func:`adapter_fusion`: every adapter, then the fusion attention, term by term
-    in the order ``adapters``' ``compose_fuse`` and ``BertFusion.forward`` use (x's dtype)."""
+    in the order ``adapters``' ``compose_fuse`` and ``BertFusion.forward`` use (x's dtype; with
+    ``return_probs``, ``(out, probs)``, probs (..., n) in x's dtype)."""
     _check_inputs(x, query, residual, weights.dim)
     dt = x.dtype
     cast = lambda t: None if t is None else t.to(dt)  # noqa: E731
@@ -240,4 +243,4 @@ def adapter_fusion_ref(x: torch.Tensor, query: torch.Tensor, residual: torch.Ten
     out = torch.matmul(p.unsqueeze(-2), v).squeeze(-2)
     if not weights.residual_before:
         out = out + residual
-    return out
+    return (out, p) if return_probs else out

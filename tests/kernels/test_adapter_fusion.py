@@ -49,6 +49,26 @@ def test_fused_equals_reference_fp32(kw, shape):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(value=False), dict(residual_before=True), dict(ranks=(2, 5, 3)),
+                                dict(ranks=(4,))])
+@pytest.mark.parametrize("shape", [(1,), (2, 5), (0,)])
+def test_attention_probabilities_equal_the_reference(kw, shape):
+    """The softmax over the adapters the output is computed with, returned on request; the output
+    is unchanged by asking for it."""
+    w = weights(**kw)
+    x, q, res = inputs(shape)
+    packed = pack_fusion(w)
+    for query in (x, q):
+        out, probs = adapter_fusion(x, query, res, packed, 2.0, return_probs=True)
+        ref_out, ref_probs = adapter_fusion_ref(x, query, res, w, 2.0, return_probs=True)
+        assert probs.dtype == torch.float32 and probs.shape == (*shape, len(w.down_w))
+        torch.testing.assert_close(probs, ref_probs, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out, adapter_fusion(x, query, res, packed, 2.0), rtol=0, atol=0)
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+        if probs.numel():
+            torch.testing.assert_close(probs.sum(-1), torch.ones(shape))
+
+
 def test_temperature():
     w = weights()
     x, _, res = inputs((6,))
