@@ -238,6 +238,11 @@ def test_target_data_folders(tmp_path, monkeypatch):
         load_study(write(tmp_path, base + '\n[targets.data]\nxcopa = "nowhere"\n'))
     with pytest.raises(AdaptertxError, match=r"\[targets.data\] names 'xnli', which is not a target"):
         load_study(write(tmp_path, base + '\n[targets.data]\nxnli = "xcopa-own"\n'))
+    # A file of a language the study's list leaves out is not silently ignored.
+    narrow = base.replace('xcopa = ["sw", "it", "qu"]', 'xcopa = ["sw", "it"]')
+    with pytest.raises(AdaptertxError, match=r"\[targets.data\] xcopa: holds files of qu, which \[targets.languages\] "
+                                             r"xcopa leaves out"):
+        load_study(write(tmp_path, narrow + '\n[targets.data]\nxcopa = "xcopa-own"\n'))
 
 
 def test_own_files_of_codes_adaptertx_does_not_know(tmp_path, monkeypatch):
