@@ -243,11 +243,13 @@ def main() -> int:
 def gemm_peak(dtype) -> float:
     a = torch.randn(2048, 2048).to(dtype)
     a @ a
-    reps, t0 = 0, time.perf_counter()
-    while reps < 3 or time.perf_counter() - t0 < 0.5:
+    fastest, reps, t_end = float("inf"), 0, time.perf_counter() + 0.5
+    while reps < 3 or time.perf_counter() < t_end:  # the fastest single product: the least disturbed
+        t0 = time.perf_counter()
         a @ a
+        fastest = min(fastest, time.perf_counter() - t0)
         reps += 1
-    return 2 * 2048**3 * reps / (time.perf_counter() - t0)
+    return 2 * 2048**3 / fastest
 
 
 if __name__ == "__main__":

@@ -142,11 +142,13 @@ def gemm_peak(dtype: torch.dtype, tiny: bool) -> float:
     n = 256 if tiny else 2048
     a = torch.randn(n, n).to(dtype)
     a @ a
-    reps, t0 = 0, time.perf_counter()
-    while reps < 3 or time.perf_counter() - t0 < (0.05 if tiny else 0.5):
+    fastest, reps, t_end = float("inf"), 0, time.perf_counter() + (0.05 if tiny else 0.5)
+    while reps < 3 or time.perf_counter() < t_end:  # the fastest single product: the least disturbed
+        t0 = time.perf_counter()
         a @ a
+        fastest = min(fastest, time.perf_counter() - t0)
         reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
+    return 2 * n**3 / fastest
 
 
 def main() -> int:

@@ -31,8 +31,10 @@ BACKENDS = ("packed", "hf")
 # 2 threads, 2048 tokens encoded 1335 sentences/s with me5-small (8192: 1155) and 746 with an
 # XLM-R-base-shaped model at layer 7 (8192: 692); a GPU wants large batches.
 _CPU_TOKENS, _GPU_TOKENS = 2048, 16384
-# Packed batches run through the encoder together, layer by layer, up to this many tokens (the
-# activations of all of them are alive at once: 64k tokens x 768 dims in bf16 is 96 MiB).
+# With int8 weights, packed batches run through the encoder together, layer by layer, up to this
+# many tokens, so each layer is dequantised once per round rather than once per batch (the
+# activations of the round are alive at once: 64k tokens x 768 dims in bf16 is 96 MiB). Dense
+# weights need no dequantisation and keep one batch at a time, whose activations stay in cache.
 ROUND_TOKENS = 65536
 
 
@@ -94,14 +96,15 @@ class SentenceEncoder:
             raise AdaptertxError(f"encoding runs in float32 or bfloat16, got {self.dtype}")
         self.int8 = int8
         self.batch_size, self.tokens_per_batch = batch_size, tokens_per_batch
-        self.round_tokens = max(ROUND_TOKENS, tokens_per_batch)
         self.dim = model.config.hidden_size
         self.truncated = 0
         self._packed = None
+        self.round_tokens = tokens_per_batch
         if backend == "packed":
             from adaptertx.retrieval.packed import PackedEncoder
 
             self._packed = PackedEncoder(model, dtype=self.dtype, int8=int8 or None)
+            self.round_tokens = max(ROUND_TOKENS, tokens_per_batch) if self._packed.int8 else tokens_per_batch
         elif int8:
             from adaptertx.quantize import Int8Linear, quantize_linears
 
