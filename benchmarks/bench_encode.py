@@ -188,6 +188,7 @@ def main() -> int:
                    help=f"Tatoeba pairs per language ({', '.join(ACC_LANGS)}) for accuracy (default 300; tiny 20)")
     p.add_argument("--peer-batch", type=int, default=64, help="sentences per padded peer batch")
     p.add_argument("--no-peers", action="store_true", help="leave out ONNX Runtime and OpenVINO")
+    p.add_argument("--models", default=None, help="comma-separated subset: me5-small, xlmr-base-shape (default both)")
     p.add_argument("--xtreme", action="store_true",
                    help="also time XTREME's reference pipeline (fp32, file order, full depth; slow)")
     args = p.parse_args()
@@ -219,6 +220,8 @@ def main() -> int:
     print("\n".join(header), flush=True)
     rows, paths_out, notes, failed = [], [], [], False
     for name, model, tok, layer, prefix, with_acc in make_models(args.tiny):
+        if args.models and name not in args.models.split(","):
+            continue
         enc = {dt: SentenceEncoder(model, tok, layer=layer, prefix=prefix, dtype=torch.bfloat16 if dt != "fp32"
                                    else torch.float32, int8=dt == "int8") for dt in ("bf16", "fp32", "int8")}
         hf32 = truncated_copy(model, layer, torch.float32)

@@ -155,6 +155,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="small shapes, a few steps (seconds)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode")
+    parser.add_argument("--models", default=None, help="comma-separated subset: xlmr-base-shape, me5-small")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="result file (default: <cache>/benchmarks/bench_train.json)")
     args = parser.parse_args()
@@ -165,10 +166,12 @@ def main() -> int:
     tokenizer = load_tokenizer(resolve("me5-small"))
     batch = make_batch(tokenizer, batch_size, length)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = xlmr_base_folder(args.tiny, Path(tmp))
-        results += measure(folder, "XLM-R-base shape" + (" (tiny)" if args.tiny else ""), batch, steps)
-    if not args.tiny:
+    wanted = args.models.split(",") if args.models else ["xlmr-base-shape", "me5-small"]
+    if "xlmr-base-shape" in wanted or args.tiny:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = xlmr_base_folder(args.tiny, Path(tmp))
+            results += measure(folder, "XLM-R-base shape" + (" (tiny)" if args.tiny else ""), batch, steps)
+    if not args.tiny and "me5-small" in wanted:
         results += measure("me5-small", "me5-small", batch, steps)
 
     table = []
