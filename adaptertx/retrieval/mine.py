@@ -96,7 +96,9 @@ def _knn_bf16_certified(q_all, d_all, k: int, block: int, extra: int):
     for r0 in range(0, n, 1024):
         q = q_all[r0 : r0 + 1024]
         ci = cand_i[r0 : r0 + 1024]
-        exact = torch.bmm(d_all[ci], q.unsqueeze(2)).squeeze(2)  # (rows, c) float32
+        # (rows, c, dim); index_select copies rows about a third faster than d_all[ci]
+        rows = d_all.index_select(0, ci.reshape(-1)).view(*ci.shape, -1)
+        exact = torch.bmm(rows, q.unsqueeze(2)).squeeze(2)  # (rows, c) float32
         s, pick = exact.topk(k, dim=1)
         sims[r0 : r0 + 1024] = s
         index[r0 : r0 + 1024] = ci.gather(1, pick)
