@@ -61,5 +61,12 @@ intermediate: install
 	done
 	$(BIN)/adaptertx runs runs/intermediate
 
+# The three comparisons with the tools users would pick instead (ONNX Runtime / OpenVINO
+# encoding, faiss / usearch search, the adapters library's Trainer), each printing its table;
+# the peers come from the `bench` extra, installed here only. BENCH_ARGS reaches every script
+# (e.g. BENCH_ARGS=--threads=1). The 200k x 200k search: $(BIN)/python benchmarks/bench_mine.py --sizes 200000
 bench: install
-	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/bench_encode.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_mine.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)

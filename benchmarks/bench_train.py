@@ -1,12 +1,16 @@
-"""Adapter training step on a frozen base stored four ways: fp32, bf16, bitsandbytes int8, ours.
+"""Adapter training step: ours (int8 base) vs the ``adapters`` library's own Trainer path and other storage modes.
 
 For each model shape (an XLM-R-base-shaped encoder with the real 250k vocabulary, randomly
 initialised, and the default me5-small) it builds the same adapter + classification head
-with :func:`adaptertx.modeling.build_adapter_model` in every storage mode, checks agreement
-first (logits of each mode against fp32 on one batch), then times full training steps
-(forward, backward, AdamW step) side by side, alternating modes step by step so a noisy
-machine slows all alike. Memory is the bytes the base's weights occupy (parameters and
-buffers), and the linear layers' share of it.
+with :func:`adaptertx.modeling.build_adapter_model` in every storage mode (fp32, bf16,
+bitsandbytes int8, ours int8), and the peer a user would pick: the ``adapters`` library's own
+path (``benchmarks/_library_train.py``: ``AutoAdapterModel`` on a bf16 base and on a
+bitsandbytes 8-bit base, ``train_adapter``, ``AdapterTrainer`` with ``bf16=True``), same
+adapter config, same seed, same batch. It checks agreement first (logits of each mode against
+fp32 on one batch), then times full training steps (forward, backward, AdamW step) side by
+side, alternating modes step by step so a noisy, shared machine slows all alike, and reports
+tokens of real text (the batch's non-padding tokens) per second. Memory is the bytes the
+base's weights occupy (parameters and buffers), and the linear layers' share of it.
 
     python benchmarks/bench_train.py            # full size: batch 16 x 128 tokens
     python benchmarks/bench_train.py --tiny     # seconds; CI runs this
@@ -22,6 +26,7 @@ import json
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,15 +34,21 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from adaptertx.io import atomic_write_text, cache_dir
-from adaptertx.modeling import build_adapter_model
-from adaptertx.models import load_tokenizer, resolve
-from adaptertx.quantize import linear_weight_bytes
-from adaptertx.tasks import get_task
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package first
+import _library_train  # noqa: E402
+
+from adaptertx.io import atomic_write_text, cache_dir  # noqa: E402
+from adaptertx.modeling import adapter_config, build_adapter_model  # noqa: E402
+from adaptertx.models import load_tokenizer, resolve  # noqa: E402
+from adaptertx.quantize import linear_weight_bytes  # noqa: E402
+from adaptertx.settings import ADAPTER, ADAPTER_SEED  # noqa: E402
+from adaptertx.tasks import get_task  # noqa: E402
 
 MODES = ("none", "bf16", "bnb-int8", "int8")
 AGREEMENT_TOLERANCE = 0.05  # max |logit difference| to fp32 a storage mode may show
-LABEL = {"none": "fp32", "bf16": "bf16", "bnb-int8": "bnb int8", "int8": "ours int8"}
+LABEL = {"none": "fp32", "bf16": "bf16", "bnb-int8": "bnb int8", "int8": "ours int8",
+         **{m: m for m in _library_train.LIB_MODES}}
 
 
 def xlmr_base_folder(tiny: bool, root: Path) -> str:
@@ -75,9 +86,14 @@ def measure(model_name: str, label: str, batch: dict, steps: int) -> list[dict]:
     built = {m: build_adapter_model(model_name, task, quant=m) for m in MODES}
     optim = {m: torch.optim.AdamW([p for p in b.model.parameters() if p.requires_grad], lr=1e-4)
              for m, b in built.items()}
+    lib = {m: _library_train.Runner(_library_train.build(model_name, m, adapter_config(ADAPTER), len(task.labels),
+                                                         ADAPTER_SEED), batch, lr=1e-4)
+           for m in _library_train.LIB_MODES}
     eval_batch = {k: v for k, v in batch.items() if k != "labels"}
 
     def logits(mode):
+        if mode in lib:
+            return lib[mode].logits(eval_batch)
         b = built[mode]
         b.model.eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=b.autocast):
@@ -85,10 +101,13 @@ def measure(model_name: str, label: str, batch: dict, steps: int) -> list[dict]:
         b.model.train()
         return out
 
+    modes = (*MODES, *lib)
     ref = logits("none")
-    agreement = {m: (logits(m) - ref).abs().max().item() for m in MODES}
+    agreement = {m: (logits(m) - ref).abs().max().item() for m in modes}
 
     def step(mode):
+        if mode in lib:
+            return lib[mode].run(1)[0]
         b = built[mode]
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=b.autocast):
@@ -98,29 +117,45 @@ def measure(model_name: str, label: str, batch: dict, steps: int) -> list[dict]:
         optim[mode].zero_grad(set_to_none=True)
         return time.perf_counter() - start
 
-    times = {m: [] for m in MODES}
-    for m in MODES:  # warm-up
+    times = {m: [] for m in modes}
+    for m in modes:  # warm-up
         step(m)
     for _ in range(steps):
-        for m in MODES:
+        for m in modes:
             times[m].append(step(m))
+    real_tokens = int(batch["attention_mask"].sum())
     rows = []
-    for m in MODES:
-        model = built[m].model
+    for m in modes:
+        model = built[m].model if m in built else lib[m].model
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters()) + sum(
             b.numel() for n, b in model.named_buffers() if n.endswith(("qweight", "SCB", "CB")))
         rows.append({"model": label, "mode": LABEL[m], "step_s_min": min(times[m]),
-                     "step_s_median": statistics.median(times[m]), "base_bytes": base_bytes(model),
+                     "step_s_median": statistics.median(times[m]), "step_s_all": times[m],
+                     "real_tokens_per_s": real_tokens / min(times[m]), "base_bytes": base_bytes(model),
                      "linear_bytes": linear_weight_bytes(model.base_model), "trainable": trainable,
                      "trainable_share": trainable / total, "max_abs_logit_diff_vs_fp32": agreement[m]})
     return rows
+
+
+def gemm_peak(dtype: torch.dtype, tiny: bool) -> float:
+    n = 256 if tiny else 2048
+    a = torch.randn(n, n).to(dtype)
+    a @ a
+    fastest, reps, t_end = float("inf"), 0, time.perf_counter() + (0.05 if tiny else 0.5)
+    while reps < 3 or time.perf_counter() < t_end:  # the fastest single product: the least disturbed
+        t0 = time.perf_counter()
+        a @ a
+        fastest = min(fastest, time.perf_counter() - t0)
+        reps += 1
+    return 2 * n**3 / fastest
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="small shapes, a few steps (seconds)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per mode")
+    parser.add_argument("--models", default=None, help="comma-separated subset: xlmr-base-shape, me5-small")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="result file (default: <cache>/benchmarks/bench_train.json)")
     args = parser.parse_args()
@@ -131,21 +166,25 @@ def main() -> int:
     tokenizer = load_tokenizer(resolve("me5-small"))
     batch = make_batch(tokenizer, batch_size, length)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = xlmr_base_folder(args.tiny, Path(tmp))
-        results += measure(folder, "XLM-R-base shape" + (" (tiny)" if args.tiny else ""), batch, steps)
-    if not args.tiny:
+    wanted = args.models.split(",") if args.models else ["xlmr-base-shape", "me5-small"]
+    if "xlmr-base-shape" in wanted or args.tiny:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = xlmr_base_folder(args.tiny, Path(tmp))
+            results += measure(folder, "XLM-R-base shape" + (" (tiny)" if args.tiny else ""), batch, steps)
+    if not args.tiny and "me5-small" in wanted:
         results += measure("me5-small", "me5-small", batch, steps)
 
     table = []
     for label in dict.fromkeys(r["model"] for r in results):
         by = {r["mode"]: r for r in results if r["model"] == label}
         ours = by["ours int8"]
-        for base in ("bf16", "bnb int8", "fp32"):
+        for base in (*_library_train.LIB_MODES, "bf16", "bnb int8", "fp32"):
             b = by[base]
-            table.append((f"{label}: step time, {base} vs ours int8", f"{b['step_s_min'] * 1e3:.0f} ms",
+            what = base.replace("lib ", "adapters AdapterTrainer, ") if base.startswith("lib") else base
+            table.append((f"{label}: step, {what} vs ours int8", f"{b['step_s_min'] * 1e3:.0f} ms",
                           f"{ours['step_s_min'] * 1e3:.0f} ms", f"{b['step_s_min'] / ours['step_s_min']:.2f}x",
-                          f"logits max|d| vs fp32: {base} {b['max_abs_logit_diff_vs_fp32']:.1e}, ours "
+                          f"{b['real_tokens_per_s']:.0f} vs {ours['real_tokens_per_s']:.0f} real tok/s; logits "
+                          f"max|d| vs fp32: {b['max_abs_logit_diff_vs_fp32']:.1e} vs "
                           f"{ours['max_abs_logit_diff_vs_fp32']:.1e}"))
         fp32 = by["fp32"]
         table.append((f"{label}: linear weight bytes, fp32 vs ours int8", f"{fp32['linear_bytes'] / 2**20:.1f} MiB",
@@ -154,8 +193,14 @@ def main() -> int:
         table.append((f"{label}: base bytes, fp32 vs ours int8", f"{fp32['base_bytes'] / 2**20:.1f} MiB",
                       f"{ours['base_bytes'] / 2**20:.1f} MiB", f"{ours['base_bytes'] / fp32['base_bytes']:.2f}x",
                       f"trainable {ours['trainable']:,} params = {100 * ours['trainable_share']:.2f}% of the model"))
-    print(f"adapter training step, batch {batch_size} x {length} tokens, seq_bn adapter + classification head; "
-          f"ratio = baseline time / ours (speed-up) or ours / baseline bytes")
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, shared with "
+          f"other work (steps alternate between modes, so ratios hold; absolute times move with the load)")
+    print(f"measured matmul peaks: bf16 {gemm_peak(torch.bfloat16, args.tiny) / 1e9:.0f} GFLOP/s, "
+          f"fp32 {gemm_peak(torch.float32, args.tiny) / 1e9:.0f} GFLOP/s (2048^3)")
+    real = int(batch["attention_mask"].sum())
+    print(f"adapter training step, batch {batch_size} x {length} tokens of MRPC ({real} real, the rest padding), "
+          f"{ADAPTER} adapter + classification head; fastest of {steps} steps; ratio = baseline time / ours "
+          f"(speed-up) or ours / baseline bytes")
     print(tabulate(table, headers=["case", "baseline", "ours", "ratio", "agreement"]))
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()

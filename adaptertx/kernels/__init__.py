@@ -18,6 +18,7 @@ from adaptertx.kernels.segment_mean_pool_normalize import (
     segment_mean_pool_normalize,
     segment_mean_pool_normalize_ref,
 )
+from adaptertx.kernels.topk_merge import topk_merge, topk_merge_ref
 from adaptertx.kernels.varlen_attention import varlen_attention, varlen_attention_ref
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "dropout_ref",
     "segment_mean_pool_normalize",
     "segment_mean_pool_normalize_ref",
+    "topk_merge",
+    "topk_merge_ref",
     "use_fast_dropout",
     "varlen_attention",
     "varlen_attention_ref",

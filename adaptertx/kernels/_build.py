@@ -34,7 +34,7 @@ from adaptertx.io import atomic_write_bytes, cache_dir
 log = logging.getLogger("adaptertx.kernels")
 
 OPS = ("bias_gelu", "add_layernorm", "bottleneck_adapter", "segment_mean_pool_normalize", "varlen_attention",
-       "dropout", "dequantize_rows")
+       "dropout", "dequantize_rows", "topk_merge")
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 _SHARED_SOURCES = ("common.h",)
 _CFLAGS = ("-O3", "-fopenmp")

@@ -31,6 +31,11 @@ BACKENDS = ("packed", "hf")
 # 2 threads, 2048 tokens encoded 1335 sentences/s with me5-small (8192: 1155) and 746 with an
 # XLM-R-base-shaped model at layer 7 (8192: 692); a GPU wants large batches.
 _CPU_TOKENS, _GPU_TOKENS = 2048, 16384
+# With int8 weights, packed batches run through the encoder together, layer by layer, up to this
+# many tokens, so each layer is dequantised once per round rather than once per batch (the
+# activations of the round are alive at once: 64k tokens x 768 dims in bf16 is 96 MiB). Dense
+# weights need no dequantisation and keep one batch at a time, whose activations stay in cache.
+ROUND_TOKENS = 65536
 
 
 def tokens_per_batch_for(device: torch.device | str) -> int:
@@ -94,10 +99,12 @@ class SentenceEncoder:
         self.dim = model.config.hidden_size
         self.truncated = 0
         self._packed = None
+        self.round_tokens = tokens_per_batch
         if backend == "packed":
             from adaptertx.retrieval.packed import PackedEncoder
 
             self._packed = PackedEncoder(model, dtype=self.dtype, int8=int8 or None)
+            self.round_tokens = max(ROUND_TOKENS, tokens_per_batch) if self._packed.int8 else tokens_per_batch
         elif int8:
             from adaptertx.quantize import Int8Linear, quantize_linears
 
@@ -149,11 +156,25 @@ class SentenceEncoder:
                 end += 1
             batches.append(order[start:end])
             start = end
+        # Consecutive batches go through the encoder together, layer by layer, up to
+        # round_tokens tokens: an int8 layer is then dequantised once per round, not per batch.
+        sizes = [sum(len(ids[i]) for i in idx) for idx in batches]
+        rounds, start = [], 0
+        while start < len(batches):
+            end, total = start, 0
+            while end < len(batches) and (end == start or total + sizes[end] <= self.round_tokens):
+                total += sizes[end]
+                end += 1
+            rounds.append(batches[start:end])
+            start = end
         device = self.model.device
-        for idx in tqdm(batches, desc="encode", unit="batch", disable=not progress, leave=False):
-            input_ids, cu = pack([ids[i] for i in idx])
-            emb = self._packed.encode(input_ids.to(device), cu.to(device), self.layer)
-            out[torch.tensor(idx)] = emb.float().cpu()
+        with tqdm(total=len(batches), desc="encode", unit="batch", disable=not progress, leave=False) as bar:
+            for group in rounds:
+                packed = [pack([ids[i] for i in idx]) for idx in group]
+                embs = self._packed.encode_many([(i.to(device), c.to(device)) for i, c in packed], self.layer)
+                for idx, emb in zip(group, embs, strict=True):
+                    out[torch.tensor(idx)] = emb.float().cpu()
+                bar.update(len(group))
 
     def _encode_hf(self, ids, order, out, progress) -> None:
         model, layer = self.model, self.layer

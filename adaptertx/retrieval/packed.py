@@ -88,12 +88,19 @@ class _Linear:
         if self.onednn and self.dense is not None:
             self.dense = torch.ops.mkldnn._reorder_linear_weight(self.dense, None)
 
-    def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
-        """``x @ W.T + b``, or with ``gelu`` the exact (erf) ``gelu(x @ W.T + b)``."""
-        w = self.dense if self.dense is not None else dequantize_rows(self.qweight, self.scale, self.dtype)
+    def weight(self) -> torch.Tensor:
+        """The weight one matmul uses: the stored dense one, or the int8 rows dequantised (and, with
+        oneDNN, reordered) now. A caller running several batches through this layer takes it once."""
+        if self.dense is not None:
+            return self.dense
+        w = dequantize_rows(self.qweight, self.scale, self.dtype)
+        return torch.ops.mkldnn._reorder_linear_weight(w, None) if self.onednn else w
+
+    def __call__(self, x: torch.Tensor, gelu: bool = False, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``x @ W.T + b``, or with ``gelu`` the exact (erf) ``gelu(x @ W.T + b)``; ``weight``: the
+        result of :meth:`weight` when the caller already took it."""
+        w = self.weight() if weight is None else weight
         if self.onednn:
-            if self.dense is None:
-                w = torch.ops.mkldnn._reorder_linear_weight(w, None)
             # oneDNN applies bias and erf-GELU to the fp32 accumulator before rounding (a post-op).
             return torch.ops.mkldnn._linear_pointwise(x, w, self.bias, "gelu" if gelu else "none", [],
                                                       "none" if gelu else "")
@@ -287,8 +294,34 @@ class PackedEncoder:
         input_ids: (tokens,) packed token ids; cu_seqlens: (n + 1,) offsets. Returns
         (tokens, dim) in the compute dtype.
         """
+        return self.hidden_states_many([(input_ids, cu_seqlens)], layer)[0]
+
+    @torch.inference_mode()
+    def hidden_states_many(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                           layer: int) -> list[torch.Tensor]:
+        """:meth:`hidden_states` of several packed batches, layer by layer: every batch passes
+        layer i before any passes layer i + 1, so an int8 layer is dequantised once for all of
+        them (and a layer's weights stay in cache across the batches). Each batch is computed
+        exactly as on its own. batches: ``(input_ids, cu_seqlens)`` pairs; returns one
+        (tokens, dim) tensor per batch, in order."""
         if not 0 <= layer <= self.num_layers:
             raise AdaptertxError(f"layer must be in 0..{self.num_layers}, got {layer}")
+        xs, cus = [], []
+        for input_ids, cu_seqlens in batches:
+            x, cu = self._embed(input_ids, cu_seqlens)
+            xs.append(x)
+            cus.append(cu)
+        live = [i for i, x in enumerate(xs) if x.shape[0]]
+        for p in self.layers[:layer]:
+            if not live:
+                break
+            w = {name: p[name].weight() for name in ("qkv", "attn_out", "inter", "out")}
+            for i in live:
+                xs[i] = self._layer(p, w, xs[i], cus[i])
+        return xs
+
+    def _embed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked embeddings (tokens, dim) of one packed batch and its offsets on the device."""
         if input_ids.dim() != 1 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
             raise AdaptertxError("input_ids must be (tokens,) and cu_seqlens (n + 1,)")
         cu = cu_seqlens.to(torch.int64).cpu()
@@ -297,7 +330,7 @@ class PackedEncoder:
         lengths = cu[1:] - cu[:-1]
         tokens = input_ids.numel()
         if tokens == 0:
-            return torch.zeros(0, self.word.shape[1], dtype=self.dtype)
+            return torch.zeros(0, self.word.shape[1], dtype=self.dtype), cu
         seq = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
         positions = torch.arange(tokens) - cu[:-1][seq] + self.position_offset
         if int(positions.max()) >= self.pos.shape[0]:
@@ -307,28 +340,38 @@ class PackedEncoder:
         if self.type0 is not None:
             extra = extra + self.type0
         x = add_layernorm(x, extra, *self.emb_ln, self.eps)
-        cu_dev = cu.to(x.device)
-        for p in self.layers[:layer]:
-            ctx = varlen_attention(p["qkv"](x), cu_dev, self.heads)
-            x = add_layernorm(p["attn_out"](ctx), x, *p["ln1"], self.eps)
-            inter = p["inter"](x, gelu=True) if self.act == "gelu" else ACT2FN[self.act](p["inter"](x))
-            ffn = p["out"](inter)
-            if p["adapter"] is not None:
-                down_w, down_b, up_w, up_b, scaling = p["adapter"]
-                h = add_layernorm(ffn, x, *p["ln2"], self.eps)
-                ffn = bottleneck_adapter(h, ffn, down_w, down_b, up_w, up_b, self.adapter_act, scaling)
-            elif p["fusion"] is not None:
-                # seq_bn's pre_forward: residual = FFN output, input = LN(FFN + x), the query
-                # one of the two (query_before_ln); then the library's post_forward LN below.
-                temperature, query_before_ln = p["fusion_settings"]
-                h = add_layernorm(ffn, x, *p["ln2"], self.eps)
-                ffn = adapter_fusion(h, ffn if query_before_ln else h, ffn, p["fusion"], temperature)
-            x = add_layernorm(ffn, x, *p["ln2"], self.eps)
-        return x
+        return x, cu.to(x.device)
+
+    def _layer(self, p: dict, w: dict, x: torch.Tensor, cu_dev: torch.Tensor) -> torch.Tensor:
+        """One encoder layer on one packed batch; w: the layer's linear weights (:meth:`_Linear.weight`)."""
+        ctx = varlen_attention(p["qkv"](x, weight=w["qkv"]), cu_dev, self.heads)
+        x = add_layernorm(p["attn_out"](ctx, weight=w["attn_out"]), x, *p["ln1"], self.eps)
+        if self.act == "gelu":
+            inter = p["inter"](x, gelu=True, weight=w["inter"])
+        else:
+            inter = ACT2FN[self.act](p["inter"](x, weight=w["inter"]))
+        ffn = p["out"](inter, weight=w["out"])
+        if p["adapter"] is not None:
+            down_w, down_b, up_w, up_b, scaling = p["adapter"]
+            h = add_layernorm(ffn, x, *p["ln2"], self.eps)
+            ffn = bottleneck_adapter(h, ffn, down_w, down_b, up_w, up_b, self.adapter_act, scaling)
+        elif p["fusion"] is not None:
+            # seq_bn's pre_forward: residual = FFN output, input = LN(FFN + x), the query
+            # one of the two (query_before_ln); then the library's post_forward LN below.
+            temperature, query_before_ln = p["fusion_settings"]
+            h = add_layernorm(ffn, x, *p["ln2"], self.eps)
+            ffn = adapter_fusion(h, ffn if query_before_ln else h, ffn, p["fusion"], temperature)
+        return add_layernorm(ffn, x, *p["ln2"], self.eps)
 
     def encode(
         self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, layer: int, out_dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """L2-normalised mean of each sequence's hidden states at ``layer``: (n, dim) in ``out_dtype``."""
-        hidden = self.hidden_states(input_ids, cu_seqlens, layer)
-        return segment_mean_pool_normalize(hidden, cu_seqlens.to(torch.int64).cpu(), out_dtype=out_dtype)
+        return self.encode_many([(input_ids, cu_seqlens)], layer, out_dtype)[0]
+
+    def encode_many(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], layer: int,
+                    out_dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+        """:meth:`encode` of several packed batches, computed layer by layer (:meth:`hidden_states_many`)."""
+        hidden = self.hidden_states_many(batches, layer)
+        return [segment_mean_pool_normalize(h, cu.to(torch.int64).cpu(), out_dtype=out_dtype)
+                for h, (_, cu) in zip(hidden, batches, strict=True)]

@@ -6,6 +6,12 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.retrieval.mine import knn, margin_candidates, mine, optimize_threshold
 
 
+def _assert_same_topk(idx, full, ref_i):
+    """Indices equal to the reference's except at exact fp32 ties (where knn keeps the lowest row)."""
+    differ = idx != ref_i
+    assert torch.equal(full.gather(1, idx)[differ], full.gather(1, ref_i)[differ])
+
+
 def _emb(n, dim=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(n, dim, generator=g), dim=1)
@@ -30,9 +36,10 @@ def test_knn_bf16_falls_back_to_fp32_on_near_ties():
     y = torch.cat([y, _emb(200, dim=64, seed=2)])
     x = F.normalize(base + 1e-3 * torch.randn(20, 64, generator=g), dim=1)
     sims, idx = knn(x, y, 4, block=64, method="bf16", extra=4)
-    ref_s, ref_i = (x @ y.T).topk(4, dim=1)
+    full = x @ y.T
+    ref_s, ref_i = full.topk(4, dim=1)
     torch.testing.assert_close(sims, ref_s)
-    assert torch.equal(idx, ref_i)
+    _assert_same_topk(idx, full, ref_i)
 
 
 def test_margin_scores_equal_brute_force():

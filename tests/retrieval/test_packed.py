@@ -52,6 +52,19 @@ def test_bf16_close_and_batch_independent(hf_pooled):
     assert (batch * ref).sum(1).min().item() >= 0.99
 
 
+@pytest.mark.parametrize("dtype, int8", [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)])
+def test_layer_by_layer_over_batches_equals_each_batch_alone(dtype, int8):
+    """encode_many runs batches layer-major (one dequantisation per layer); each result is
+    bit-identical to encoding that batch on its own."""
+    enc = PackedEncoder(_xlmr(), dtype=dtype, int8=int8)
+    sentences = _sentences(1)
+    batches = [pack(sentences[:2]), pack(sentences[2:3]), pack(sentences[3:])]
+    together = enc.encode_many(batches, 3)
+    for (ids, cu), got in zip(batches, together, strict=True):
+        assert torch.equal(got, enc.encode(ids, cu, 3))
+    assert enc.encode_many([], 3) == []
+
+
 def test_bad_inputs_raise():
     enc = PackedEncoder(_bert())
     ids, cu = pack([[5, 6, 7]])
