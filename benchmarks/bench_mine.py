@@ -65,7 +65,7 @@ def real_bucc():
 
     bucc = data.load_bucc("zh")
     model, tok = load_model("me5-small")
-    kw = dict(layer=12, prefix="passage: ", dtype=torch.bfloat16)
+    kw = dict(layer=12, prefix="query: ", dtype=torch.bfloat16)  # e5's prefix for bitext mining (README: protocol)
     return encode(model, tok, list(bucc.source.values()), **kw), encode(model, tok, list(bucc.target.values()), **kw)
 
 
