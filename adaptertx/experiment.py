@@ -391,6 +391,25 @@ def _positive(problems: _Problems, table: dict, key: str, where: str) -> int | N
     return value
 
 
+def _placement(problems: _Problems, targets: dict) -> tuple[dict, bool]:
+    """``[targets] pretraining_gib`` and ``unknown_lang_low_resource``, checked: how own files'
+    codes that adaptertx does not know are placed by the low-resource rule."""
+    sizes = _table(problems, targets, "pretraining_gib", "[targets] ")
+    for code, gib in sizes.items():
+        if not isinstance(gib, (int, float)) or isinstance(gib, bool) or gib < 0:
+            problems.expect(f"[targets.pretraining_gib] {code}:", "a CC-100 size in GiB >= 0 (0 if the model never "
+                                                                "saw the language)", gib)
+        elif _iso_or_none(code) is not None:
+            problems.add(f"[targets.pretraining_gib] {code}:", f"is the ISO 639 code {_iso_or_none(code)!r}, "
+                                                               f"whose CC-100 size adaptertx knows; sizes are for "
+                                                               f"codes it does not know")
+    unknown_low = targets.get("unknown_lang_low_resource", False)
+    if not isinstance(unknown_low, bool):
+        problems.expect("[targets] unknown_lang_low_resource:", "true or false", unknown_low)
+        unknown_low = False
+    return sizes, unknown_low
+
+
 def _load_targets(problems: _Problems, targets: dict) -> dict:
     """The study's ``[targets]`` section, checked, as :class:`Study` fields."""
     _unknown(problems, targets, (*BUDGET_KEYS, *_TARGET_KEYS), "[targets]")
@@ -426,19 +445,7 @@ def _load_targets(problems: _Problems, targets: dict) -> dict:
         codes = [problems.check(f"[targets.languages] {t}:", get_task(t).check_language, code)
                  for code in _str_list(problems, f"[targets.languages] {t}:", langs, "language codes")]
         languages.append((t, tuple(c for c in codes if c is not None)))
-    sizes = _table(problems, targets, "pretraining_gib", "[targets] ")
-    for code, gib in sizes.items():
-        if not isinstance(gib, (int, float)) or isinstance(gib, bool) or gib < 0:
-            problems.expect(f"[targets.pretraining_gib] {code}:", "a CC-100 size in GiB >= 0 (0 if the model never "
-                                                                "saw the language)", gib)
-        elif _iso_or_none(code) is not None:
-            problems.add(f"[targets.pretraining_gib] {code}:", f"is the ISO 639 code {_iso_or_none(code)!r}, "
-                                                               f"whose CC-100 size adaptertx knows; sizes are for "
-                                                               f"codes it does not know")
-    unknown_low = targets.get("unknown_lang_low_resource", False)
-    if not isinstance(unknown_low, bool):
-        problems.expect("[targets] unknown_lang_low_resource:", "true or false", unknown_low)
-        unknown_low = False
+    sizes, unknown_low = _placement(problems, targets)
     data = []
     for t, folder in per_target("data"):
         if not isinstance(folder, str) or not Path(folder).is_dir():
@@ -455,7 +462,7 @@ def _load_targets(problems: _Problems, targets: dict) -> dict:
             problems.add(f"[targets.data] {t}:", f"holds files of {', '.join(outside)}, which [targets.languages] "
                                                  f"{t} leaves out; add them there or take the files out")
         unplaced = sorted({lang for lang, _ in files if lang != ALL_LANGUAGES and _iso_or_none(lang) is None
-                           and lang not in sizes and not unknown_low}) if t != "mewsli_x" else []
+                           and lang not in sizes}) if t != "mewsli_x" and not unknown_low else []
         if unplaced:
             problems.add(f"[targets.data] {t}:", f"holds files of {', '.join(unplaced)}, not ISO 639 codes: give "
                                                  f"each one's CC-100 size in [targets.pretraining_gib] (0 if the "
