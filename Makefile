@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[all,test]"
 	touch $(STAMP)
 
-# The main job: the offline default study (about 12 minutes on a 2-core CPU; finished cells
+# The main job: the offline default study (30 cells; README says what its time was measured as; finished cells
 # are kept, so running it again only fills in what is missing).
 demo: install
 	$(BIN)/adaptertx experiment configs/offline-default.toml
