@@ -78,6 +78,26 @@ def time_pair(case: Case, min_seconds: float, max_reps: int) -> dict[str, float]
             "baseline_median": statistics.median(base), "ours_median": statistics.median(ours), "reps": reps}
 
 
+def gemm_peak(dtype: torch.dtype, shapes=((2048, 2048, 2048),), seconds: float = 0.5, warmup: int = 1) -> float:
+    """The machine's measured GEMM rate (FLOP/s) in ``dtype``: the fastest single product of each
+    ``(m, k, n)`` shape (the least disturbed, on a shared machine), timed for ``seconds`` and at
+    least three times after ``warmup`` products; the best over the shapes."""
+    best = 0.0
+    for m, k, n in shapes:
+        a = torch.randn(m, k).to(dtype)
+        b = torch.randn(k, n).to(dtype)
+        for _ in range(warmup):
+            a @ b
+        fastest, reps, t_end = float("inf"), 0, time.perf_counter() + seconds
+        while reps < 3 or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            a @ b
+            fastest = min(fastest, time.perf_counter() - t0)
+            reps += 1
+        best = max(best, 2 * m * k * n / fastest)
+    return best
+
+
 def machine_info() -> dict:
     cpu = platform.processor()
     try:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package first
 import _peers  # noqa: E402
+from _harness import gemm_peak as harness_gemm_peak  # noqa: E402
 from _harness import machine_info  # noqa: E402
 
 from adaptertx import data  # noqa: E402
@@ -109,21 +110,8 @@ def truncated_copy(model, layer, dtype):
 
 def gemm_peak(tiny: bool, dims: list[tuple[int, int, int]], dtype: torch.dtype) -> float:
     """Best measured GEMM rate (FLOP/s) in ``dtype`` over a square and the model's own shapes."""
-    best = 0.0
     shapes = [(256, 256, 256)] if tiny else [(2048, 2048, 2048), *dims]
-    for m, k, n in shapes:
-        a = torch.randn(m, k).to(dtype)
-        b = torch.randn(k, n).to(dtype)
-        for _ in range(2):
-            a @ b
-        fastest, reps, t_end = float("inf"), 0, time.perf_counter() + (0.05 if tiny else 1.0)
-        while reps < 3 or time.perf_counter() < t_end:  # the fastest single product: the least disturbed
-            t0 = time.perf_counter()
-            a @ b
-            fastest = min(fastest, time.perf_counter() - t0)
-            reps += 1
-        best = max(best, 2 * m * k * n / fastest)
-    return best
+    return harness_gemm_peak(dtype, shapes, 0.05 if tiny else 1.0, warmup=2)
 
 
 def encode_flops(cfg, token_counts: list[int], layer: int) -> float:

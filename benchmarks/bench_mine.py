@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package first
-from _harness import machine_info  # noqa: E402
+from _harness import gemm_peak, machine_info  # noqa: E402
 
 from adaptertx.io import atomic_write_text, cache_dir  # noqa: E402
 from adaptertx.retrieval.mine import knn  # noqa: E402
@@ -244,18 +244,6 @@ def main() -> int:
                                        "machine": machine_info(), "rows": rows, "notes": notes}, indent=2) + "\n")
     print(f"wrote {out}")
     return 1 if failed else 0
-
-
-def gemm_peak(dtype) -> float:
-    a = torch.randn(2048, 2048).to(dtype)
-    a @ a
-    fastest, reps, t_end = float("inf"), 0, time.perf_counter() + 0.5
-    while reps < 3 or time.perf_counter() < t_end:  # the fastest single product: the least disturbed
-        t0 = time.perf_counter()
-        a @ a
-        fastest = min(fastest, time.perf_counter() - t0)
-        reps += 1
-    return 2 * 2048**3 / fastest
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from tabulate import tabulate
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package first
 import _library_train  # noqa: E402
+from _harness import gemm_peak as harness_gemm_peak  # noqa: E402
 
 from adaptertx.io import atomic_write_text, cache_dir  # noqa: E402
 from adaptertx.modeling import adapter_config, build_adapter_model  # noqa: E402
@@ -139,16 +140,7 @@ def measure(model_name: str, label: str, batch: dict, steps: int) -> list[dict]:
 
 
 def gemm_peak(dtype: torch.dtype, tiny: bool) -> float:
-    n = 256 if tiny else 2048
-    a = torch.randn(n, n).to(dtype)
-    a @ a
-    fastest, reps, t_end = float("inf"), 0, time.perf_counter() + (0.05 if tiny else 0.5)
-    while reps < 3 or time.perf_counter() < t_end:  # the fastest single product: the least disturbed
-        t0 = time.perf_counter()
-        a @ a
-        fastest = min(fastest, time.perf_counter() - t0)
-        reps += 1
-    return 2 * n**3 / fastest
+    return harness_gemm_peak(dtype, [(256,) * 3] if tiny else [(2048,) * 3], 0.05 if tiny else 0.5)
 
 
 def main() -> int:
