@@ -52,7 +52,7 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation import NONE, EvalConfig, data_dir_files, evaluate, fusion_of, load_intermediate
 from adaptertx.evaluation.common import ALL_LANGUAGES
 from adaptertx.io import writing
-from adaptertx.languages import normalize, normalize_or_keep
+from adaptertx.languages import normalize_or_keep, normalize_or_none
 from adaptertx.merging import MIXTURE, MergeOptions, merge
 from adaptertx.results import STORE_FILE, ResultsStore
 from adaptertx.rundir import METHODS, RUN_FILE, WEIGHT_SPACE, read_json, run_status
@@ -375,14 +375,6 @@ def _load_configs(problems: _Problems, raw: dict) -> tuple[ConfigSpec, ...]:
     return tuple(configs)
 
 
-def _iso_or_none(code: str) -> str | None:
-    """``code`` as the ISO 639 code adaptertx knows, or ``None``."""
-    try:
-        return normalize(code)
-    except AdaptertxError:
-        return None
-
-
 def _positive(problems: _Problems, table: dict, key: str, where: str) -> int | None:
     value = table.get(key)
     if value is not None and (not _is_int(value) or value < 1):
@@ -399,8 +391,8 @@ def _placement(problems: _Problems, targets: dict) -> tuple[dict, bool]:
         if not isinstance(gib, (int, float)) or isinstance(gib, bool) or gib < 0:
             problems.expect(f"[targets.pretraining_gib] {code}:", "a CC-100 size in GiB >= 0 (0 if the model never "
                                                                 "saw the language)", gib)
-        elif _iso_or_none(code) is not None:
-            problems.add(f"[targets.pretraining_gib] {code}:", f"is the ISO 639 code {_iso_or_none(code)!r}, "
+        elif normalize_or_none(code) is not None:
+            problems.add(f"[targets.pretraining_gib] {code}:", f"is the ISO 639 code {normalize_or_none(code)!r}, "
                                                                f"whose CC-100 size adaptertx knows; sizes are for "
                                                                f"codes it does not know")
     unknown_low = targets.get("unknown_lang_low_resource", False)
@@ -461,7 +453,7 @@ def _load_targets(problems: _Problems, targets: dict) -> dict:
         if outside:
             problems.add(f"[targets.data] {t}:", f"holds files of {', '.join(outside)}, which [targets.languages] "
                                                  f"{t} leaves out; add them there or take the files out")
-        unplaced = sorted({lang for lang, _ in files if lang != ALL_LANGUAGES and _iso_or_none(lang) is None
+        unplaced = sorted({lang for lang, _ in files if lang != ALL_LANGUAGES and normalize_or_none(lang) is None
                            and lang not in sizes}) if t != "mewsli_x" and not unknown_low else []
         if unplaced:
             problems.add(f"[targets.data] {t}:", f"holds files of {', '.join(unplaced)}, not ISO 639 codes: give "

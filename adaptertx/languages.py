@@ -45,6 +45,18 @@ def normalize(code: str) -> str:
     return getattr(lang, "alpha_2", None) or lang.alpha_3
 
 
+def normalize_or_none(code: str) -> str | None:
+    """:func:`normalize` of ``code``, or ``None`` when no standard knows it.
+
+    >>> normalize_or_none("deu"), normalize_or_none("qhe")
+    ('de', None)
+    """
+    try:
+        return normalize(code)
+    except AdaptertxError:
+        return None
+
+
 def normalize_or_keep(code: str) -> str:
     """:func:`normalize` of ``code``, or ``code`` lowercased when no standard knows it (a
     language of the user's own files).
@@ -52,10 +64,7 @@ def normalize_or_keep(code: str) -> str:
     >>> normalize_or_keep("deu"), normalize_or_keep("XX")
     ('de', 'xx')
     """
-    try:
-        return normalize(code)
-    except AdaptertxError:
-        return code.strip().lower()
+    return normalize_or_none(code) or code.strip().lower()
 
 
 def name(code: str) -> str:

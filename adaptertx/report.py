@@ -39,7 +39,7 @@ import numpy as np
 
 from adaptertx.errors import AdaptertxError, import_optional
 from adaptertx.io import atomic_write_bytes, atomic_write_text
-from adaptertx.languages import pretraining_gib
+from adaptertx.languages import normalize_or_none, pretraining_gib
 from adaptertx.metrics import boot_indices, resampled_scores
 from adaptertx.results import read_store
 from adaptertx.rundir import MERGE_METHODS
@@ -368,10 +368,7 @@ def _ci(c: Comparison | None) -> str:
 def _gib(lang: str) -> float:
     """CC-100 size for ordering a table (a code adaptertx does not know, placed by the user when
     it was scored, sorts with the languages XLM-R never saw)."""
-    try:
-        return pretraining_gib(lang)
-    except AdaptertxError:
-        return 0.0
+    return pretraining_gib(lang) if normalize_or_none(lang) is not None else 0.0
 
 
 def _lang_order(report: Report, t: str) -> list[str]:

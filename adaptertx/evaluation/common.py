@@ -16,7 +16,7 @@ from adaptertx import data
 from adaptertx.environment import versions
 from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation.intermediate import Intermediate
-from adaptertx.languages import LOW_RESOURCE_GIB, is_low_resource, normalize, normalize_or_keep
+from adaptertx.languages import LOW_RESOURCE_GIB, is_low_resource, normalize_or_keep, normalize_or_none
 from adaptertx.rundir import sha256_file
 from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, TargetSettings, check_quant
 from adaptertx.tasks import Task, get_task, tasks
@@ -120,9 +120,8 @@ class EvalConfig(TargetSettings):
         for code, gib in self.pretraining_gib:
             if not isinstance(gib, (int, float)) or isinstance(gib, bool) or gib < 0:
                 raise AdaptertxError(f"pretraining size of {code!r} must be a number of GiB >= 0, got {gib!r}")
-            try:
-                known = normalize(code)
-            except AdaptertxError:
+            known = normalize_or_none(code)
+            if known is None:
                 continue
             raise AdaptertxError(f"{code!r} is the ISO 639 code {known!r}, whose CC-100 size adaptertx knows; "
                                  f"a pretraining size is for codes it does not know")
