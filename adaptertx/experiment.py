@@ -16,7 +16,9 @@ A study is a TOML file (see ``configs/``)::
 adapter-init seed shared, so adapters average), builds the merged configurations
 (``STUDY/merged/<config>``), then runs every cell (``STUDY/cells/<config>/<target>/seed<k>``,
 :func:`adaptertx.evaluation.evaluate`) and appends it to the results store
-(``STUDY/results.jsonl``, :mod:`adaptertx.results`). Finished cells are skipped, so an
+(``STUDY/results.jsonl``, :mod:`adaptertx.results`). Those three steps are the nodes of a task
+graph (:mod:`adaptertx.study_graph`), run in this process by default or spread over a Ray
+cluster or Slurm jobs (:mod:`adaptertx.executors`), each node as soon as its inputs are ready. Finished cells are skipped, so an
 interrupted study resumes where it stopped; a cell that fails is recorded with its error and
 the grid goes on; the failures are listed at the end. A store written by another study (a
 different config hash) is refused.
@@ -35,8 +37,8 @@ import json
 import logging
 import os
 import re
+import socket
 import time
-import traceback
 
 try:
     import tomllib
@@ -45,17 +47,15 @@ except ModuleNotFoundError:  # Python 3.10
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from adaptertx import settings as training_settings
 from adaptertx.errors import AdaptertxError
-from adaptertx.evaluation import NONE, EvalConfig, data_dir_files, evaluate, fusion_of, load_intermediate
+from adaptertx.evaluation import NONE, EvalConfig, data_dir_files, fusion_of, load_intermediate
 from adaptertx.evaluation.common import ALL_LANGUAGES
 from adaptertx.io import writing
 from adaptertx.languages import normalize_or_keep, normalize_or_none
 from adaptertx.merging import MIXTURE, MergeOptions, merge
 from adaptertx.results import STORE_FILE, ResultsStore
-from adaptertx.rundir import METHODS, RUN_FILE, WEIGHT_SPACE, read_json, run_status
+from adaptertx.rundir import METHODS, WEIGHT_SPACE, run_status
 from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, QUANT_MODES, TARGET, TargetSettings
 from adaptertx.tasks import get_task
 from adaptertx.training import TrainConfig, train
@@ -498,7 +498,8 @@ def cell_id(config: str, target: str, seed: int) -> str:
     return f"{config}|{target}|seed{seed}"
 
 
-def _train_intermediate(study: Study, task: str, out: Path, progress: bool) -> Path:
+def train_intermediate(study: Study, task: str, out: Path, progress: bool) -> Path:
+    """The finished run folder of ``task``'s adapter in the study folder ``out`` (trained if needed)."""
     run = out / "intermediate" / task
     if run_status(run) == "finished":
         return run
@@ -509,20 +510,8 @@ def _train_intermediate(study: Study, task: str, out: Path, progress: bool) -> P
     return run
 
 
-def _merged(study: Study, spec: ConfigSpec, runs: dict[str, Path], errors: dict[str, str], out: Path,
-            progress: bool):
-    """The :class:`adaptertx.evaluation.Intermediate` of one configuration (merging if needed)."""
-    if spec.method == "none":
-        return NONE
-    missing = [t for t in spec.tasks if t not in runs]
-    if missing:
-        raise AdaptertxError("; ".join(f"the {t} adapter failed to train: {errors.get(t, 'unknown error')}"
-                                       for t in missing))
-    dirs = [runs[t] for t in spec.tasks]
-    if spec.method == "single":
-        return load_intermediate(dirs[0])
-    if spec.method == "fusion" and spec.fusion_data == "target":
-        return fusion_of(dirs)
+def build_merged(study: Study, spec: ConfigSpec, dirs: list[Path], out: Path, progress: bool) -> Path:
+    """The merged folder ``out/merged/<config>`` of a configuration that has one (merging if needed)."""
     folder = out / "merged" / spec.name
     if not (folder / "recipe.json").is_file():
         trained = METHODS[spec.method].trained
@@ -533,21 +522,55 @@ def _merged(study: Study, spec: ConfigSpec, runs: dict[str, Path], errors: dict[
                                progress=progress, sampling=spec.sampling, temperature=spec.temperature)
         # A trained merge that was interrupted continues; a weight-space one is written whole or not at all.
         merge(spec.method, dirs, folder, options, overwrite=not trained and folder.exists())
-    return load_intermediate(folder)
+    return folder
 
 
-def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True,
-              echo=print) -> StudyResult:
+def intermediate_of(spec: ConfigSpec, dirs: list[Path], merged: Path | None):
+    """The :class:`adaptertx.evaluation.Intermediate` of one configuration, from its task adapters'
+    run folders ``dirs`` (or its merged folder, for the configurations that have one)."""
+    if spec.method == "none":
+        return NONE
+    if merged is not None:
+        return load_intermediate(merged)
+    if spec.method == "single":
+        return load_intermediate(dirs[0])
+    return fusion_of(dirs)
+
+
+def cell_base(spec: ConfigSpec, target: str, seed: int, source, learned: dict) -> dict:
+    """What every record of a cell holds, finished or failed: which cell, over which adapters
+    (their folder and their English test scores beside their floors)."""
+    return {"cell": cell_id(spec.name, target, seed), "config": spec.name, "method": spec.method, "target": target,
+            "seed": seed, "intermediate": {"tasks": list(spec.tasks), "dir": str(source) if source else None,
+                                           "learned": {t: learned.get(t) for t in spec.tasks}}}
+
+
+def eval_config(study: Study, target: str, seed: int) -> EvalConfig:
+    """The :class:`adaptertx.evaluation.EvalConfig` of one cell."""
+    b = study.budget_for(target)
+    return EvalConfig(target=target, model=study.model, quant=study.quant, adapter=study.adapter,
+                      languages=study.languages_for(target), max_eval_examples=study.max_eval_examples,
+                      adapter_seed=study.adapter_seed, data_files=study.data_files_for(target),
+                      max_candidates=study.max_candidates, pretraining_gib=study.pretraining_gib,
+                      unknown_lang_low_resource=study.unknown_lang_low_resource,
+                      **b.replace(seed=seed).training_json())
+
+
+def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True, echo=print, executor=None,
+              retries: int = 2) -> StudyResult:
     """Run every unfinished cell of ``study`` into the folder ``out`` (see the module doc).
 
-    The folder is locked while the study runs (:func:`lock_study`): a second driver on it is refused.
-    A base model that cannot be found is an error before anything is written."""
+    ``executor`` runs the study's nodes (:mod:`adaptertx.executors`: in this process by default,
+    or on Ray or Slurm); this process is the one writer of the results store. A node whose worker
+    is lost is run again up to ``retries`` times. The folder is locked while the study runs
+    (:func:`lock_study`): a second driver on it is refused. A base model that cannot be found is
+    an error before anything is written."""
     from adaptertx.models import check_model
 
     out = Path(out)
     check_model(study.model)
     with lock_study(out):
-        return _run_study(study, out, progress, echo)
+        return _run_study(study, out, progress, echo, executor, retries)
 
 
 @contextlib.contextmanager
@@ -561,17 +584,21 @@ def lock_study(out: Path):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            raise AdaptertxError(f"{out} is in use by another adaptertx experiment (pid {holder}); wait for it to "
+            holder = os.pread(fd, 300, 0).decode(errors="replace").split()
+            who = f"host {holder[0]}, pid {holder[1]}" if len(holder) == 2 else "another process"
+            raise AdaptertxError(f"{out} is in use by another adaptertx experiment ({who}); wait for it to "
                                  f"finish, or give another --out") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}".encode(), 0)
         yield
     finally:
         os.close(fd)
 
 
-def _run_study(study: Study, out: Path, progress: bool, echo) -> StudyResult:
+def _run_study(study: Study, out: Path, progress: bool, echo, executor, retries: int) -> StudyResult:
+    from adaptertx.executors import LocalExecutor
+    from adaptertx.study_graph import build_graph, drive
+
     start = time.time()
     store = ResultsStore(out / STORE_FILE, {"study": study.name, "study_hash": study.study_hash(),
                                             "config": dataclasses.asdict(study)})
@@ -581,81 +608,20 @@ def _run_study(study: Study, out: Path, progress: bool, echo) -> StudyResult:
     if skipped:
         echo(f"{len(skipped)} of {len(cells)} cells already finished in {out / STORE_FILE}; "
              f"running the other {len(todo)}")
-    ran, failed = [], {}
     if not todo:
-        return StudyResult(out, ran, skipped, failed, time.time() - start)
-
-    # 1. Task adapters, once each; 2. the merged configurations they make.
-    runs, setup_errors = {}, {}
-    needed = list(dict.fromkeys(t for c, _, _ in todo for t in c.tasks))
-    for task in needed:
-        echo(f"[intermediate] {task}")
-        try:
-            runs[task] = _train_intermediate(study, task, out, progress)
-        except AdaptertxError as e:
-            setup_errors[task] = str(e)
-            echo(f"[intermediate] {task} failed: {e}")
-    inters = {}
-    for spec in dict.fromkeys(c for c, _, _ in todo):
-        try:
-            if spec.method not in ("none", "single", "fusion") or spec.fusion_data == "mixture":
-                echo(f"[merge] {spec.name} ({spec.method} of {', '.join(spec.tasks)})")
-            inters[spec.name] = _merged(study, spec, runs, setup_errors, out, progress)
-        except Exception as e:  # recorded per cell below; the grid goes on
-            inters[spec.name] = e
-            echo(f"[merge] {spec.name} failed: {e}")
-
-    # 3. The cells (each records its task adapters' English test scores beside their floors).
-    adapter_floors = {t: read_json(run / RUN_FILE).get("test_vs_majority") for t, run in runs.items()}
-    bar = tqdm(todo, desc="cells", unit="cell", disable=not progress)
-    for spec, target, seed in bar:
-        cid = cell_id(spec.name, target, seed)
-        bar.set_postfix_str(cid)
-        inter = inters[spec.name]
-        base = {"cell": cid, "config": spec.name, "method": spec.method, "target": target, "seed": seed,
-                "intermediate": {"tasks": list(spec.tasks),
-                                 "dir": (str(inter.source) if not isinstance(inter, Exception) and inter.source
-                                         else None),
-                                 "learned": {t: adapter_floors.get(t) for t in spec.tasks}}}
-        try:
-            if isinstance(inter, Exception):
-                raise inter
-            b = study.budget_for(target)
-            config = EvalConfig(target=target, model=study.model, quant=study.quant, adapter=study.adapter,
-                                languages=study.languages_for(target), max_eval_examples=study.max_eval_examples,
-                                adapter_seed=study.adapter_seed, data_files=study.data_files_for(target),
-                                max_candidates=study.max_candidates, pretraining_gib=study.pretraining_gib,
-                                unknown_lang_low_resource=study.unknown_lang_low_resource,
-                                **b.replace(seed=seed).training_json())
-            result = evaluate(config, inter, out / "cells" / spec.name / target / f"seed{seed}", progress=progress)
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:
-            message = str(e) if isinstance(e, AdaptertxError) else f"{type(e).__name__}: {e}"
-            detail = None if isinstance(e, AdaptertxError) else traceback.format_exc(limit=8)
-            store.add({**base, "status": "failed", "error": message, **({"traceback": detail} if detail else {})})
-            failed[cid] = message
-            bar.write(f"{cid}: FAILED — {message}")
-            continue
-        store.add({**base, "status": "finished", **result.record()})
-        ran.append(cid)
-        bar.write(f"{cid}: {_one_line(result)}")
-    bar.close()
+        return StudyResult(out, [], skipped, {}, time.time() - start)
+    executor = executor or LocalExecutor()
+    try:
+        ran, failed = drive(_portable(study), out.resolve(), build_graph(study, todo), executor, store,
+                            retries=retries, progress=progress, echo=echo)
+    finally:
+        executor.close()
     return StudyResult(out, ran, skipped, failed, time.time() - start)
 
 
-def _one_line(result) -> str:
-    from statistics import mean
-
-    key = result.primary
-    scores = {k: v.scores[key] for k, v in result.languages.items()}
-    low = [v for k, v in scores.items() if result.languages[k].low_resource]
-    high = [v for k, v in scores.items() if not result.languages[k].low_resource]
-    parts = [f"{key} avg {mean(scores.values()):.1f} over {len(scores)} languages"] if scores else ["no scores"]
-    if low:
-        parts.append(f"low-resource {mean(low):.1f} ({len(low)})")
-    if high:
-        parts.append(f"others {mean(high):.1f} ({len(high)})")
-    if result.missing:
-        parts.append(f"{len(result.missing)} without data")
-    return "; ".join(parts)
+def _portable(study: Study) -> Study:
+    """``study`` with its local paths (a model folder, data folders) made absolute, so that a worker
+    whose working directory is another one reads the same files."""
+    model = str(Path(study.model).resolve()) if Path(study.model).exists() else study.model
+    data = tuple((t, str(Path(folder).resolve())) for t, folder in study.data)
+    return dataclasses.replace(study, model=model, data=data)
