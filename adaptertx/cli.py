@@ -463,17 +463,38 @@ def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, 
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="Study folder (default: results/<study name>).")
 @click.option("--no-report", is_flag=True, help="Do not write the report at the end.")
+@click.option("--executor", type=click.Choice(["local", "ray", "slurm", "submitit-local"]), default="local",
+              show_default=True, help="Where the nodes run: this process, Ray tasks, or Slurm jobs (submitit; "
+                                      "submitit-local: the same jobs as local processes).")
+@click.option("--address", default=None, help="ray: join this cluster (auto, HOST:PORT, ray://HOST:PORT); "
+                                              "default: start a local one.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="ray without --address: the local cluster's CPUs (default: this machine's).")
+@click.option("--cpus-per-task", type=click.FloatRange(min=0), default=1, show_default=True)
+@click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="GPUs each node asks for (ray; slurm: per node's job).")
+@click.option("--partition", default=None, help="slurm: the partition to submit to.")
+@click.option("--timeout-min", type=click.IntRange(min=1), default=240, show_default=True, help="slurm: per job.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Times a node whose worker was lost (killed, preempted) runs again before it counts as failed.")
 @_clear_errors
-def experiment_cmd(config, out, no_report) -> None:
+def experiment_cmd(config, out, no_report, executor, address, workers, cpus_per_task, gpus_per_task, partition,
+                   timeout_min, retries) -> None:
     """Run a study (intermediate configurations x targets x seeds) from a TOML CONFIG.
     Finished cells are kept in the results store and skipped when run again."""
+    from pathlib import Path
+
+    from adaptertx.executors import make_executor
     from adaptertx.experiment import load_study, run_study
 
     study = load_study(config)
     folder = out or f"results/{study.name}"
     click.echo(f"study {study.name!r} ({study.study_hash()}): {len(study.configs)} configurations x "
                f"{len(study.targets)} targets x {len(study.seeds)} seeds -> {folder}")
-    result = run_study(study, folder, echo=click.echo)
+    engine = make_executor(executor, Path(folder).resolve(), address=address, workers=workers,
+                           cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, partition=partition,
+                           timeout_min=timeout_min)
+    result = run_study(study, folder, echo=click.echo, executor=engine, retries=retries)
     click.echo(f"{len(result.ran)} cells run, {len(result.skipped)} kept from before, {len(result.failed)} failed "
                f"in {result.seconds / 60:.1f} min")
     if not no_report:

@@ -18,10 +18,10 @@ adapter-init seed shared, so adapters average), builds the merged configurations
 :func:`adaptertx.evaluation.evaluate`) and appends it to the results store
 (``STUDY/results.jsonl``, :mod:`adaptertx.results`). Those three steps are the nodes of a task
 graph (:mod:`adaptertx.study_graph`), run in this process by default or spread over a Ray
-cluster or Slurm jobs (:mod:`adaptertx.executors`), each node as soon as its inputs are ready. Finished cells are skipped, so an
-interrupted study resumes where it stopped; a cell that fails is recorded with its error and
-the grid goes on; the failures are listed at the end. A store written by another study (a
-different config hash) is refused.
+cluster or Slurm jobs (:mod:`adaptertx.executors`), each node as soon as its inputs are ready.
+Finished cells are skipped, so an interrupted study resumes where it stopped; a cell that
+fails is recorded with its error and the grid goes on; the failures are listed at the end.
+A store written by another study (a different config hash) is refused.
 
 Seeds vary the target training (data order, dropout); the intermediate adapters are trained
 once per study (their seed is the study's first seed).
@@ -565,12 +565,17 @@ def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True, ec
     is lost is run again up to ``retries`` times. The folder is locked while the study runs
     (:func:`lock_study`): a second driver on it is refused. A base model that cannot be found is
     an error before anything is written."""
+    from adaptertx.executors import LocalExecutor
     from adaptertx.models import check_model
 
     out = Path(out)
-    check_model(study.model)
-    with lock_study(out):
-        return _run_study(study, out, progress, echo, executor, retries)
+    executor = executor or LocalExecutor()
+    try:
+        check_model(study.model)
+        with lock_study(out):
+            return _run_study(study, out, progress, echo, executor, retries)
+    finally:
+        executor.close()
 
 
 @contextlib.contextmanager
@@ -596,7 +601,6 @@ def lock_study(out: Path):
 
 
 def _run_study(study: Study, out: Path, progress: bool, echo, executor, retries: int) -> StudyResult:
-    from adaptertx.executors import LocalExecutor
     from adaptertx.study_graph import build_graph, drive
 
     start = time.time()
@@ -610,12 +614,8 @@ def _run_study(study: Study, out: Path, progress: bool, echo, executor, retries:
              f"running the other {len(todo)}")
     if not todo:
         return StudyResult(out, [], skipped, {}, time.time() - start)
-    executor = executor or LocalExecutor()
-    try:
-        ran, failed = drive(_portable(study), out.resolve(), build_graph(study, todo), executor, store,
-                            retries=retries, progress=progress, echo=echo)
-    finally:
-        executor.close()
+    ran, failed = drive(_portable(study), out.resolve(), build_graph(study, todo), executor, store,
+                        retries=retries, progress=progress, echo=echo)
     return StudyResult(out, ran, skipped, failed, time.time() - start)
 
 

@@ -384,7 +384,7 @@ def test_a_study_folder_takes_one_driver_at_a_time(tmp_path):
 
     study = load_study(write(tmp_path, STUDY.format(model="me5-small")))
     with lock_study(tmp_path / "out"):
-        with pytest.raises(AdaptertxError, match=rf"in use by another adaptertx experiment \(host {socket.gethostname()}, "
-                                                 rf"pid {os.getpid()}\)"):
+        holder = rf"\(host {socket.gethostname()}, pid {os.getpid()}\)"
+        with pytest.raises(AdaptertxError, match=rf"in use by another adaptertx experiment {holder}"):
             run_study(study, tmp_path / "out", progress=False, echo=lambda *_: None)
     assert not (tmp_path / "out" / "results.jsonl").exists()
