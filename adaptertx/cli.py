@@ -36,6 +36,17 @@ def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _counts(value: str, flag: str) -> list[int]:
+    try:
+        counts = [int(v) for v in _csv(value) or []]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise click.BadParameter(f"expected positive whole numbers separated by commas, got {value!r}",
+                                 param_hint=flag)
+    return counts
+
+
 _QUANT_HELP = "Base storage: adaptertx int8 (bf16 compute), bitsandbytes LLM.int8, bf16, or fp32."
 _SETTING_TYPES = {"int": int, "float": float, "bool": bool, "int | None": int, "float | None": float}
 
@@ -477,9 +488,14 @@ def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, 
 @click.option("--timeout-min", type=click.IntRange(min=1), default=240, show_default=True, help="slurm: per job.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Times a node whose worker was lost (killed, preempted) runs again before it counts as failed.")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Print the grid, each node's work and the expected GPU hours and wall time; run nothing.")
+@click.option("--gpus", default="1,8,32", show_default=True, help="--plan: the numbers of GPUs to give wall times for.")
+@click.option("--tflops", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--plan: count FLOPs at this sustained rate instead of measuring the base here.")
 @_clear_errors
 def experiment_cmd(config, out, no_report, executor, address, workers, cpus_per_task, gpus_per_task, partition,
-                   timeout_min, retries) -> None:
+                   timeout_min, retries, plan_only, gpus, tflops) -> None:
     """Run a study (intermediate configurations x targets x seeds) from a TOML CONFIG.
     Finished cells are kept in the results store and skipped when run again."""
     from pathlib import Path
@@ -489,6 +505,13 @@ def experiment_cmd(config, out, no_report, executor, address, workers, cpus_per_
 
     study = load_study(config)
     folder = out or f"results/{study.name}"
+    if plan_only:
+        from adaptertx.plan import plan_lines, plan_study
+
+        counts = _counts(gpus, "--gpus")
+        for line in plan_lines(plan_study(study, folder, tflops=tflops), counts):
+            click.echo(line)
+        return
     click.echo(f"study {study.name!r} ({study.study_hash()}): {len(study.configs)} configurations x "
                f"{len(study.targets)} targets x {len(study.seeds)} seeds -> {folder}")
     engine = make_executor(executor, Path(folder).resolve(), address=address, workers=workers,

@@ -49,16 +49,15 @@ from pathlib import Path
 
 from adaptertx import settings as training_settings
 from adaptertx.errors import AdaptertxError
-from adaptertx.evaluation import NONE, EvalConfig, data_dir_files, fusion_of, load_intermediate
+from adaptertx.evaluation import data_dir_files
 from adaptertx.evaluation.common import ALL_LANGUAGES
 from adaptertx.io import writing
 from adaptertx.languages import normalize_or_keep, normalize_or_none
-from adaptertx.merging import MIXTURE, MergeOptions, merge
 from adaptertx.results import STORE_FILE, ResultsStore
-from adaptertx.rundir import METHODS, WEIGHT_SPACE, run_status
+from adaptertx.rundir import METHODS, WEIGHT_SPACE
 from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, QUANT_MODES, TARGET, TargetSettings
+from adaptertx.study_graph import cell_id
 from adaptertx.tasks import get_task
-from adaptertx.training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -491,69 +490,6 @@ class StudyResult:
     skipped: list[str]
     failed: dict[str, str]
     seconds: float
-
-
-def cell_id(config: str, target: str, seed: int) -> str:
-    """The store key of one grid cell."""
-    return f"{config}|{target}|seed{seed}"
-
-
-def train_intermediate(study: Study, task: str, out: Path, progress: bool) -> Path:
-    """The finished run folder of ``task``'s adapter in the study folder ``out`` (trained if needed)."""
-    run = out / "intermediate" / task
-    if run_status(run) == "finished":
-        return run
-    config = TrainConfig(task=task, model=study.model, out=str(run), adapter=study.adapter, quant=study.quant,
-                         adapter_seed=study.adapter_seed,
-                         **study.intermediate.replace(seed=study.seeds[0]).training_json())
-    train(config, progress=progress)  # an interrupted run continues (or starts again if it never checkpointed)
-    return run
-
-
-def build_merged(study: Study, spec: ConfigSpec, dirs: list[Path], out: Path, progress: bool) -> Path:
-    """The merged folder ``out/merged/<config>`` of a configuration that has one (merging if needed)."""
-    folder = out / "merged" / spec.name
-    if not (folder / "recipe.json").is_file():
-        trained = METHODS[spec.method].trained
-        options = MergeOptions(weights=spec.weights if spec.weights == "dev" else
-                               list(spec.weights) if spec.weights else None,
-                               target=MIXTURE if spec.method == "fusion" else None,
-                               settings=study.intermediate.replace(seed=study.seeds[0]) if trained else None,
-                               progress=progress, sampling=spec.sampling, temperature=spec.temperature)
-        # A trained merge that was interrupted continues; a weight-space one is written whole or not at all.
-        merge(spec.method, dirs, folder, options, overwrite=not trained and folder.exists())
-    return folder
-
-
-def intermediate_of(spec: ConfigSpec, dirs: list[Path], merged: Path | None):
-    """The :class:`adaptertx.evaluation.Intermediate` of one configuration, from its task adapters'
-    run folders ``dirs`` (or its merged folder, for the configurations that have one)."""
-    if spec.method == "none":
-        return NONE
-    if merged is not None:
-        return load_intermediate(merged)
-    if spec.method == "single":
-        return load_intermediate(dirs[0])
-    return fusion_of(dirs)
-
-
-def cell_base(spec: ConfigSpec, target: str, seed: int, source, learned: dict) -> dict:
-    """What every record of a cell holds, finished or failed: which cell, over which adapters
-    (their folder and their English test scores beside their floors)."""
-    return {"cell": cell_id(spec.name, target, seed), "config": spec.name, "method": spec.method, "target": target,
-            "seed": seed, "intermediate": {"tasks": list(spec.tasks), "dir": str(source) if source else None,
-                                           "learned": {t: learned.get(t) for t in spec.tasks}}}
-
-
-def eval_config(study: Study, target: str, seed: int) -> EvalConfig:
-    """The :class:`adaptertx.evaluation.EvalConfig` of one cell."""
-    b = study.budget_for(target)
-    return EvalConfig(target=target, model=study.model, quant=study.quant, adapter=study.adapter,
-                      languages=study.languages_for(target), max_eval_examples=study.max_eval_examples,
-                      adapter_seed=study.adapter_seed, data_files=study.data_files_for(target),
-                      max_candidates=study.max_candidates, pretraining_gib=study.pretraining_gib,
-                      unknown_lang_low_resource=study.unknown_lang_low_resource,
-                      **b.replace(seed=seed).training_json())
 
 
 def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True, echo=print, executor=None,

@@ -43,6 +43,17 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def computed(record: dict) -> dict:
+    """What a cell record says the cell computed (status, per-example stats and scores, what its
+    adapters learned, the checkpoints' hashes), without where and when it ran (folders, hosts,
+    seconds): two runs of one study with one seed, on any executor, give equal ``computed``."""
+    trace = record.get("trace", {})
+    return {"cell": record["cell"], "status": record["status"], "error": record.get("error"),
+            "languages": record.get("languages"), "learned": record.get("learned"),
+            "adapters_learned": record["intermediate"].get("learned"),
+            "checkpoints": [(k["role"], k["sha256"]) for k in trace.get("checkpoints", [])]}
+
+
 def _lines(path: Path) -> list[dict]:
     records = []
     with open(path, "rb") as f:  # bytes: a torn line may end inside a UTF-8 character

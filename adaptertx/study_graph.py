@@ -12,10 +12,12 @@ in its folder, ``cell.json``, so a cell whose driver died before recording it is
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import logging
 import os
 import socket
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from adaptertx.errors import AdaptertxError
+from adaptertx.evaluation import NONE, EvalConfig, evaluate, fusion_of, load_intermediate
 from adaptertx.io import atomic_write_text, writing
+from adaptertx.merging import MIXTURE, MergeOptions, merge
 from adaptertx.results import STORE_FILE
+from adaptertx.rundir import METHODS, RUN_FILE, read_json, run_status
+from adaptertx.training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +77,6 @@ def needs_merge(spec) -> bool:
 
 def build_graph(study, cells: list[tuple]) -> list[Node]:
     """The nodes the cells ``[(spec, target, seed), ...]`` need, each after its inputs."""
-    from adaptertx.experiment import cell_id
-
     specs = list(dict.fromkeys(c for c, _, _ in cells))
     tasks = list(dict.fromkeys(t for c in specs for t in c.tasks))
     nodes = [Node("intermediate", t) for t in tasks]
@@ -83,6 +87,114 @@ def build_graph(study, cells: list[tuple]) -> list[Node]:
         deps = (f"merge:{spec.name}",) if needs_merge(spec) else tuple(f"intermediate:{t}" for t in spec.tasks)
         nodes.append(Node("cell", cell_id(spec.name, target, seed), deps, spec.name, target, seed))
     return nodes
+
+
+def critical_path(nodes: list[Node], seconds: dict[str, float]) -> float:
+    """The longest chain of dependent nodes in ``nodes`` (deps first, as :func:`build_graph` gives
+    them), in the nodes' ``seconds``: no number of workers runs the graph faster."""
+    finish: dict[str, float] = {}
+    for n in nodes:
+        finish[n.key] = seconds[n.key] + max((finish[d] for d in n.deps if d in finish), default=0.0)
+    return max(finish.values(), default=0.0)
+
+
+def makespan(nodes: list[Node], seconds: dict[str, float], workers: int) -> float:
+    """The wall time of ``nodes`` on ``workers`` identical workers, one node each at a time, when a
+    free worker always takes the ready node with the longest chain after it (list scheduling:
+    at least the critical path and the total divided by ``workers``, at most their sum)."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    keys = {n.key for n in nodes}
+    children: dict[str, list[str]] = {k: [] for k in keys}
+    for n in nodes:
+        for d in n.deps:
+            if d in keys:
+                children[d].append(n.key)
+    chain: dict[str, float] = {}
+    for n in reversed(nodes):
+        chain[n.key] = seconds[n.key] + max((chain[c] for c in children[n.key]), default=0.0)
+    waiting = {n.key: sum(d in keys for d in n.deps) for n in nodes}
+    order = {n.key: i for i, n in enumerate(nodes)}
+    ready = [(-chain[k], order[k], k) for k, w in waiting.items() if w == 0]
+    heapq.heapify(ready)
+    running: list[tuple[float, int, str]] = []
+    now = 0.0
+    while ready or running:
+        while ready and len(running) < workers:
+            _, i, k = heapq.heappop(ready)
+            heapq.heappush(running, (now + seconds[k], i, k))
+        now, _, k = heapq.heappop(running)
+        for c in children[k]:
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, (-chain[c], order[c], c))
+    return now
+
+
+# ------------------------------------------------------------------------------ the work of each kind of node
+
+
+def cell_id(config: str, target: str, seed: int) -> str:
+    """The store key of one grid cell."""
+    return f"{config}|{target}|seed{seed}"
+
+
+def train_intermediate(study, task: str, out: Path, progress: bool) -> Path:
+    """The finished run folder of ``task``'s adapter in the study folder ``out`` (trained if needed)."""
+    run = out / "intermediate" / task
+    if run_status(run) == "finished":
+        return run
+    config = TrainConfig(task=task, model=study.model, out=str(run), adapter=study.adapter, quant=study.quant,
+                         adapter_seed=study.adapter_seed,
+                         **study.intermediate.replace(seed=study.seeds[0]).training_json())
+    train(config, progress=progress)  # an interrupted run continues (or starts again if it never checkpointed)
+    return run
+
+
+def build_merged(study, spec, dirs: list[Path], out: Path, progress: bool) -> Path:
+    """The merged folder ``out/merged/<config>`` of a configuration that has one (merging if needed)."""
+    folder = out / "merged" / spec.name
+    if not (folder / "recipe.json").is_file():
+        trained = METHODS[spec.method].trained
+        options = MergeOptions(weights=spec.weights if spec.weights == "dev" else
+                               list(spec.weights) if spec.weights else None,
+                               target=MIXTURE if spec.method == "fusion" else None,
+                               settings=study.intermediate.replace(seed=study.seeds[0]) if trained else None,
+                               progress=progress, sampling=spec.sampling, temperature=spec.temperature)
+        # A trained merge that was interrupted continues; a weight-space one is written whole or not at all.
+        merge(spec.method, dirs, folder, options, overwrite=not trained and folder.exists())
+    return folder
+
+
+def intermediate_of(spec, dirs: list[Path], merged: Path | None):
+    """The :class:`adaptertx.evaluation.Intermediate` of one configuration, from its task adapters'
+    run folders ``dirs`` (or its merged folder, for the configurations that have one)."""
+    if spec.method == "none":
+        return NONE
+    if merged is not None:
+        return load_intermediate(merged)
+    if spec.method == "single":
+        return load_intermediate(dirs[0])
+    return fusion_of(dirs)
+
+
+def cell_base(spec, target: str, seed: int, source, learned: dict) -> dict:
+    """What every record of a cell holds, finished or failed: which cell, over which adapters
+    (their folder and their English test scores beside their floors)."""
+    return {"cell": cell_id(spec.name, target, seed), "config": spec.name, "method": spec.method, "target": target,
+            "seed": seed, "intermediate": {"tasks": list(spec.tasks), "dir": str(source) if source else None,
+                                           "learned": {t: learned.get(t) for t in spec.tasks}}}
+
+
+def eval_config(study, target: str, seed: int) -> EvalConfig:
+    """The :class:`adaptertx.evaluation.EvalConfig` of one cell."""
+    b = study.budget_for(target)
+    return EvalConfig(target=target, model=study.model, quant=study.quant, adapter=study.adapter,
+                      languages=study.languages_for(target), max_eval_examples=study.max_eval_examples,
+                      adapter_seed=study.adapter_seed, data_files=study.data_files_for(target),
+                      max_candidates=study.max_candidates, pretraining_gib=study.pretraining_gib,
+                      unknown_lang_low_resource=study.unknown_lang_low_resource,
+                      **b.replace(seed=seed).training_json())
 
 
 # ------------------------------------------------------------------------------ one node, on a worker
@@ -108,7 +220,9 @@ def check_visible(out: Path, study_hash: str) -> None:
 def run_node(study, out: str, node: Node, inputs: dict[str, dict], study_hash: str, progress: bool = False) -> dict:
     """Do ``node``'s work (any executor calls this) and say how it went: ``{"ok": True, "value": ...}``
     or ``{"ok": False, "error": one line, "traceback": ... or None, "fatal": bool}``. An error of the
-    node's own is returned, not raised, so that only a lost worker surfaces as an exception."""
+    node's own is returned, not raised, so that only a lost worker surfaces as an exception. Both
+    carry ``"seconds"``: the time the node took on its worker."""
+    start = time.perf_counter()
     out = Path(out)
     path = node.log_path(out)
     with _node_log(path) as handler:
@@ -122,12 +236,13 @@ def run_node(study, out: str, node: Node, inputs: dict[str, dict], study_hash: s
             detail = None if isinstance(e, AdaptertxError) else traceback.format_exc(limit=8)
             message = str(e) if isinstance(e, AdaptertxError) else f"{type(e).__name__}: {e}"
             log.error("%s failed: %s%s", node.key, message, f"\n{detail}" if detail else "")
-            return {"ok": False, "error": message, "traceback": detail, "fatal": isinstance(e, FolderNotVisible)}
+            return {"ok": False, "error": message, "traceback": detail, "fatal": isinstance(e, FolderNotVisible),
+                    "seconds": time.perf_counter() - start}
         finally:
             if handler is not None:
                 handler.flush()
         log.info("%s finished", node.key)
-        return {"ok": True, "value": value}
+        return {"ok": True, "value": value, "seconds": time.perf_counter() - start}
 
 
 @contextlib.contextmanager
@@ -155,23 +270,19 @@ def _node_log(path: Path):
 
 
 def _work(study, out: Path, node: Node, inputs: dict[str, dict], progress: bool):
-    from adaptertx import experiment as ex
-    from adaptertx.rundir import RUN_FILE, read_json
 
     if node.kind == "intermediate":
-        run = ex.train_intermediate(study, node.name, out, progress)
+        run = train_intermediate(study, node.name, out, progress)
         return {"dir": str(run), "learned": read_json(run / RUN_FILE).get("test_vs_majority")}
     spec = next(c for c in study.configs if c.name == node.config)
     runs = {t: Path(inputs[f"intermediate:{t}"]["dir"]) for t in spec.tasks if f"intermediate:{t}" in inputs}
     if node.kind == "merge":
-        return {"dir": str(ex.build_merged(study, spec, [runs[t] for t in spec.tasks], out, progress)),
+        return {"dir": str(build_merged(study, spec, [runs[t] for t in spec.tasks], out, progress)),
                 "learned": {t: inputs[f"intermediate:{t}"]["learned"] for t in spec.tasks}}
     return _cell(study, out, node, spec, runs, inputs, progress)
 
 
 def _cell(study, out: Path, node: Node, spec, runs: dict[str, Path], inputs: dict[str, dict], progress: bool) -> dict:
-    from adaptertx import experiment as ex
-    from adaptertx.evaluation import evaluate
 
     folder = out / "cells" / spec.name / node.target / f"seed{node.seed}"
     done = _finished_record(folder / CELL_RECORD, node.name)
@@ -180,10 +291,10 @@ def _cell(study, out: Path, node: Node, spec, runs: dict[str, Path], inputs: dic
         return done
     merged = inputs.get(f"merge:{spec.name}")
     learned = merged["learned"] if merged else {t: inputs[f"intermediate:{t}"]["learned"] for t in spec.tasks}
-    inter = ex.intermediate_of(spec, [runs[t] for t in spec.tasks] if not merged else [],
+    inter = intermediate_of(spec, [runs[t] for t in spec.tasks] if not merged else [],
                                Path(merged["dir"]) if merged else None)
-    base = ex.cell_base(spec, node.target, node.seed, inter.source, learned)
-    result = evaluate(ex.eval_config(study, node.target, node.seed), inter, folder, progress=progress)
+    base = cell_base(spec, node.target, node.seed, inter.source, learned)
+    result = evaluate(eval_config(study, node.target, node.seed), inter, folder, progress=progress)
     record = {**base, "status": "finished", **result.record()}
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
@@ -306,7 +417,6 @@ def _finish(node, outcome, state, store, ran, failed, retries, bar, echo) -> Non
 
 
 def _fail(node, reason, detail, state, store, failed, bar, echo) -> None:
-    from adaptertx import experiment as ex
 
     state.status[node.key] = "failed"
     state.errors[node.key] = reason
@@ -317,7 +427,7 @@ def _fail(node, reason, detail, state, store, failed, bar, echo) -> None:
         return
     spec = next(c for c in state.study.configs if c.name == node.config)
     learned = {t: state.outputs.get(f"intermediate:{t}", {}).get("learned") for t in spec.tasks}
-    base = ex.cell_base(spec, node.target, node.seed, None, learned)
+    base = cell_base(spec, node.target, node.seed, None, learned)
     store.add({**base, "status": "failed", "error": reason, **({"traceback": detail} if detail else {})})
     failed[node.name] = reason
     bar.write(f"{node.name}: FAILED — {reason}")

@@ -10,7 +10,7 @@ import pytest
 
 from adaptertx.errors import AdaptertxError
 from adaptertx.experiment import load_study, run_study
-from adaptertx.results import read_store
+from adaptertx.results import computed, read_store
 
 STUDY = """
 [study]
@@ -55,19 +55,10 @@ tatoeba = ["de"]
 """
 
 
-def _computed(cell: dict) -> dict:
-    """What a cell computed (per-example stats and scores, checkpoints), not where or when."""
-    trace = cell.get("trace", {})
-    return {"cell": cell["cell"], "status": cell["status"], "error": cell.get("error"),
-            "languages": cell.get("languages"), "learned": cell.get("learned"),
-            "adapters_learned": cell["intermediate"].get("learned"),
-            "checkpoints": [(k["role"], k["sha256"]) for k in trace.get("checkpoints", [])]}
-
-
 def _by_cell(folder) -> dict:
     header, cells = read_store(folder)
     assert len(cells) == len({c["cell"] for c in cells})
-    return {c["cell"]: _computed(c) for c in cells}
+    return {c["cell"]: computed(c) for c in cells}
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +192,43 @@ def test_the_cli_takes_an_executor(study, serial, tmp_path):
                                        "--executor", "ray", "--address", "127.0.0.1:1"])
     assert result.exit_code == 1 and "cannot reach the Ray cluster at 127.0.0.1:1" in result.output
     assert result.output.count("\n") <= 2
+
+
+def _cell_rows(out) -> int:
+    store = out / "results.jsonl"
+    return max(0, len(store.read_text().splitlines()) - 1) if store.is_file() else 0
+
+
+def test_the_driver_killed_mid_study_then_the_same_command_skips_what_finished(study, serial, tmp_path):
+    """``kill -9`` of the driver of a Ray study once it has recorded two cells: the same command
+    again records the others, every cell once, and runs no recorded or finished cell again."""
+    import subprocess
+
+    config = tmp_path / "study.toml"
+    config.write_text(STUDY.format(model=study.model))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "adaptertx.cli", "experiment", str(config), "--out", str(out), "--no-report",
+               "--executor", "ray", "--workers", "2"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while _cell_rows(out) < 2 and driver.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert driver.poll() is None, "the study finished before the driver could be killed"
+        driver.kill()  # the driver alone: its workers are left to the engine
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    recorded = {c["cell"] for c in read_store(out)[1]}
+    assert 2 <= len(recorded) < len(serial)
+    finished = {"|".join(p.parent.relative_to(out / "cells").parts) for p in (out / "cells").rglob("cell.json")}
+    assert recorded <= finished  # a recorded cell had left its record in its folder first
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{len(recorded)} of {len(serial)} cells already finished" in again.stdout, again.stdout
+    assert _by_cell(out) == serial  # every cell once, as the serial run computed it
+    for cell in finished:  # no cell that had finished before the kill ran again
+        log = (out / "logs" / f"cell-{cell.replace('|', '-')}.log").read_text()
+        runs = log.count("started on")
+        assert runs == 1 if cell in recorded else (runs == 2 and "finished before" in log), log

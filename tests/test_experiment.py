@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from adaptertx.errors import AdaptertxError
 from adaptertx.experiment import cell_id, load_study, run_study
-from adaptertx.results import read_store
+from adaptertx.results import computed, read_store
 
 STUDY = """
 [study]
@@ -107,22 +107,13 @@ def test_grid_runs_records_failures_and_resumes(study_run):
     assert again.ran == [] and len(again.skipped) == 8 and set(again.failed) == set(result.failed)
 
 
-def _what_it_computed(cell: dict) -> dict:
-    """A cell's record without what depends on where and when it ran (folders, seconds)."""
-    trace = cell.get("trace", {})
-    return {"cell": cell["cell"], "status": cell["status"], "error": cell.get("error"),
-            "languages": cell.get("languages"), "learned": cell.get("learned"),
-            "adapters_learned": cell["intermediate"].get("learned"),
-            "checkpoints": [(k["role"], k["sha256"]) for k in trace.get("checkpoints", [])]}
-
-
 def test_the_same_study_and_seed_give_identical_stores(study_run, tmp_path):
     study, _, root, _ = study_run
     run_study(study, tmp_path / "again", progress=False, echo=lambda *_: None)
     _, first = read_store(root / "out")
     _, second = read_store(tmp_path / "again")
     first = [c for c in first if c["cell"] in {c2["cell"] for c2 in second}]
-    assert [_what_it_computed(c) for c in first[:len(second)]] == [_what_it_computed(c) for c in second]
+    assert [computed(c) for c in first[:len(second)]] == [computed(c) for c in second]
     # Each trained cell stores its floors and whether its target adapter beat them on English.
     cell = next(c for c in second if c["cell"] == cell_id("average", "xcopa", 0))
     assert set(cell["learned"]) >= {"score", "floor", "low", "high", "learned", "split"}
