@@ -21,6 +21,7 @@ path or the GPU hours divided by the GPUs (:func:`adaptertx.study_graph.makespan
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ from adaptertx.errors import AdaptertxError
 #: rather than from its bundled data: the English ``train`` split's rows, and a typical language's
 #: test rows (XTREME's released test sets; an estimate's input, not a measurement).
 PUBLISHED_TRAIN_ROWS = {"mnli": 392_702, "qqp": 363_846, "squad": 87_599, "squad_v2": 130_319, "ccg": 39_604}
+PUBLISHED_DEV_ROWS = {"mnli": 9815, "qqp": 40_430, "squad": 10_570, "squad_v2": 11_873, "ccg": 1913}
 PUBLISHED_TEST_ROWS = {"xnli": 5010, "xcopa": 500, "udpos": 2000, "panx": 5000, "xquad": 1190, "mlqa": 5000,
                        "tydiqa": 560, "tatoeba": 1000, "lareqa": 1190, "mewsli_x": 4000, "bucc": 10_000,
                        "masakhaner": 800, "pawsx": 2000}
@@ -219,7 +221,13 @@ def tokens_per_example(task_name: str, split: str, lang: str, tokenizer, max_len
         sides = [r[k] for r in rows for k in ("source", "target")]
         ids = tokenizer(sides, truncation=True, max_length=max_length)["input_ids"]
         return sum(map(len, ids)) / len(rows)
-    features = encode(task, rows, tokenizer, max_length, "plan")
+    quiet = logging.getLogger("adaptertx.training.data")  # truncation is what a length cap does; not news here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        features = encode(task, rows, tokenizer, max_length, "plan")
+    finally:
+        quiet.setLevel(level)
     return features.tensors["attention_mask"].sum().item() / len(rows)
 
 
@@ -247,21 +255,49 @@ class _Lengths:
 # ------------------------------------------------------------------------------ the work of each node
 
 
-def english_rows(task_name: str, hub: bool) -> tuple[int | None, str, str | None]:
-    """``(rows, where they come from, why there are none)`` of a task's English training data as a
-    study reads it: the bundled train split where adaptertx bundles the task, else the Hub's full
-    release (its published size; ``hub``: whether the Hub answers from here), else the user's files."""
+@dataclass(frozen=True)
+class English:
+    """A task's English data as a study reads it: rows of each split, where they come from, and why
+    there are none (``missing``)."""
+
+    train: int
+    validation: int
+    test: int
+    source: str
+    missing: str | None = None
+
+
+def english_data(task_name: str, hub: bool) -> English:
+    """The bundled splits where adaptertx bundles the task (a validation split carved from train
+    where none is released, as training does), else the Hub's full release (its published sizes;
+    ``hub``: whether the Hub answers from here), else the user's files."""
     from adaptertx import data
     from adaptertx.data.remote import remote_splits
     from adaptertx.tasks import get_task
 
     task = get_task(task_name)
-    if task.bundled and "train" in data.available(task.bundled)[task.bundled].get("en", {}):
-        return len(data.load(task.bundled, "en", "train")), "bundled", None
-    rows = PUBLISHED_TRAIN_ROWS.get(task_name)
+    splits = data.available(task.bundled)[task.bundled].get("en", {}) if task.bundled else {}
+    if "train" in splits:
+        n = {s: len(data.load(task.bundled, "en", s)) for s in ("train", "validation", "test") if s in splits}
+        train, dev = n["train"], n.get("validation")
+        if dev is None:
+            dev = max(1, train // 10)
+            train -= dev
+        return English(train, dev, n.get("test", 0), "bundled")
+    train, dev = PUBLISHED_TRAIN_ROWS.get(task_name, 0), PUBLISHED_DEV_ROWS.get(task_name, 0)
     if task.hub.dataset and "train" in remote_splits(task_name):
-        return rows, f"Hub {task.hub.dataset}", None if hub else f"the Hub ({task.hub.dataset}) is unreachable here"
-    return rows, "own files", task.hub.note or "no English training data"
+        return English(train, dev, 0, f"Hub {task.hub.dataset}",
+                       None if hub else f"the Hub ({task.hub.dataset}) is unreachable here")
+    return English(train, dev, 0, "own files", task.hub.note or "no English training data")
+
+
+def _trained(english: English, b, per: float) -> tuple[int, int]:
+    """``(tokens trained, tokens encoded)`` of training on ``english`` at budget ``b``: the epochs over
+    the training rows, the validation rows after every epoch and the test rows once (each capped
+    by ``max_examples``, as training caps them)."""
+    cap = b.max_examples
+    checks = _capped(english.validation, cap) * b.epochs + _capped(english.test, cap)
+    return round(_capped(english.train, cap) * b.epochs * per), round(checks * per)
 
 
 def _capped(rows: int | None, cap: int | None) -> int:
@@ -274,12 +310,12 @@ def _choices(task) -> int:
 
 def _intermediate_work(study, task_name: str, rate: Rate, lengths: _Lengths) -> Work:
     b = study.intermediate
-    rows, source, missing = english_rows(task_name, lengths.hub)
-    n = _capped(rows, b.max_examples)
+    english = english_data(task_name, lengths.hub)
     per, measured = lengths(task_name, "train", ("en",), b.max_length)
-    tokens = round(n * b.epochs * per)
-    return Work(f"intermediate:{task_name}", "intermediate", task_name, n, tokens, 0, source,
-                rate.load + tokens * rate.train, missing, measured)
+    tokens, checks = _trained(english, b, per)
+    return Work(f"intermediate:{task_name}", "intermediate", task_name, _capped(english.train, b.max_examples),
+                tokens, checks, english.source, rate.load + tokens * rate.train + checks * rate.encode,
+                english.missing, measured)
 
 
 def _merge_work(study, spec, rate: Rate, inputs: dict[str, Work]) -> Work:
@@ -288,9 +324,10 @@ def _merge_work(study, spec, rate: Rate, inputs: dict[str, Work]) -> Work:
     if not METHODS[spec.method].trained:  # weight space: seconds, not counted
         return Work(f"merge:{spec.name}", "merge", spec.name, 0, 0, 0, "weights", 0.0)
     parts = [inputs[f"intermediate:{t}"] for t in spec.tasks]  # one epoch of the mixture: every task's rows
-    tokens = sum(w.train_tokens for w in parts)
-    return Work(f"merge:{spec.name}", "merge", spec.name, sum(w.rows for w in parts), tokens, 0,
-                "the tasks' mixture", rate.load + tokens * rate.train, None, all(w.lengths_measured for w in parts))
+    tokens, checks = sum(w.train_tokens for w in parts), sum(w.encode_tokens for w in parts)
+    return Work(f"merge:{spec.name}", "merge", spec.name, sum(w.rows for w in parts), tokens, checks,
+                "the tasks' mixture", rate.load + tokens * rate.train + checks * rate.encode, None,
+                all(w.lengths_measured for w in parts))
 
 
 def _cell_work(study, node, rate: Rate, lengths: _Lengths) -> Work:
@@ -307,12 +344,13 @@ def _cell_work(study, node, rate: Rate, lengths: _Lengths) -> Work:
     if task.english_train is None:  # retrieval: encoded, nothing trained
         return Work(f"cell:{node.name}", "cell", node.target, 0, 0, encode, "-",
                     rate.load + encode * rate.encode, unread, measured)
-    rows, source, missing = english_rows(task.english_train, lengths.hub)
-    n = _capped(rows, b.max_examples)
+    english = english_data(task.english_train, lengths.hub)
     per_train, measured_train = lengths(task.english_train, "train", ("en",), b.max_length)
-    tokens = round(n * b.epochs * per_train)
-    return Work(f"cell:{node.name}", "cell", node.target, n, tokens, encode, f"{task.english_train} ({source})",
-                rate.load + tokens * rate.train + encode * rate.encode, missing or unread, measured and measured_train)
+    tokens, checks = _trained(english, b, per_train)
+    return Work(f"cell:{node.name}", "cell", node.target, _capped(english.train, b.max_examples), tokens,
+                encode + checks, f"{task.english_train} ({english.source})",
+                rate.load + tokens * rate.train + (encode + checks) * rate.encode, english.missing or unread,
+                measured and measured_train)
 
 
 def _unreadable(study, target: str) -> str | None:
@@ -400,16 +438,16 @@ def plan_lines(plan: Plan, gpus=DEFAULT_GPUS) -> list[str]:
     groups += [(f"cells of {t}", ws) for t in study.targets if (ws := [w for w in kinds["cell"] if w.label == t])]
     groups.append(("total", list(plan.works.values())))
     rows = [[name, len(ws), ws[0].source if name != "total" else "", f"{ws[0].rows:,}" if name != "total" else "",
-             _tokens(ws, "train_tokens"), _tokens(ws, "encode_tokens"), f"{sum(w.seconds for w in ws) / 3600:.2f}"]
+             _tokens(ws, "train_tokens"), _tokens(ws, "encode_tokens"), _duration(sum(w.seconds for w in ws))]
             for name, ws in groups]
     lines.append(tabulate(rows, ["node", "n", "English data", "rows each", "tokens trained", "tokens encoded",
-                                 "hours"], tablefmt="simple", disable_numparse=True))
+                                 "time"], tablefmt="simple", disable_numparse=True))
     if not all(w.lengths_measured for w in plan.works.values()):
         lines.append("<=: no bundled sample to measure lengths on; every sequence counted at max_length")
-    lines.append(f"wall time (one node per GPU; critical path {plan.critical_path_hours():.2f} h):")
-    lines.append(tabulate([[g, f"{plan.wall_hours(g):.2f}", f"{plan.gpu_hours / g / max(plan.wall_hours(g), 1e-9):.0%}"]
-                           for g in gpus], ["GPUs", "wall hours", "GPUs busy"], tablefmt="simple",
-                          disable_numparse=True))
+    lines.append(f"wall time (one node per GPU; critical path {_duration(plan.critical_path_hours() * 3600)}):")
+    lines.append(tabulate([[g, _duration(plan.wall_hours(g) * 3600),
+                            f"{plan.gpu_hours / g / max(plan.wall_hours(g), 1e-12):.0%}"] for g in gpus],
+                          ["GPUs", "wall time", "GPUs busy"], tablefmt="simple", disable_numparse=True))
     failing = would_fail(plan)
     if failing:
         reasons: dict[str, list[str]] = {}
@@ -421,6 +459,10 @@ def plan_lines(plan: Plan, gpus=DEFAULT_GPUS) -> list[str]:
     if not plan.rate.measured:
         lines.append("the rate is not measured here: on the GPU that will run the study, `--plan` measures it")
     return lines
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
 def _tokens(works: list[Work], what: str) -> str:

@@ -4,8 +4,8 @@ The study is the offline default's shape (the default model, the none / single /
 configurations, UD-POS and Tatoeba) with small budgets. Agreement first: the two stores must hold
 the same cells with the same per-example statistics, scores and checkpoint hashes
 (:func:`adaptertx.results.computed`). Then wall time of each path, the ratio, Ray's start-up, and
-the scheduling overhead per node: the time from submitting a node to an idle worker to having its
-answer back, less the time the node's own work took on that worker.
+the scheduling overhead per node: the round trip of a node sent to an idle worker (the study's own
+finished cells sent again, each returning its kept record), less the time its work took there.
 
     python benchmarks/bench_study.py [--tiny] [--workers 2] [--json FILE]
 """
@@ -26,6 +26,7 @@ from adaptertx.executors import LocalExecutor, RayExecutor
 from adaptertx.experiment import load_study, run_study
 from adaptertx.io import atomic_write_text, cache_dir
 from adaptertx.results import computed, read_store
+from adaptertx.study_graph import build_graph
 
 STUDY = """
 [study]
@@ -75,41 +76,40 @@ tatoeba = ["de", "eu", "sw"]
 """
 
 
-class Timed:
-    """An executor wrapped so that each node's round trip is timed against its own work."""
-
-    def __init__(self, inner, workers: int) -> None:
-        self.inner, self.workers = inner, workers
-        self.slots = getattr(inner, "slots", None)
-        self.sent: dict = {}
-        self.overheads: list[float] = []
-
-    def submit(self, node, args, progress):
-        handle = self.inner.submit(node, args, progress)
-        idle = len(self.sent) < self.workers  # a worker is free: the node starts at once
-        self.sent[handle] = (time.perf_counter(), idle)
-        return handle
-
-    def wait_any(self, handles):
-        done = self.inner.wait_any(handles)
-        if done is not None:
-            handle, (kind, payload) = done
-            sent, idle = self.sent.pop(handle)
-            if idle and kind == "done":
-                self.overheads.append(time.perf_counter() - sent - payload["seconds"])
-        return done
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def run_once(study, out: Path, executor) -> dict:
     start = time.perf_counter()
     result = run_study(study, out, progress=False, echo=lambda *_: None, executor=executor)
     wall = time.perf_counter() - start
     if result.failed:
         raise SystemExit(f"cells failed: {result.failed}")
-    return {"wall_s": wall, "cells": len(result.ran), "overheads": executor.overheads}
+    return {"wall_s": wall, "cells": len(result.ran)}
+
+
+def overhead(study, out: Path, executor, workers: int, rounds: int) -> list[float]:
+    """Seconds each node costs beyond its own work: the study's finished cells sent again one at a
+    time (each returns its kept record at once, through the whole real path: the node and the
+    study pickled to a worker, its log, the record back), after one warm-up node per worker."""
+    header, _ = read_store(out)
+    cells = [(c, t, s) for s in study.seeds for t in study.targets for c in study.configs]
+    nodes = [n for n in build_graph(study, cells) if n.kind == "cell"]
+    args = [(study, str(out.resolve()), n, {}, header["study_hash"]) for n in nodes]
+
+    def round_trip(batch):
+        sent = {executor.submit(n, a, False): time.perf_counter() for n, a in batch}
+        costs = []
+        while sent:
+            done = executor.wait_any(list(sent))
+            if done is not None:
+                handle, (kind, answer) = done
+                assert kind == "done" and answer["ok"], answer
+                costs.append(time.perf_counter() - sent.pop(handle) - answer["seconds"])
+        return costs
+
+    try:
+        round_trip(list(zip(nodes, args, strict=True))[:workers])
+        return [c for i in range(rounds) for c in round_trip([(nodes[i % len(nodes)], args[i % len(nodes)])])]
+    finally:
+        executor.close()
 
 
 def main() -> int:
@@ -124,11 +124,14 @@ def main() -> int:
         tmp = Path(tmp)
         (tmp / "study.toml").write_text(STUDY.format(**sizes))
         study = load_study(tmp / "study.toml")
-        serial = run_once(study, tmp / "serial", Timed(LocalExecutor(), 1))
+        serial = run_once(study, tmp / "serial", LocalExecutor())
         start = time.perf_counter()
         ray = RayExecutor(workers=args.workers)
         startup = time.perf_counter() - start
-        spread = run_once(study, tmp / "ray", Timed(ray, args.workers))
+        spread = run_once(study, tmp / "ray", ray)
+        rounds = 10 if args.tiny else 40
+        serial["overheads"] = overhead(study, tmp / "serial", LocalExecutor(), 1, rounds)
+        spread["overheads"] = overhead(study, tmp / "ray", RayExecutor(workers=args.workers), args.workers, rounds)
         a = {c["cell"]: computed(c) for c in read_store(tmp / "serial")[1]}
         b = {c["cell"]: computed(c) for c in read_store(tmp / "ray")[1]}
     same = a == b

@@ -123,6 +123,9 @@ def test_the_plan_counts_each_nodes_tokens_as_the_tokenizer_does(study, plan, ti
     mrpc = plan.works["intermediate:mrpc"]
     assert (mrpc.rows, mrpc.source) == (8, "bundled")
     assert mrpc.train_tokens == round(8 * 2 * pair / len(sample))
+    # and encodes 8 validation rows after each of its 2 epochs, then 8 test rows once
+    assert "test" in data.available("mrpc")["mrpc"]["en"]
+    assert mrpc.encode_tokens == round((8 * 2 + 8) * pair / len(sample))
     # the multitask merge trains one epoch-budget on both tasks' rows
     mix = plan.works["merge:multitask"]
     assert mix.train_tokens == mrpc.train_tokens + plan.works["intermediate:siqa"].train_tokens and mix.rows == 16
