@@ -481,7 +481,8 @@ def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, 
                                               "default: start a local one.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="ray without --address: the local cluster's CPUs (default: this machine's).")
-@click.option("--cpus-per-task", type=click.FloatRange(min=0), default=1, show_default=True)
+@click.option("--cpus-per-task", type=click.FloatRange(min=0), default=1, show_default=True,
+              help="CPUs each node asks for (ray; slurm: per node's job, at least 1).")
 @click.option("--gpus-per-task", type=click.FloatRange(min=0), default=0, show_default=True,
               help="GPUs each node asks for (ray; slurm: per node's job).")
 @click.option("--partition", default=None, help="slurm: the partition to submit to.")
