@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[all,test]"
 	touch $(STAMP)
 
-# The main job: the offline default study (30 cells; README says what its time was measured as; finished cells
+# The main job: the offline default study (36 cells, about 13 minutes on 2 cores; README says how it was measured; finished cells
 # are kept, so running it again only fills in what is missing).
 demo: install
 	$(BIN)/adaptertx experiment configs/offline-default.toml
