@@ -72,3 +72,13 @@ def test_retrieve_tatoeba_on_the_default_model(me5_dir, tmp_path):
     assert "low-resource" in result.output
     assert "chance %" in result.output  # each language's score beside one right answer among its 100 candidates
     assert [line.split()[-1] for line in result.output.splitlines() if line.startswith(("de ", "kab "))] == ["1.0"] * 2
+
+
+def test_importing_the_library_prints_no_warning_about_4bit_kernels_it_never_uses():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import adaptertx.experiment, bitsandbytes"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "gemm_4bit_forward" not in done.stderr
