@@ -12,6 +12,7 @@ here and only when asked for.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import socket
@@ -22,6 +23,8 @@ from urllib.parse import urlparse
 
 from adaptertx.errors import AdaptertxError, import_optional
 from adaptertx.study_graph import KINDS, run_node
+
+log = logging.getLogger(__name__)
 
 #: The executors ``adaptertx experiment --executor`` takes.
 EXECUTORS = ("local", "ray", "slurm", "submitit-local")
@@ -75,7 +78,24 @@ class RayExecutor:
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
             raise AdaptertxError(f"cannot start or join {where}: {str(e).splitlines()[0] if str(e) else e}") from None
+        self._check_resources(cpus_per_task, gpus_per_task, joined=bool(address))
         self._task = self.ray.remote(_node_task)
+
+    def _check_resources(self, cpus: float, gpus: float, joined: bool) -> None:
+        """One clear line when no node of the cluster could ever run a task of this size (Ray would
+        keep it pending for ever); only a warning for a joined cluster, whose autoscaler may add
+        such nodes later."""
+        nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
+        if any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+            return
+        have = ", ".join(f"{r.get('CPU', 0):g} CPUs and {r.get('GPU', 0):g} GPUs" for r in nodes) or "no nodes"
+        if joined:
+            log.warning("no node of the Ray cluster has %g CPUs and %g GPUs for one task yet (its nodes have %s); "
+                        "the nodes wait until the cluster has one", cpus, gpus, have)
+            return
+        self.ray.shutdown()
+        raise AdaptertxError(f"no node of the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs for one task "
+                             f"(--cpus-per-task, --gpus-per-task); its nodes have {have}")
 
     def submit(self, node, args: tuple, progress: bool):
         return self._task.options(name=node.key, max_retries=0, **self.resources).remote(args)

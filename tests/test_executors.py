@@ -232,3 +232,11 @@ def test_the_driver_killed_mid_study_then_the_same_command_skips_what_finished(s
         log = (out / "logs" / f"cell-{cell.replace('|', '-')}.log").read_text()
         runs = log.count("started on")
         assert runs == 1 if cell in recorded else (runs == 2 and "finished before" in log), log
+
+
+def test_a_task_larger_than_any_ray_node_is_one_line():
+    from adaptertx.executors import RayExecutor
+
+    with pytest.raises(AdaptertxError, match=r"no node of the Ray cluster has 1 CPUs and 1 GPUs for one task "
+                                             r"\(--cpus-per-task, --gpus-per-task\); its nodes have 1 CPUs and 0 GPUs"):
+        RayExecutor(workers=1, gpus_per_task=1)
