@@ -153,6 +153,15 @@ class Study:
                 c.pop("fusion_data")
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def cells(self) -> list[tuple[ConfigSpec, str, int]]:
+        """Every cell of the grid, ``(configuration, target, seed)``, in the order a study runs them
+        (seed by seed, target by target)."""
+        return [(c, t, s) for s in self.seeds for t in self.targets for c in self.configs]
+
+    def config(self, name: str) -> ConfigSpec:
+        """The configuration called ``name``."""
+        return next(c for c in self.configs if c.name == name)
+
     def intermediate_tasks(self) -> list[str]:
         """Every task some configuration needs an adapter for, in first-use order."""
         return list(dict.fromkeys(t for c in self.configs for t in c.tasks))
@@ -542,7 +551,7 @@ def _run_study(study: Study, out: Path, progress: bool, echo, executor, retries:
     start = time.time()
     store = ResultsStore(out / STORE_FILE, {"study": study.name, "study_hash": study.study_hash(),
                                             "config": dataclasses.asdict(study)})
-    cells = [(c, t, s) for s in study.seeds for t in study.targets for c in study.configs]
+    cells = study.cells()
     todo = [x for x in cells if not store.finished(cell_id(x[0].name, x[1], x[2]))]
     skipped = [cell_id(c.name, t, s) for c, t, s in cells if store.finished(cell_id(c.name, t, s))]
     if skipped:

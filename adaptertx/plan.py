@@ -232,10 +232,16 @@ def tokens_per_example(task_name: str, split: str, lang: str, tokenizer, max_len
 
 
 class _Lengths:
-    """Tokens per example, measured once per (task, split, language, length)."""
+    """Tokens per example, measured once per (task, split, language, length), and each task's
+    English data (:func:`english_data`), read once per task."""
 
     def __init__(self, tokenizer, hub: bool) -> None:
-        self.tokenizer, self.hub, self.cache = tokenizer, hub, {}
+        self.tokenizer, self.hub, self.cache, self.englishes = tokenizer, hub, {}, {}
+
+    def english(self, task_name: str) -> English:
+        if task_name not in self.englishes:
+            self.englishes[task_name] = english_data(task_name, self.hub)
+        return self.englishes[task_name]
 
     def __call__(self, task_name: str, split: str, langs, max_length: int) -> tuple[float, bool]:
         """``(tokens per example, measured)``: measured on the first of ``langs`` with bundled data
@@ -274,16 +280,12 @@ def english_data(task_name: str, hub: bool) -> English:
     from adaptertx import data
     from adaptertx.data.remote import remote_splits
     from adaptertx.tasks import get_task
+    from adaptertx.training.data import english_splits
 
     task = get_task(task_name)
-    splits = data.available(task.bundled)[task.bundled].get("en", {}) if task.bundled else {}
-    if "train" in splits:
-        n = {s: len(data.load(task.bundled, "en", s)) for s in ("train", "validation", "test") if s in splits}
-        train, dev = n["train"], n.get("validation")
-        if dev is None:
-            dev = max(1, train // 10)
-            train -= dev
-        return English(train, dev, n.get("test", 0), "bundled")
+    if task.bundled and "train" in data.available(task.bundled)[task.bundled].get("en", {}):
+        train, dev, test = english_splits(task, None)  # the splits training reads, validation carved as it carves
+        return English(len(train), len(dev), len(test or ()), "bundled")
     train, dev = PUBLISHED_TRAIN_ROWS.get(task_name, 0), PUBLISHED_DEV_ROWS.get(task_name, 0)
     if task.hub.dataset and "train" in remote_splits(task_name):
         return English(train, dev, 0, f"Hub {task.hub.dataset}",
@@ -310,7 +312,7 @@ def _choices(task) -> int:
 
 def _intermediate_work(study, task_name: str, rate: Rate, lengths: _Lengths) -> Work:
     b = study.intermediate
-    english = english_data(task_name, lengths.hub)
+    english = lengths.english(task_name)
     per, measured = lengths(task_name, "train", ("en",), b.max_length)
     tokens, checks = _trained(english, b, per)
     return Work(f"intermediate:{task_name}", "intermediate", task_name, _capped(english.train, b.max_examples),
@@ -344,7 +346,7 @@ def _cell_work(study, node, rate: Rate, lengths: _Lengths) -> Work:
     if task.english_train is None:  # retrieval: encoded, nothing trained
         return Work(f"cell:{node.name}", "cell", node.target, 0, 0, encode, "-",
                     rate.load + encode * rate.encode, unread, measured)
-    english = english_data(task.english_train, lengths.hub)
+    english = lengths.english(task.english_train)
     per_train, measured_train = lengths(task.english_train, "train", ("en",), b.max_length)
     tokens, checks = _trained(english, b, per_train)
     return Work(f"cell:{node.name}", "cell", node.target, _capped(english.train, b.max_examples), tokens,
@@ -371,6 +373,7 @@ def plan_study(study, out=None, *, tflops: float | None = None) -> Plan:
     at ``tflops`` or :data:`DEFAULT_TFLOPS`)."""
     from pathlib import Path
 
+    from adaptertx.models import hub_reachable
     from adaptertx.results import STORE_FILE, read_store
     from adaptertx.study_graph import build_graph, cell_id
 
@@ -385,20 +388,16 @@ def plan_study(study, out=None, *, tflops: float | None = None) -> Plan:
     recorded = set()
     if out is not None and (Path(out) / STORE_FILE).is_file():
         recorded = {c["cell"] for c in read_store(out)[1] if c.get("status") == "finished"}
-    cells = [(c, t, s) for s in study.seeds for t in study.targets for c in study.configs
-             if cell_id(c.name, t, s) not in recorded]
+    cells = [(c, t, s) for c, t, s in study.cells() if cell_id(c.name, t, s) not in recorded]
     nodes = build_graph(study, cells)
     tokenizer, note = plan_tokenizer(study.model)
-    from adaptertx.models import hub_reachable
-
     lengths = _Lengths(tokenizer, hub_reachable())
     works: dict[str, Work] = {}
-    specs = {c.name: c for c in study.configs}
     for node in nodes:
         if node.kind == "intermediate":
             works[node.key] = _intermediate_work(study, node.name, rate, lengths)
         elif node.kind == "merge":
-            works[node.key] = _merge_work(study, specs[node.config], rate, works)
+            works[node.key] = _merge_work(study, study.config(node.config), rate, works)
         else:
             works[node.key] = _cell_work(study, node, rate, lengths)
     return Plan(study, nodes, works, rate, recorded=len(recorded), notes=[note] if note else [])
@@ -425,7 +424,7 @@ def plan_lines(plan: Plan, gpus=DEFAULT_GPUS) -> list[str]:
 
     study = plan.study
     kinds = {k: [w for w in plan.works.values() if w.kind == k] for k in ("intermediate", "merge", "cell")}
-    cells = len(study.configs) * len(study.targets) * len(study.seeds)
+    cells = len(study.cells())
     lines = [f"plan of {study.name!r}: {len(kinds['intermediate'])} intermediate adapters, "
              f"{sum(w.train_tokens > 0 for w in kinds['merge'])} trained merges "
              f"(+{sum(w.train_tokens == 0 for w in kinds['merge'])} in weight space), {len(study.configs)} "

@@ -270,11 +270,10 @@ def _node_log(path: Path):
 
 
 def _work(study, out: Path, node: Node, inputs: dict[str, dict], progress: bool):
-
     if node.kind == "intermediate":
         run = train_intermediate(study, node.name, out, progress)
         return {"dir": str(run), "learned": read_json(run / RUN_FILE).get("test_vs_majority")}
-    spec = next(c for c in study.configs if c.name == node.config)
+    spec = study.config(node.config)
     runs = {t: Path(inputs[f"intermediate:{t}"]["dir"]) for t in spec.tasks if f"intermediate:{t}" in inputs}
     if node.kind == "merge":
         return {"dir": str(build_merged(study, spec, [runs[t] for t in spec.tasks], out, progress)),
@@ -283,7 +282,6 @@ def _work(study, out: Path, node: Node, inputs: dict[str, dict], progress: bool)
 
 
 def _cell(study, out: Path, node: Node, spec, runs: dict[str, Path], inputs: dict[str, dict], progress: bool) -> dict:
-
     folder = out / "cells" / spec.name / node.target / f"seed{node.seed}"
     done = _finished_record(folder / CELL_RECORD, node.name)
     if done is not None:
@@ -292,7 +290,7 @@ def _cell(study, out: Path, node: Node, spec, runs: dict[str, Path], inputs: dic
     merged = inputs.get(f"merge:{spec.name}")
     learned = merged["learned"] if merged else {t: inputs[f"intermediate:{t}"]["learned"] for t in spec.tasks}
     inter = intermediate_of(spec, [runs[t] for t in spec.tasks] if not merged else [],
-                               Path(merged["dir"]) if merged else None)
+                            Path(merged["dir"]) if merged else None)
     base = cell_base(spec, node.target, node.seed, inter.source, learned)
     result = evaluate(eval_config(study, node.target, node.seed), inter, folder, progress=progress)
     record = {**base, "status": "finished", **result.record()}
@@ -374,7 +372,7 @@ def _submit_if_ready(node, state, executor, running, study, out, study_hash, pro
     elif all(s == "done" for s in deps):
         inputs = {d: state.outputs[d] for d in node.deps}
         if node.kind == "merge":
-            spec = next(c for c in study.configs if c.name == node.config)
+            spec = study.config(node.config)
             echo(f"[merge] {spec.name} ({spec.method} of {', '.join(spec.tasks)})")
         elif node.kind == "intermediate":
             echo(f"[intermediate] {node.name}")
@@ -425,7 +423,7 @@ def _fail(node, reason, detail, state, store, failed, bar, echo) -> None:
         label = "[intermediate]" if node.kind == "intermediate" else "[merge]"
         echo(f"{label} {node.name} failed: {reason}")
         return
-    spec = next(c for c in state.study.configs if c.name == node.config)
+    spec = state.study.config(node.config)
     learned = {t: state.outputs.get(f"intermediate:{t}", {}).get("learned") for t in spec.tasks}
     base = cell_base(spec, node.target, node.seed, None, learned)
     store.add({**base, "status": "failed", "error": reason, **({"traceback": detail} if detail else {})})

@@ -90,8 +90,7 @@ def overhead(study, out: Path, executor, workers: int, rounds: int) -> list[floa
     time (each returns its kept record at once, through the whole real path: the node and the
     study pickled to a worker, its log, the record back), after one warm-up node per worker."""
     header, _ = read_store(out)
-    cells = [(c, t, s) for s in study.seeds for t in study.targets for c in study.configs]
-    nodes = [n for n in build_graph(study, cells) if n.kind == "cell"]
+    nodes = [n for n in build_graph(study, study.cells()) if n.kind == "cell"]
     args = [(study, str(out.resolve()), n, {}, header["study_hash"]) for n in nodes]
 
     def round_trip(batch):
