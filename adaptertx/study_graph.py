@@ -450,6 +450,10 @@ def _one_line(record: dict) -> str:
         parts.append(f"low-resource {mean(low):.1f} ({len(low)})")
     if high:
         parts.append(f"others {mean(high):.1f} ({len(high)})")
+    for floor in ("majority", "chance"):  # each score beside its floors, averaged over the same languages
+        values = [langs[k]["floor"][floor] for k in scores if (langs[k].get("floor") or {}).get(floor) is not None]
+        if values:
+            parts.append(f"{floor} floor {mean(values):.1f}")
     if record.get("missing"):
         parts.append(f"{len(record['missing'])} without data")
     return "; ".join(parts)

@@ -187,6 +187,11 @@ def test_the_cli_takes_an_executor(study, serial, tmp_path):
                                        "--executor", "ray", "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "6 cells run" in result.output
+    lines = result.output.splitlines()  # each cell's line gives its scores beside their floors
+    xcopa = [x for x in lines if "|xcopa|seed0: " in x]
+    tatoeba = [x for x in lines if "|tatoeba|seed0: " in x]
+    assert len(xcopa) == 3 and all("majority floor" in x and "chance floor 50.0" in x for x in xcopa), xcopa
+    assert len(tatoeba) == 3 and all("chance floor" in x for x in tatoeba), tatoeba
     assert _by_cell(tmp_path / "out") == serial
     result = CliRunner().invoke(main, ["experiment", str(config), "--out", str(tmp_path / "out"), "--no-report",
                                        "--executor", "ray", "--address", "127.0.0.1:1"])
