@@ -20,6 +20,8 @@ that portable path even where AVX-512 exists (for testing it).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -104,17 +106,36 @@ def _build(op: str) -> None:
     name = _build_name(op)
     build_dir = cache_dir() / "torch_extensions" / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    staged = _stage_sources(op, build_dir)
-    cpp_extension.load(
-        name=name,
-        sources=[str(staged / _source(op).name)],
-        extra_cflags=list(_CFLAGS),
-        extra_ldflags=list(_LDFLAGS),
-        extra_include_paths=[str(staged)],
-        build_directory=str(build_dir),
-        is_python_module=False,
-        verbose=False,
-    )
+    with _exclusive(build_dir):
+        staged = _stage_sources(op, build_dir)
+        cpp_extension.load(
+            name=name,
+            sources=[str(staged / _source(op).name)],
+            extra_cflags=list(_CFLAGS),
+            extra_ldflags=list(_LDFLAGS),
+            extra_include_paths=[str(staged)],
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=False,
+        )
+
+
+@contextlib.contextmanager
+def _exclusive(build_dir: Path):
+    """One process at a time in ``build_dir`` (an ``flock``, which the system releases when its
+    holder dies). torch marks a build in progress with a plain ``lock`` file, taken on every load,
+    and waits for ever while one exists; a process killed in that moment leaves it behind. Under
+    this lock no other load is running, so such a file is stale and is removed."""
+    with open(build_dir / ".adaptertx.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = build_dir / "lock"
+            if stale.exists():
+                log.warning("adaptertx kernels: removing %s, left by a process that died while loading", stale)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def native_available(op: str) -> bool:

@@ -88,3 +88,21 @@ def test_auto_prefers_reference_without_avx512(monkeypatch):
     monkeypatch.setattr(_build, "cpu_has_avx512", lambda: False)
     assert not _build.use_native("bias_gelu")
     assert kernels.backend_status(build=False)["bias_gelu"].startswith("reference: CPU lacks AVX-512")
+
+
+def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next_load():
+    """torch's plain ``lock`` file, as a process killed while loading a kernel leaves it: a new
+    process removes it and loads (without the fix it waits for ever; here, past the timeout)."""
+    import subprocess
+    import sys
+
+    from adaptertx.io import cache_dir
+
+    build_dir = cache_dir() / "torch_extensions" / _build._build_name("bias_gelu")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / "lock").touch()
+    code = "from adaptertx.kernels import _build; assert _build.native_available('bias_gelu'), _build._failed"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert not (build_dir / "lock").exists()
+    assert "left by a process that died while loading" in done.stderr
