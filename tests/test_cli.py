@@ -4,6 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from adaptertx.cli import main
+from adaptertx.kernels import OPS
 from adaptertx.tasks import TASKS
 
 
@@ -22,7 +23,7 @@ def test_env_json_names_versions_and_kernels():
     assert info["versions"]["transformers"].startswith("4.57")
     assert info["versions"]["adapters"].startswith("1.3")
     assert "cuda" in info["device"]
-    assert info["kernels"]
+    assert set(info["kernels on cpu"]) == set(info["kernels on cuda"]) == set(OPS)
 
 
 def test_tasks_lists_every_task_with_offline_availability():

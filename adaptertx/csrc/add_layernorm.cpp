@@ -111,7 +111,5 @@ at::Tensor add_layernorm(const at::Tensor& x_in, const at::Tensor& res_in, const
 }  // namespace
 }  // namespace adaptertx
 
-TORCH_LIBRARY_FRAGMENT(adaptertx, m) {
-  m.def("add_layernorm(Tensor x, Tensor residual, Tensor? weight, Tensor? bias, float eps) -> Tensor",
-        &adaptertx::add_layernorm);
-}
+// The schema, the fake and the reference are defined in adaptertx/kernels/_library.py; this is the CPU kernel.
+TORCH_LIBRARY_IMPL(adaptertx, CPU, m) { m.impl("add_layernorm", &adaptertx::add_layernorm); }

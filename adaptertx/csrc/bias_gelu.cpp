@@ -76,6 +76,5 @@ at::Tensor bias_gelu(const at::Tensor& x_in, const at::Tensor& bias) {
 }  // namespace
 }  // namespace adaptertx
 
-TORCH_LIBRARY_FRAGMENT(adaptertx, m) {
-  m.def("bias_gelu(Tensor x, Tensor bias) -> Tensor", &adaptertx::bias_gelu);
-}
+// The schema, the fake and the reference are defined in adaptertx/kernels/_library.py; this is the CPU kernel.
+TORCH_LIBRARY_IMPL(adaptertx, CPU, m) { m.impl("bias_gelu", &adaptertx::bias_gelu); }

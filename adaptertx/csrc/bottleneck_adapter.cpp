@@ -112,9 +112,5 @@ at::Tensor bottleneck_adapter(const at::Tensor& h_in, const at::Tensor& res_in, 
 }  // namespace
 }  // namespace adaptertx
 
-TORCH_LIBRARY_FRAGMENT(adaptertx, m) {
-  m.def(
-      "bottleneck_adapter(Tensor h, Tensor residual, Tensor down_w, Tensor? down_b, Tensor up_w, Tensor? up_b, "
-      "int activation, float scaling) -> Tensor",
-      &adaptertx::bottleneck_adapter);
-}
+// The schema, the fake and the reference are defined in adaptertx/kernels/_library.py; this is the CPU kernel.
+TORCH_LIBRARY_IMPL(adaptertx, CPU, m) { m.impl("bottleneck_adapter", &adaptertx::bottleneck_adapter); }

@@ -73,6 +73,5 @@ at::Tensor dequantize_rows(const at::Tensor& q_in, const at::Tensor& scale, at::
 }  // namespace
 }  // namespace adaptertx
 
-TORCH_LIBRARY_FRAGMENT(adaptertx, m) {
-  m.def("dequantize_rows(Tensor q, Tensor scale, ScalarType dtype) -> Tensor", &adaptertx::dequantize_rows);
-}
+// The schema, the fake and the reference are defined in adaptertx/kernels/_library.py; this is the CPU kernel.
+TORCH_LIBRARY_IMPL(adaptertx, CPU, m) { m.impl("dequantize_rows", &adaptertx::dequantize_rows); }

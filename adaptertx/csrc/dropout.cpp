@@ -120,6 +120,5 @@ at::Tensor dropout(const at::Tensor& x_in, double p, int64_t seed) {
 }  // namespace
 }  // namespace adaptertx
 
-TORCH_LIBRARY_FRAGMENT(adaptertx, m) {
-  m.def("dropout(Tensor x, float p, int seed) -> Tensor", &adaptertx::dropout);
-}
+// The schema, the fake and the reference are defined in adaptertx/kernels/_library.py; this is the CPU kernel.
+TORCH_LIBRARY_IMPL(adaptertx, CPU, m) { m.impl("dropout", &adaptertx::dropout); }

@@ -104,7 +104,5 @@ at::Tensor segment_mean_pool_normalize(const at::Tensor& hidden_in, const at::Te
 }  // namespace
 }  // namespace adaptertx
 
-TORCH_LIBRARY_FRAGMENT(adaptertx, m) {
-  m.def("segment_mean_pool_normalize(Tensor hidden, Tensor cu_seqlens) -> Tensor",
-        &adaptertx::segment_mean_pool_normalize);
-}
+// The schema, the fake and the reference are defined in adaptertx/kernels/_library.py; this is the CPU kernel.
+TORCH_LIBRARY_IMPL(adaptertx, CPU, m) { m.impl("segment_mean_pool_normalize", &adaptertx::segment_mean_pool_normalize); }

@@ -99,6 +99,5 @@ void topk_merge(const at::Tensor& scores, int64_t offset, at::Tensor best_s, at:
 }  // namespace
 }  // namespace adaptertx
 
-TORCH_LIBRARY_FRAGMENT(adaptertx, m) {
-  m.def("topk_merge(Tensor scores, int offset, Tensor(a!) best_s, Tensor(b!) best_i) -> ()", &adaptertx::topk_merge);
-}
+// The schema, the fake and the reference are defined in adaptertx/kernels/_library.py; this is the CPU kernel.
+TORCH_LIBRARY_IMPL(adaptertx, CPU, m) { m.impl("topk_merge", &adaptertx::topk_merge); }

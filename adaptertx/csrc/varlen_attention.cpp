@@ -143,7 +143,9 @@ void run(const at::Tensor& qkv, const int64_t* cu, int64_t n, int64_t heads, flo
   });
 }
 
-at::Tensor varlen_attention(const at::Tensor& qkv_in, const at::Tensor& cu_in, int64_t heads, double scale) {
+// max_seqlen is part of the schema for the CUDA kernel; the CPU kernel reads the lengths from cu_seqlens.
+at::Tensor varlen_attention(const at::Tensor& qkv_in, const at::Tensor& cu_in, int64_t heads, double scale,
+                            int64_t /*max_seqlen*/) {
   TORCH_CHECK(qkv_in.dim() == 2 && qkv_in.size(1) % 3 == 0, "varlen_attention: qkv must be (tokens, 3 * dim)");
   TORCH_CHECK(heads > 0 && (qkv_in.size(1) / 3) % heads == 0, "varlen_attention: dim must divide into heads");
   const at::Tensor qkv = qkv_in.contiguous();
@@ -165,7 +167,5 @@ at::Tensor varlen_attention(const at::Tensor& qkv_in, const at::Tensor& cu_in, i
 }  // namespace
 }  // namespace adaptertx
 
-TORCH_LIBRARY_FRAGMENT(adaptertx, m) {
-  m.def("varlen_attention(Tensor qkv, Tensor cu_seqlens, int heads, float scale) -> Tensor",
-        &adaptertx::varlen_attention);
-}
+// The schema, the fake and the reference are defined in adaptertx/kernels/_library.py; this is the CPU kernel.
+TORCH_LIBRARY_IMPL(adaptertx, CPU, m) { m.impl("varlen_attention", &adaptertx::varlen_attention); }

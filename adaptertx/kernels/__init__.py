@@ -1,14 +1,19 @@
-"""Fused CPU kernels for adaptertx's encoder fast paths, each with a pure-torch reference.
+"""Fused kernels for adaptertx's encoder and training fast paths, each a ``torch.library`` op with a
+pure-torch reference.
 
-Every op ``<op>`` has one C++ source ``adaptertx/csrc/<op>.cpp``, a dispatching function ``<op>`` and a
-reference ``<op>_ref`` with the same signature, defaults and input checks. The native kernel
-is built on first use (never at import) and serves float32/bfloat16 CPU tensors; anything
-else, a failed build, or ``ADAPTERTX_KERNELS=ref`` takes the reference.
-:func:`backend_status` says which backend each op uses and why.
+Every op ``<op>`` is the operator ``torch.ops.adaptertx.<op>`` (schema, fake and reference
+defined in :mod:`adaptertx.kernels._library`), with a CPU kernel built from
+``adaptertx/csrc/<op>.cpp`` on first use (never at import) and a CUDA kernel in
+:mod:`adaptertx.kernels.cuda` (Triton; flash attention for ``varlen_attention``). The function
+``<op>`` checks its inputs and picks the device's kernel or the reference ``<op>_ref``, which
+has the same signature, defaults and checks. ``ADAPTERTX_KERNELS`` chooses per device;
+:func:`backend_status` says which backend serves each op on each device and why.
 """
 
-from adaptertx.kernels._build import OPS, backend_status
+from adaptertx.kernels._build import OPS
 from adaptertx.kernels._common import KernelInputError
+from adaptertx.kernels._library import backend_status
+from adaptertx.kernels.adapter_fusion import adapter_fusion, adapter_fusion_ref, pack_fusion
 from adaptertx.kernels.add_layernorm import add_layernorm, add_layernorm_ref
 from adaptertx.kernels.bias_gelu import bias_gelu, bias_gelu_ref
 from adaptertx.kernels.bottleneck_adapter import bottleneck_adapter, bottleneck_adapter_ref
@@ -25,6 +30,8 @@ __all__ = [
     "OPS",
     "Dropout",
     "KernelInputError",
+    "adapter_fusion",
+    "adapter_fusion_ref",
     "add_layernorm",
     "add_layernorm_ref",
     "backend_status",
@@ -36,6 +43,7 @@ __all__ = [
     "dequantize_rows_ref",
     "dropout",
     "dropout_ref",
+    "pack_fusion",
     "segment_mean_pool_normalize",
     "segment_mean_pool_normalize_ref",
     "topk_merge",

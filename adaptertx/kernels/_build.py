@@ -10,11 +10,15 @@ where the package lives and one cached build serves a checkout, another worktree
 installed wheel alike. The build uses no ``-march`` flag: the AVX-512 code paths are chosen
 at run time, so a cached build also runs on machines without AVX-512.
 
-``ADAPTERTX_KERNELS`` selects the backend: unset or ``auto`` (native when it builds and the CPU
-has AVX-512, else the reference, with one log line saying why), ``ref`` (always the pure-torch
-reference) or ``native`` (the native build is required, a failed build raises; on a CPU
-without AVX-512 this runs the kernels' portable scalar path, which is correct but slower than
-torch's own vectorised ops). ``ADAPTERTX_KERNELS_ISA=generic`` makes the native kernels take
+Each source registers its kernel for the CPU dispatch key of an operator that
+:mod:`adaptertx.kernels._library` defines (``TORCH_LIBRARY_IMPL``, no schema of its own).
+
+``ADAPTERTX_KERNELS`` selects the backend, for every device (``auto``, ``ref``, ``native``) or per
+device (``cpu=native,cuda=ref``; a device left out is ``auto``). For the CPU: ``auto`` (native
+when it builds and the CPU has AVX-512, else the reference, with one log line saying why),
+``ref`` (always the pure-torch reference) or ``native`` (the native build is required, a failed
+build raises; on a CPU without AVX-512 this runs the kernels' portable scalar path, which is
+correct but slower than torch's own vectorised ops). ``ADAPTERTX_KERNELS_ISA=generic`` makes the native kernels take
 that portable path even where AVX-512 exists (for testing it).
 """
 
@@ -35,8 +39,9 @@ from adaptertx.io import atomic_write_bytes, cache_dir
 
 log = logging.getLogger("adaptertx.kernels")
 
-OPS = ("bias_gelu", "add_layernorm", "bottleneck_adapter", "segment_mean_pool_normalize", "varlen_attention",
-       "dropout", "dequantize_rows", "topk_merge")
+OPS = ("bias_gelu", "add_layernorm", "bottleneck_adapter", "adapter_fusion", "segment_mean_pool_normalize",
+       "varlen_attention", "dropout", "dequantize_rows", "topk_merge")
+CHOICES = ("auto", "ref", "native")
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 _SHARED_SOURCES = ("common.h",)
 _CFLAGS = ("-O3", "-fopenmp")
@@ -48,12 +53,27 @@ _loaded: dict[str, bool] = {}
 _failed: dict[str, str] = {}
 
 
-def mode() -> str:
-    """The value of ``ADAPTERTX_KERNELS``: ``auto``, ``ref`` or ``native``."""
-    value = os.environ.get(ENV, "").strip().lower() or "auto"
-    if value not in ("auto", "ref", "native"):
-        raise AdaptertxError(f"{ENV}={value!r}: expected 'auto', 'ref' or 'native'")
-    return value
+def modes() -> dict[str, str]:
+    """``ADAPTERTX_KERNELS`` per device type: ``{"cpu": ..., "cuda": ...}``, each ``auto``, ``ref`` or ``native``."""
+    raw = os.environ.get(ENV, "").strip().lower() or "auto"
+    if "=" not in raw:
+        if raw not in CHOICES:
+            raise AdaptertxError(f"{ENV}={raw!r}: expected 'auto', 'ref', 'native' or per device 'cpu=...,cuda=...'")
+        return {"cpu": raw, "cuda": raw}
+    out = {"cpu": "auto", "cuda": "auto"}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        device, _, value = part.partition("=")
+        device, value = device.strip(), value.strip()
+        if device not in out or value not in CHOICES:
+            raise AdaptertxError(f"{ENV}={raw!r}: {part!r} is not DEVICE=CHOICE with DEVICE in cpu, cuda and "
+                                 f"CHOICE in {', '.join(CHOICES)}")
+        out[device] = value
+    return out
+
+
+def mode(device_type: str = "cpu") -> str:
+    """The ``ADAPTERTX_KERNELS`` choice for ``device_type``: ``auto``, ``ref`` or ``native``."""
+    return modes()[device_type]
 
 
 def _source(op: str) -> Path:
@@ -152,8 +172,8 @@ def native_available(op: str) -> bool:
         else:
             try:
                 _build(op)
-                if not hasattr(torch.ops.adaptertx, op):
-                    raise RuntimeError(f"the built library does not register adaptertx::{op}")
+                if not torch._C._dispatch_has_kernel_for_dispatch_key(f"adaptertx::{op}", "CPU"):
+                    raise RuntimeError(f"the built library registers no CPU kernel for adaptertx::{op}")
                 _loaded[op] = True
             except Exception as exc:  # a compiler or loader failure of any kind
                 _failed[op] = f"build failed: {_first_error_line(exc)}"
@@ -167,7 +187,7 @@ def cpu_has_avx512() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-_NO_AVX512 = "CPU lacks AVX-512 (the portable native path is slower than torch)"
+NO_AVX512 = "CPU lacks AVX-512 (the portable native path is slower than torch)"
 
 
 def use_native(op: str) -> bool:
@@ -184,34 +204,11 @@ def use_native(op: str) -> bool:
     return False
 
 
-def native_op(op: str):
-    """The registered native op ``torch.ops.adaptertx.<op>`` (call :func:`use_native` first)."""
-    return getattr(torch.ops.adaptertx, op)
+def is_loaded(op: str) -> bool:
+    """Whether ``op``'s native CPU kernel is built and loaded in this process."""
+    return op in _loaded
 
 
-def backend_status(build: bool = True) -> dict[str, str]:
-    """For each op, the backend a CPU call uses now and why.
-
-    With ``build=True`` (the default) any op not yet built is built now (about ten seconds
-    per op the first time, then cached); with ``build=False`` such ops are reported as not
-    built yet. Native kernels serve float32/bfloat16 CPU tensors outside autograd; other
-    calls always take the reference.
-    """
-    try:
-        m = mode()
-    except AdaptertxError as exc:
-        return {op: f"error: {exc}" for op in OPS}
-    status = {}
-    for op in OPS:
-        src = f"adaptertx/csrc/{op}.cpp"
-        if m == "ref":
-            status[op] = f"reference: {ENV}=ref"
-        elif m == "auto" and not cpu_has_avx512():
-            status[op] = f"reference: {_NO_AVX512}"
-        elif op in _loaded or (build and native_available(op)):
-            status[op] = f"native ({src})"
-        elif op in _failed:
-            status[op] = f"reference: {_failed[op]}"
-        else:
-            status[op] = f"not built yet ({src} builds on first use)"
-    return status
+def failure(op: str) -> str | None:
+    """Why ``op``'s native CPU kernel could not be built or loaded, or None."""
+    return _failed.get(op)

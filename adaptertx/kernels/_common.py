@@ -47,15 +47,22 @@ def check_residual(op: str, name: str, x: torch.Tensor, residual: torch.Tensor) 
     same_device(op, "residual", residual, x)
 
 
-def native_eligible(main: torch.Tensor, *tensors) -> bool:
-    """True when the native CPU kernel can serve a call on these tensors.
+def check_offsets(op: str, cu_seqlens, tokens: int, like: torch.Tensor) -> None:
+    """Raise unless ``cu_seqlens`` is a 1-D int32/int64 tensor on ``like``'s device.
 
-    The native kernels take float32/bfloat16 CPU tensors and keep no autograd graph, so a
-    call on tensors that require grad while grad mode is on goes to the reference instead.
+    Its values (from 0 to ``tokens``, non-decreasing) are checked when it is on the CPU only:
+    reading a device tensor's values would stop the host until the device catches up, once per
+    call and layer; callers that build offsets on the device check them on the host first.
     """
-    if main.device.type != "cpu" or main.dtype not in NATIVE_DTYPES:
-        return False
-    if torch.is_grad_enabled():
-        if main.requires_grad or any(t is not None and t.requires_grad for t in tensors):
-            return False
-    return True
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise KernelInputError(f"{op}: cu_seqlens must be a 1-D tensor of n + 1 offsets")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise KernelInputError(f"{op}: cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    same_device(op, "cu_seqlens", cu_seqlens, like)
+    if cu_seqlens.device.type != "cpu" or isinstance(cu_seqlens, torch._subclasses.FakeTensor):
+        return
+    if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != tokens:
+        raise KernelInputError(f"{op}: cu_seqlens must start at 0 and end at tokens={tokens}, "
+                               f"got {int(cu_seqlens[0])}..{int(cu_seqlens[-1])}")
+    if cu_seqlens.numel() > 1 and bool((cu_seqlens[1:] < cu_seqlens[:-1]).any()):
+        raise KernelInputError(f"{op}: cu_seqlens must be non-decreasing")

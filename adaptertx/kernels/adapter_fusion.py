@@ -27,8 +27,11 @@ products by exact algebra:
 Per token that is about ``3 N r d + d^2 [residual_before only]`` multiply-adds instead of
 ``2 N r d + (2N + 1) d^2``. Adapters of different bottleneck sizes are zero-padded to the
 largest (exact: padded units get zero weight on both sides). The folded weights are built once
-in float64 by :func:`pack_fusion`; :func:`adapter_fusion` uses them, and
-:func:`adapter_fusion_ref` is the term-by-term reference in the library's order.
+in float64 by :func:`pack_fusion`; :func:`adapter_fusion` uses them (the op
+``torch.ops.adaptertx.adapter_fusion``: its CPU kernel ``adaptertx/csrc/adapter_fusion.cpp`` and
+CUDA kernel fuse the step between the two GEMMs), :func:`adapter_fusion_ref` is the same
+computation in plain torch ops, and :func:`adapter_fusion_unfolded` is the term-by-term
+computation in the library's order that the folding is tested against.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from adaptertx.kernels._common import KernelInputError
+from adaptertx.kernels._library import cuda_function, define, op, use_kernel
+from adaptertx.kernels.bottleneck_adapter import ACTIVATION_NAMES, ACTIVATIONS
 
 OP = "adapter_fusion"
 
@@ -184,6 +189,69 @@ def _check_inputs(x: torch.Tensor, query: torch.Tensor, residual: torch.Tensor, 
                                f"{tuple(query.shape)}, {tuple(residual.shape)}")
 
 
+def activation_code(fn) -> int | None:
+    """The kernels' code of an adapter non-linearity (see ``ACTIVATIONS``), or None for one they lack."""
+    if fn is F.relu or fn is torch.relu or isinstance(fn, torch.nn.ReLU):
+        return ACTIVATIONS["relu"][0]
+    exact_gelu = isinstance(fn, torch.nn.GELU) and fn.approximate == "none"
+    if fn is F.gelu or exact_gelu or getattr(fn, "act", None) is F.gelu:  # the last: transformers' GELUActivation
+        return ACTIVATIONS["gelu"][0]
+    if fn is F.silu or isinstance(fn, torch.nn.SiLU):
+        return ACTIVATIONS["silu"][0]
+    if fn is F.leaky_relu or (isinstance(fn, torch.nn.LeakyReLU) and fn.negative_slope == 0.01):
+        return ACTIVATIONS["leakyrelu"][0]
+    return None
+
+
+def _folded(x, query, residual, w_in, b_in, w_out, res_w, n: int, r: int, activation, temperature: float):
+    """The two-GEMM computation in torch ops: (out, probs float32)."""
+    nr = n * r
+    lead = x.shape[:-1]
+    if query is x:
+        y = F.linear(x, w_in, b_in)
+        h, keys, bias_scores = y[..., :nr], y[..., nr:2 * nr], y[..., 2 * nr:]
+    else:
+        h = F.linear(x, w_in[:nr], b_in[:nr])
+        yq = F.linear(query, w_in[nr:], b_in[nr:])
+        keys, bias_scores = yq[..., :nr], yq[..., nr:]
+    a = activation(h).reshape(*lead, n, r)
+    scores = (keys.reshape(*lead, n, r).float() * a.float()).sum(-1) + bias_scores.float()
+    probs = torch.softmax(scores / temperature, dim=-1)                 # (..., n) float32
+    p = probs.to(a.dtype)
+    z = torch.cat([(a * p.unsqueeze(-1)).reshape(*lead, nr), p], dim=-1)  # (..., n r + n)
+    out = F.linear(z, w_out)
+    out = out + (F.linear(residual, res_w) if res_w is not None else residual)
+    return out, probs
+
+
+def _op_ref(x, query, residual, w_in, b_in, w_out, res_w, n: int, r: int, activation: int, temperature: float):
+    dt = x.dtype
+    same = query is x
+    ws = [None if t is None else t.to(dt) for t in (w_in, b_in, w_out, res_w)]
+    return _folded(x, x if same else query, residual, *ws, n, r, ACTIVATIONS[ACTIVATION_NAMES[activation]][1],
+                   temperature)
+
+
+def _cuda(x, query, residual, w_in, b_in, w_out, res_w, n: int, r: int, activation: int, temperature: float):
+    packed = PackedFusion(w_in, b_in, w_out, res_w, ACTIVATIONS[ACTIVATION_NAMES[activation]][1], n, r)
+    out, probs = cuda_function(OP, "adapter_fusion_triton")(x, x if query is x else query, residual, packed,
+                                                            temperature, return_probs=True)
+    return out, probs
+
+
+def _fake(x, query, residual, w_in, b_in, w_out, res_w, n, r, activation, temperature):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[0], n, dtype=torch.float32)
+
+
+define(OP, "(Tensor x, Tensor query, Tensor residual, Tensor w_in, Tensor b_in, Tensor w_out, Tensor? res_w, int n, "
+       "int r, int activation, float temperature) -> (Tensor, Tensor)", fake=_fake, ref=_op_ref, cuda=_cuda)
+
+
+def _check_temperature(temperature) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise KernelInputError(f"{OP}: temperature must be a positive number, got {temperature!r}")
+
+
 def adapter_fusion(x: torch.Tensor, query: torch.Tensor, residual: torch.Tensor, packed: PackedFusion,
                    temperature: float = 1.0, *, return_probs: bool = False):
     """The fusion output of N adapters, computed with two GEMMs (see the module docstring).
@@ -194,33 +262,42 @@ def adapter_fusion(x: torch.Tensor, query: torch.Tensor, residual: torch.Tensor,
     softmax temperature. Returns (..., d) in x's dtype: what ``BertFusion.forward`` returns
     (before ``post_forward``). Scores and softmax are computed in float32. With
     ``return_probs``, returns ``(out, probs)``: probs (..., n) float32, the attention over the
-    adapters (the softmax the output is computed with; no extra work).
+    adapters (the softmax the output is computed with; no extra work). The CPU and CUDA kernels
+    serve relu/gelu/silu/leakyrelu adapters outside autograd and autocast; other calls take
+    :func:`adapter_fusion_ref`.
     """
     d = packed.w_in.shape[1]
     _check_inputs(x, query, residual, d)
-    n, r = packed.n, packed.r
-    nr = n * r
-    lead = x.shape[:-1]
-    if query is x:
-        y = F.linear(x, packed.w_in, packed.b_in)
-        h, keys, bias_scores = y[..., :nr], y[..., nr:2 * nr], y[..., 2 * nr:]
+    _check_temperature(temperature)
+    code = activation_code(packed.activation)
+    if (code is not None and not torch.is_autocast_enabled(x.device.type)
+            and use_kernel(OP, x, query, residual, packed.w_in, packed.b_in, packed.w_out, packed.res_w)):
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, d)
+        q2 = x2 if query is x else query.reshape(-1, d)
+        out, probs = op(OP)(x2, q2, residual.reshape(-1, d), packed.w_in, packed.b_in, packed.w_out, packed.res_w,
+                            packed.n, packed.r, code, float(temperature))
+        out, probs = out.reshape(*lead, d), probs.reshape(*lead, packed.n)
     else:
-        h = F.linear(x, packed.w_in[:nr], packed.b_in[:nr])
-        yq = F.linear(query, packed.w_in[nr:], packed.b_in[nr:])
-        keys, bias_scores = yq[..., :nr], yq[..., nr:]
-    a = packed.activation(h).reshape(*lead, n, r)
-    scores = (keys.reshape(*lead, n, r).float() * a.float()).sum(-1) + bias_scores.float()
-    probs = torch.softmax(scores / temperature, dim=-1)                 # (..., n) float32
-    p = probs.to(a.dtype)
-    z = torch.cat([(a * p.unsqueeze(-1)).reshape(*lead, nr), p], dim=-1)  # (..., n r + n)
-    out = F.linear(z, packed.w_out)
-    out = out + (F.linear(residual, packed.res_w) if packed.res_w is not None else residual)
+        out, probs = _folded(x, query, residual, packed.w_in, packed.b_in, packed.w_out, packed.res_w, packed.n,
+                             packed.r, packed.activation, temperature)
     return (out, probs) if return_probs else out
 
 
-def adapter_fusion_ref(x: torch.Tensor, query: torch.Tensor, residual: torch.Tensor, weights: FusionWeights,
+def adapter_fusion_ref(x: torch.Tensor, query: torch.Tensor, residual: torch.Tensor, packed: PackedFusion,
                        temperature: float = 1.0, *, return_probs: bool = False):
-    """Reference of :func:`adapter_fusion`: every adapter, then the fusion attention, term by term
+    """Pure-torch reference of :func:`adapter_fusion` (same signature and checks): the same two
+    GEMMs and the step between them as torch ops."""
+    _check_inputs(x, query, residual, packed.w_in.shape[1])
+    _check_temperature(temperature)
+    out, probs = _folded(x, query, residual, packed.w_in, packed.b_in, packed.w_out, packed.res_w, packed.n,
+                         packed.r, packed.activation, temperature)
+    return (out, probs) if return_probs else out
+
+
+def adapter_fusion_unfolded(x: torch.Tensor, query: torch.Tensor, residual: torch.Tensor, weights: FusionWeights,
+                            temperature: float = 1.0, *, return_probs: bool = False):
+    """What :func:`adapter_fusion` computes, unfolded: every adapter, then the fusion attention, term by term
     in the order ``adapters``' ``compose_fuse`` and ``BertFusion.forward`` use (x's dtype; with
     ``return_probs``, ``(out, probs)``, probs (..., n) in x's dtype)."""
     _check_inputs(x, query, residual, weights.dim)

@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from adaptertx.kernels._build import native_op, use_native
-from adaptertx.kernels._common import KernelInputError, check_float, check_residual, check_vector, native_eligible
+from adaptertx.kernels._common import KernelInputError, check_float, check_residual, check_vector
+from adaptertx.kernels._library import cuda_function, define, op, use_kernel
 
 OP = "add_layernorm"
 
@@ -29,6 +29,15 @@ def _ref(x, residual, weight, bias, eps):
     w = weight.to(x.dtype) if weight is not None else None
     b = bias.to(x.dtype) if bias is not None else None
     return F.layer_norm(x + residual, (x.shape[1],), w, b, float(eps))
+
+
+def _cuda(x, residual, weight, bias, eps):
+    return cuda_function(OP, "add_layernorm_triton")(x, residual, weight, bias, eps)
+
+
+define(OP, "(Tensor x, Tensor residual, Tensor? weight, Tensor? bias, float eps) -> Tensor",
+       fake=lambda x, residual, weight, bias, eps: torch.empty_like(x, memory_format=torch.contiguous_format),
+       ref=_ref, cuda=_cuda)
 
 
 def add_layernorm_ref(
@@ -58,6 +67,6 @@ def add_layernorm(
     rounded to bfloat16) and rounds the output once.
     """
     _check(x, residual, weight, bias, eps)
-    if native_eligible(x, residual, weight, bias) and use_native(OP):
-        return native_op(OP)(x, residual, weight, bias, float(eps))
+    if use_kernel(OP, x, residual, weight, bias):
+        return op(OP)(x, residual, weight, bias, float(eps))
     return _ref(x, residual, weight, bias, eps)

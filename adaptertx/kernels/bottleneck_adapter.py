@@ -23,15 +23,14 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from adaptertx.kernels._build import native_op, use_native
 from adaptertx.kernels._common import (
     KernelInputError,
     check_float,
     check_residual,
     check_vector,
-    native_eligible,
     same_device,
 )
+from adaptertx.kernels._library import cuda_function, define, op, use_kernel
 
 OP = "bottleneck_adapter"
 
@@ -78,6 +77,23 @@ def _ref(h, residual, down_w, down_b, up_w, up_b, activation, scaling):
     return residual + float(scaling) * up
 
 
+ACTIVATION_NAMES = {code: name for name, (code, _) in reversed(ACTIVATIONS.items())}
+
+
+def _op_ref(h, residual, down_w, down_b, up_w, up_b, activation: int, scaling: float):
+    return _ref(h, residual, down_w, down_b, up_w, up_b, ACTIVATION_NAMES[activation], scaling)
+
+
+def _cuda(h, residual, down_w, down_b, up_w, up_b, activation: int, scaling: float):
+    return cuda_function(OP, "bottleneck_adapter_triton")(h, residual, down_w, down_b, up_w, up_b,
+                                                          ACTIVATION_NAMES[activation], scaling)
+
+
+define(OP, "(Tensor h, Tensor residual, Tensor down_w, Tensor? down_b, Tensor up_w, Tensor? up_b, int activation, "
+       "float scaling) -> Tensor", fake=lambda h, *rest: torch.empty_like(h, memory_format=torch.contiguous_format),
+       ref=_op_ref, cuda=_cuda)
+
+
 def bottleneck_adapter_ref(
     h: torch.Tensor,
     residual: torch.Tensor,
@@ -115,7 +131,7 @@ def bottleneck_adapter(
     needed, so pass them in h's dtype) and fuses the elementwise steps around them.
     """
     _check(h, residual, down_w, down_b, up_w, up_b, activation, scaling)
-    if native_eligible(h, residual, down_w, down_b, up_w, up_b) and use_native(OP):
+    if use_kernel(OP, h, residual, down_w, down_b, up_w, up_b):
         code = ACTIVATIONS[activation.lower()][0]
-        return native_op(OP)(h, residual, down_w, down_b, up_w, up_b, code, float(scaling))
+        return op(OP)(h, residual, down_w, down_b, up_w, up_b, code, float(scaling))
     return _ref(h, residual, down_w, down_b, up_w, up_b, activation, scaling)

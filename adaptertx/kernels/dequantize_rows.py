@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from adaptertx.kernels._build import native_op, use_native
 from adaptertx.kernels._common import NATIVE_DTYPES, KernelInputError
+from adaptertx.kernels._library import cuda_function, define, op, use_kernel
 
 OP = "dequantize_rows"
 
@@ -32,6 +32,14 @@ def _ref(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return (qweight.float() * scale.float()[:, None]).to(dtype)
 
 
+def _cuda(qweight, scale, dtype):
+    return cuda_function(OP, "dequantize_rows_triton")(qweight, scale, dtype)
+
+
+define(OP, "(Tensor qweight, Tensor scale, ScalarType dtype) -> Tensor",
+       fake=lambda qweight, scale, dtype: qweight.new_empty(qweight.shape, dtype=dtype), ref=_ref, cuda=_cuda)
+
+
 def dequantize_rows_ref(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Pure-torch reference of :func:`dequantize_rows` (same signature and checks)."""
     _check(qweight, scale, dtype)
@@ -46,6 +54,6 @@ def dequantize_rows(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dty
     :func:`dequantize_rows_ref`. Never differentiable (the int8 weight is frozen).
     """
     _check(qweight, scale, dtype)
-    if qweight.device.type == "cpu" and dtype in NATIVE_DTYPES and use_native(OP):
-        return native_op(OP)(qweight, scale, dtype)
+    if dtype in NATIVE_DTYPES and use_kernel(OP, qweight, scale, dtypes=(torch.int8,)):
+        return op(OP)(qweight, scale, dtype)
     return _ref(qweight, scale, dtype)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaptertx.kernels._build import native_op, use_native
-from adaptertx.kernels._common import NATIVE_DTYPES, KernelInputError, check_float
+from adaptertx.kernels._common import KernelInputError, check_float
+from adaptertx.kernels._library import cuda_function, define, kernel_serves, op, use_kernel
 
 OP = "dropout"
 _MASK32 = 0xFFFFFFFF
@@ -66,9 +66,18 @@ def _ref(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     return torch.where(keep, scaled, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+def _cuda(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    return cuda_function(OP, "dropout_triton")(x, p, seed)
+
+
+define(OP, "(Tensor x, float p, int seed) -> Tensor",
+       fake=lambda x, p, seed: torch.empty_like(x, memory_format=torch.contiguous_format), ref=_ref, cuda=_cuda)
+
+
 def _apply(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    if x.device.type == "cpu" and x.dtype in NATIVE_DTYPES and use_native(OP):
-        return native_op(OP)(x, p, seed)
+    # Inside the autograd Function, grad mode is off: the kernel serves both passes.
+    if use_kernel(OP, x):
+        return op(OP)(x, p, seed)
     return _ref(x, p, seed)
 
 
@@ -95,8 +104,8 @@ def dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
 
     x: any shape and float dtype; p in [0, 1); seed in [0, 2**63). The same ``(x.shape, p,
     seed)`` always drops the same elements. Differentiable: the gradient is the same op with
-    the same seed. float32/bfloat16 CPU tensors take the native kernel (fp32 multiply, one
-    rounding); others take :func:`dropout_ref`, which gives the same bits.
+    the same seed. The CPU and CUDA kernels (fp32 multiply, one rounding) and
+    :func:`dropout_ref` give the same bits.
     """
     _check(x, p, seed)
     if p == 0.0:
@@ -105,12 +114,13 @@ def dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
 
 
 class Dropout(nn.Dropout):
-    """``torch.nn.Dropout`` with :func:`dropout` for float32/bfloat16 CPU tensors in training."""
+    """``torch.nn.Dropout`` with :func:`dropout` in training wherever its kernel serves the tensor
+    (float32/bfloat16 on the CPU, also float16 on CUDA with triton)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return input
-        if input.device.type != "cpu" or input.dtype not in NATIVE_DTYPES or not use_native(OP):
+        if not kernel_serves(OP, input.device, input.dtype):
             return F.dropout(input, self.p, True, self.inplace)
         seed = int(torch.randint(2**62, (), dtype=torch.int64))
         return _DropoutFunction.apply(input, float(self.p), seed)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from adaptertx.kernels._build import native_op, use_native
-from adaptertx.kernels._common import KernelInputError, check_float, native_eligible, same_device
+from adaptertx.kernels._common import KernelInputError, check_float, check_offsets
+from adaptertx.kernels._library import cuda_function, define, op, use_kernel
 
 OP = "segment_mean_pool_normalize"
 NORM_EPS = 1e-12
@@ -14,18 +14,7 @@ NORM_EPS = 1e-12
 
 def _check(hidden, cu_seqlens, out_dtype) -> None:
     check_float(OP, "hidden", hidden, 2)
-    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
-        raise KernelInputError(f"{OP}: cu_seqlens must be a 1-D tensor of n + 1 offsets")
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise KernelInputError(f"{OP}: cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
-    same_device(OP, "cu_seqlens", cu_seqlens, hidden)
-    if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != hidden.shape[0]:
-        raise KernelInputError(
-            f"{OP}: cu_seqlens must start at 0 and end at tokens={hidden.shape[0]}, "
-            f"got {int(cu_seqlens[0])}..{int(cu_seqlens[-1])}"
-        )
-    if cu_seqlens.numel() > 1 and bool((cu_seqlens[1:] < cu_seqlens[:-1]).any()):
-        raise KernelInputError(f"{OP}: cu_seqlens must be non-decreasing")
+    check_offsets(OP, cu_seqlens, hidden.shape[0], hidden)
     if out_dtype is not None and not (isinstance(out_dtype, torch.dtype) and out_dtype.is_floating_point):
         raise KernelInputError(f"{OP}: out_dtype must be a floating torch.dtype or None, got {out_dtype!r}")
 
@@ -39,6 +28,21 @@ def _ref(hidden, cu_seqlens, out_dtype):
     sums = sums.index_add(0, ids, hidden.float())
     means = sums / lengths.clamp(min=1).unsqueeze(1).to(torch.float32)
     return F.normalize(means, dim=1, eps=NORM_EPS).to(out_dtype or hidden.dtype)
+
+
+def _op_ref(hidden, cu_seqlens):
+    return _ref(hidden, cu_seqlens, None)
+
+
+def _cuda(hidden, cu_seqlens):
+    return cuda_function(OP, "segment_mean_pool_normalize_triton")(hidden, cu_seqlens, None)
+
+
+def _fake(hidden, cu_seqlens):
+    return hidden.new_empty(cu_seqlens.shape[0] - 1, hidden.shape[1])
+
+
+define(OP, "(Tensor hidden, Tensor cu_seqlens) -> Tensor", fake=_fake, ref=_op_ref, cuda=_cuda)
 
 
 def segment_mean_pool_normalize_ref(
@@ -62,6 +66,6 @@ def segment_mean_pool_normalize(
     empty segment gives a zero row; n = 0 gives a (0, dim) tensor.
     """
     _check(hidden, cu_seqlens, out_dtype)
-    if native_eligible(hidden) and use_native(OP):
-        return native_op(OP)(hidden, cu_seqlens.cpu()).to(out_dtype or hidden.dtype)
+    if use_kernel(OP, hidden):
+        return op(OP)(hidden, cu_seqlens).to(out_dtype or hidden.dtype)
     return _ref(hidden, cu_seqlens, out_dtype)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from adaptertx.kernels._build import native_op, use_native
 from adaptertx.kernels._common import KernelInputError, check_float
+from adaptertx.kernels._library import define, op, use_kernel
 
 OP = "topk_merge"
 
@@ -46,6 +46,10 @@ def _ref(scores, offset, best_s, best_i) -> None:
     best_i.copy_(i.gather(1, pick[:, :k]))
 
 
+define(OP, "(Tensor scores, int offset, Tensor(a!) best_s, Tensor(b!) best_i) -> ()",
+       fake=lambda scores, offset, best_s, best_i: None, ref=_ref)
+
+
 def topk_merge_ref(scores: torch.Tensor, offset: int, best_s: torch.Tensor, best_i: torch.Tensor) -> None:
     """Pure-torch reference of :func:`topk_merge` (same signature and checks)."""
     _check(scores, offset, best_s, best_i)
@@ -64,8 +68,7 @@ def topk_merge(scores: torch.Tensor, offset: int, best_s: torch.Tensor, best_i: 
     autograd; bit-identical to :func:`topk_merge_ref`.
     """
     _check(scores, offset, best_s, best_i)
-    if (scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.bfloat16) and scores.stride(1) == 1
-            and not (torch.is_grad_enabled() and scores.requires_grad) and use_native(OP)):
-        native_op(OP)(scores, offset, best_s, best_i)
+    if scores.stride(1) == 1 and use_kernel(OP, scores):
+        op(OP)(scores, offset, best_s, best_i)
         return
     _ref(scores, offset, best_s, best_i)

@@ -8,28 +8,21 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from adaptertx.kernels._build import native_op, use_native
-from adaptertx.kernels._common import KernelInputError, check_float, native_eligible, same_device
+from adaptertx.kernels._common import KernelInputError, check_float, check_offsets
+from adaptertx.kernels._library import cuda_function, define, op, use_kernel
 
 OP = "varlen_attention"
 
 
-def _check(qkv, cu_seqlens, heads, scale) -> None:
+def _check(qkv, cu_seqlens, heads, scale, max_seqlen=None) -> None:
     check_float(OP, "qkv", qkv, 2)
     if qkv.shape[1] % 3:
         raise KernelInputError(f"{OP}: qkv must be (tokens, 3 * dim), got {tuple(qkv.shape)}")
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or (qkv.shape[1] // 3) % heads:
         raise KernelInputError(f"{OP}: heads must be a positive int dividing dim={qkv.shape[1] // 3}, got {heads!r}")
-    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
-        raise KernelInputError(f"{OP}: cu_seqlens must be a 1-D tensor of n + 1 offsets")
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise KernelInputError(f"{OP}: cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
-    same_device(OP, "cu_seqlens", cu_seqlens, qkv)
-    if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != qkv.shape[0]:
-        raise KernelInputError(f"{OP}: cu_seqlens must start at 0 and end at tokens={qkv.shape[0]}, "
-                               f"got {int(cu_seqlens[0])}..{int(cu_seqlens[-1])}")
-    if cu_seqlens.numel() > 1 and bool((cu_seqlens[1:] < cu_seqlens[:-1]).any()):
-        raise KernelInputError(f"{OP}: cu_seqlens must be non-decreasing")
+    check_offsets(OP, cu_seqlens, qkv.shape[0], qkv)
+    if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0):
+        raise KernelInputError(f"{OP}: max_seqlen must be a non-negative int or None, got {max_seqlen!r}")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)
                               or not math.isfinite(scale)):
         raise KernelInputError(f"{OP}: scale must be a finite number or None, got {scale!r}")
@@ -57,26 +50,44 @@ def _ref(qkv, cu_seqlens, heads, scale):
     return ctx
 
 
+def _op_ref(qkv, cu_seqlens, heads: int, scale: float, max_seqlen: int):
+    return _ref(qkv, cu_seqlens, heads, scale)
+
+
+def _cuda(qkv, cu_seqlens, heads: int, scale: float, max_seqlen: int):
+    return cuda_function(OP, "varlen_attention_cuda")(qkv, cu_seqlens, heads, scale, max_seqlen)
+
+
+define(OP, "(Tensor qkv, Tensor cu_seqlens, int heads, float scale, int max_seqlen) -> Tensor",
+       fake=lambda qkv, cu_seqlens, heads, scale, max_seqlen: qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3),
+       ref=_op_ref, cuda=_cuda, cuda_needs="varlen_attn", cuda_dtypes=(torch.bfloat16, torch.float16))
+
+
 def varlen_attention_ref(qkv: torch.Tensor, cu_seqlens: torch.Tensor, heads: int,
-                         scale: float | None = None) -> torch.Tensor:
+                         scale: float | None = None, max_seqlen: int | None = None) -> torch.Tensor:
     """Pure-torch reference of :func:`varlen_attention` (same signature and checks)."""
-    _check(qkv, cu_seqlens, heads, scale)
+    _check(qkv, cu_seqlens, heads, scale, max_seqlen)
     return _ref(qkv, cu_seqlens, heads, scale)
 
 
 def varlen_attention(qkv: torch.Tensor, cu_seqlens: torch.Tensor, heads: int,
-                     scale: float | None = None) -> torch.Tensor:
+                     scale: float | None = None, max_seqlen: int | None = None) -> torch.Tensor:
     """Unmasked softmax attention of every packed sequence with itself.
 
     qkv: (tokens, 3 * dim), rows ``[q | k | v]`` as BERT's fused query/key/value projection
     gives them, head h at columns ``h*hd:(h+1)*hd`` of each third (hd = dim / heads);
     cu_seqlens: (n + 1,) int32/int64 offsets from 0 to tokens, non-decreasing (empty
     sequences allowed); scale: default ``1 / sqrt(hd)``. Returns ctx: (tokens, dim) in qkv's
-    dtype, ``softmax(q k^T * scale) v`` per sequence and head. The native kernel reads q, k, v
-    in place (no gather, no padding), computes in float32 and rounds the output once.
+    dtype, ``softmax(q k^T * scale) v`` per sequence and head; max_seqlen: the longest
+    sequence, if the caller knows it (the CUDA kernel needs it; without it one host sync
+    computes it). The CPU kernel reads q, k, v in place (no gather, no padding), computes in
+    float32 and rounds the output once; on CUDA (bfloat16/float16) one
+    ``torch.nn.attention.varlen.varlen_attn`` call (flash attention) serves the whole batch.
     """
-    _check(qkv, cu_seqlens, heads, scale)
-    if native_eligible(qkv) and use_native(OP):
+    _check(qkv, cu_seqlens, heads, scale, max_seqlen)
+    if use_kernel(OP, qkv):
         hd = qkv.shape[1] // 3 // heads
-        return native_op(OP)(qkv, cu_seqlens.cpu(), heads, float(scale) if scale is not None else 1.0 / math.sqrt(hd))
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) if cu_seqlens.numel() > 1 else 0
+        return op(OP)(qkv, cu_seqlens, heads, float(scale) if scale is not None else 1.0 / math.sqrt(hd), max_seqlen)
     return _ref(qkv, cu_seqlens, heads, scale)

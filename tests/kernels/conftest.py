@@ -21,7 +21,7 @@ def _select(monkeypatch, backend: str, op: str) -> None:
     else:
         monkeypatch.delenv("ADAPTERTX_KERNELS_ISA", raising=False)
     if not _build.native_available(op):
-        pytest.skip(f"native {op} unavailable: {_build.backend_status(build=False)[op]}")
+        pytest.skip(f"native {op} unavailable: {_build.failure(op)}")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -6,7 +6,13 @@ import torch.nn.functional as F
 
 from adaptertx.errors import AdaptertxError
 from adaptertx.kernels import KernelInputError
-from adaptertx.kernels.adapter_fusion import FusionWeights, adapter_fusion, adapter_fusion_ref, pack_fusion
+from adaptertx.kernels.adapter_fusion import (
+    FusionWeights,
+    adapter_fusion,
+    adapter_fusion_ref,
+    adapter_fusion_unfolded,
+    pack_fusion,
+)
 
 
 def weights(d=16, ranks=(4, 4, 4), query=True, key=True, value=True, residual_before=False, scaling=None, seed=0):
@@ -38,29 +44,31 @@ def inputs(shape, d=16, seed=1, dtype=torch.float32):
     dict(scaling=[0.5, torch.tensor([2.0]), torch.linspace(0.5, 1.5, 16)]),  # learned / channel scaling
 ])
 @pytest.mark.parametrize("shape", [(1,), (7,), (2, 5), (0,)])
-def test_fused_equals_reference_fp32(kw, shape):
+def test_fused_equals_reference_fp32(kw, shape, backend):
+    backend("adapter_fusion")
     w = weights(**kw)
     x, q, res = inputs(shape)
     packed = pack_fusion(w)
-    torch.testing.assert_close(adapter_fusion(x, x, res, packed), adapter_fusion_ref(x, x, res, w),
+    torch.testing.assert_close(adapter_fusion(x, x, res, packed), adapter_fusion_unfolded(x, x, res, w),
                                rtol=1e-5, atol=1e-5)
     # A query other than the adapters' input (query_before_ln) takes two input GEMMs.
-    torch.testing.assert_close(adapter_fusion(x, q, res, packed), adapter_fusion_ref(x, q, res, w),
+    torch.testing.assert_close(adapter_fusion(x, q, res, packed), adapter_fusion_unfolded(x, q, res, w),
                                rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(value=False), dict(residual_before=True), dict(ranks=(2, 5, 3)),
                                 dict(ranks=(4,))])
 @pytest.mark.parametrize("shape", [(1,), (2, 5), (0,)])
-def test_attention_probabilities_equal_the_reference(kw, shape):
+def test_attention_probabilities_equal_the_reference(kw, shape, backend):
     """The softmax over the adapters the output is computed with, returned on request; the output
     is unchanged by asking for it."""
+    backend("adapter_fusion")
     w = weights(**kw)
     x, q, res = inputs(shape)
     packed = pack_fusion(w)
     for query in (x, q):
         out, probs = adapter_fusion(x, query, res, packed, 2.0, return_probs=True)
-        ref_out, ref_probs = adapter_fusion_ref(x, query, res, w, 2.0, return_probs=True)
+        ref_out, ref_probs = adapter_fusion_unfolded(x, query, res, w, 2.0, return_probs=True)
         assert probs.dtype == torch.float32 and probs.shape == (*shape, len(w.down_w))
         torch.testing.assert_close(probs, ref_probs, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(out, adapter_fusion(x, query, res, packed, 2.0), rtol=0, atol=0)
@@ -72,16 +80,36 @@ def test_attention_probabilities_equal_the_reference(kw, shape):
 def test_temperature():
     w = weights()
     x, _, res = inputs((6,))
-    torch.testing.assert_close(adapter_fusion(x, x, res, pack_fusion(w), 7.0), adapter_fusion_ref(x, x, res, w, 7.0))
+    torch.testing.assert_close(adapter_fusion(x, x, res, pack_fusion(w), 7.0),
+                               adapter_fusion_unfolded(x, x, res, w, 7.0))
 
 
-def test_bf16_error_at_most_twice_torchs():
+@pytest.mark.parametrize("activation", [F.relu, F.gelu, F.silu, F.leaky_relu, torch.nn.GELU(), torch.tanh])
+def test_each_activation_against_the_unfolded_computation_and_the_reference(activation, backend):
+    """Each non-linearity the kernels know (tanh they do not: it takes the reference), with a
+    query other than the input and one equal to it."""
+    backend("adapter_fusion")
+    w = weights(ranks=(3, 6))
+    w = FusionWeights(w.down_w, w.down_b, w.up_w, w.up_b, w.scaling, activation, w.query_w, w.query_b, w.key_w,
+                      w.key_b, w.value_w)
+    x, q, res = inputs((2, 9))
+    packed = pack_fusion(w)
+    for query in (x, q):
+        out, probs = adapter_fusion(x, query, res, packed, 1.5, return_probs=True)
+        ref_out, ref_probs = adapter_fusion_ref(x, query, res, packed, 1.5, return_probs=True)
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(probs, ref_probs, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out, adapter_fusion_unfolded(x, query, res, w, 1.5), rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_error_at_most_twice_torchs(backend):
+    backend("adapter_fusion")
     w = weights(d=64, ranks=(8,) * 9)
     x, _, res = inputs((32,), d=64)
-    ref32 = adapter_fusion_ref(x, x, res, w)
+    ref32 = adapter_fusion_unfolded(x, x, res, w)
     xb, rb = x.bfloat16(), res.bfloat16()
     ours = adapter_fusion(xb, xb, rb, pack_fusion(w).to(torch.bfloat16))
-    torch_bf16 = adapter_fusion_ref(xb, xb, rb, w)
+    torch_bf16 = adapter_fusion_unfolded(xb, xb, rb, w)
     assert ours.dtype == torch.bfloat16
     assert (ours.float() - ref32).abs().max() <= 2 * (torch_bf16.float() - ref32).abs().max()
 

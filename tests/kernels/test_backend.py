@@ -8,7 +8,9 @@ from adaptertx.kernels import _build
 
 def test_env_ref_forces_reference(monkeypatch):
     monkeypatch.setenv(_build.ENV, "ref")
-    assert kernels.backend_status(build=False) == {op: "reference: ADAPTERTX_KERNELS=ref" for op in kernels.OPS}
+    status = kernels.backend_status(build=False)
+    chosen = "reference: ADAPTERTX_KERNELS chose it"
+    assert status == {op: {"cpu": chosen, "cuda": chosen} for op in kernels.OPS}
 
 
 def test_bad_env_value_raises(monkeypatch):
@@ -21,7 +23,8 @@ def test_status_names_each_op_and_source(monkeypatch):
     monkeypatch.delenv(_build.ENV, raising=False)
     status = kernels.backend_status(build=False)
     assert set(status) == set(kernels.OPS)
-    for op, line in status.items():
+    for op, lines in status.items():
+        line = lines["cpu"]
         assert line.startswith(("native (", "reference: ", "not built yet (")), line
         if not line.startswith("reference: "):
             assert f"adaptertx/csrc/{op}.cpp" in line
@@ -43,7 +46,7 @@ def test_failed_build_falls_back_once_with_reason(monkeypatch, caplog):
     torch.testing.assert_close(out1, kernels.bias_gelu_ref(x, b))
     torch.testing.assert_close(out2, out1)
     assert len([r for r in caplog.records if "bias_gelu" in r.getMessage()]) == 1
-    assert kernels.backend_status(build=False)["bias_gelu"] == (
+    assert kernels.backend_status(build=False)["bias_gelu"]["cpu"] == (
         "reference: build failed: csrc/bias_gelu.cpp:1:1: error: boom"
     )
     monkeypatch.setenv(_build.ENV, "native")
@@ -87,7 +90,7 @@ def test_auto_prefers_reference_without_avx512(monkeypatch):
     monkeypatch.delenv(_build.ENV, raising=False)
     monkeypatch.setattr(_build, "cpu_has_avx512", lambda: False)
     assert not _build.use_native("bias_gelu")
-    assert kernels.backend_status(build=False)["bias_gelu"].startswith("reference: CPU lacks AVX-512")
+    assert kernels.backend_status(build=False)["bias_gelu"]["cpu"].startswith("reference: CPU lacks AVX-512")
 
 
 def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next_load():
