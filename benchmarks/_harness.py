@@ -78,20 +78,26 @@ def time_pair(case: Case, min_seconds: float, max_reps: int) -> dict[str, float]
             "baseline_median": statistics.median(base), "ours_median": statistics.median(ours), "reps": reps}
 
 
-def gemm_peak(dtype: torch.dtype, shapes=((2048, 2048, 2048),), seconds: float = 0.5, warmup: int = 1) -> float:
-    """The machine's measured GEMM rate (FLOP/s) in ``dtype``: the fastest single product of each
-    ``(m, k, n)`` shape (the least disturbed, on a shared machine), timed for ``seconds`` and at
-    least three times after ``warmup`` products; the best over the shapes."""
+def gemm_peak(dtype: torch.dtype, shapes=((2048, 2048, 2048),), seconds: float = 0.5, warmup: int = 1,
+              device: str | torch.device = "cpu") -> float:
+    """The machine's measured GEMM rate (FLOP/s) in ``dtype`` on ``device``: the fastest single
+    product of each ``(m, k, n)`` shape (the least disturbed, on a shared machine), timed for
+    ``seconds`` and at least three times after ``warmup`` products; the best over the shapes.
+    On CUDA each product is timed between synchronisations."""
     best = 0.0
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for m, k, n in shapes:
-        a = torch.randn(m, k).to(dtype)
-        b = torch.randn(k, n).to(dtype)
+        a = torch.randn(m, k, device=device).to(dtype)
+        b = torch.randn(k, n, device=device).to(dtype)
         for _ in range(warmup):
             a @ b
+        sync()
         fastest, reps, t_end = float("inf"), 0, time.perf_counter() + seconds
         while reps < 3 or time.perf_counter() < t_end:
             t0 = time.perf_counter()
             a @ b
+            sync()
             fastest = min(fastest, time.perf_counter() - t0)
             reps += 1
         best = max(best, 2 * m * k * n / fastest)

@@ -27,6 +27,15 @@ accuracy is within 0.2 points of fp32 both ways (on the random-weight model: any
 Models: the default model (me5-small, real weights, last layer, e5's "query: " prefix) and an
 XLM-R-base-shaped random model with the real 250k XLM-R vocabulary (layer 7; no accuracy: its
 weights are random). ``--tiny``: two tiny random models, 40 sentences (seconds).
+
+``--device cuda`` runs the GPU protocol instead (:func:`gpu_protocol`): random-weight models of
+the me5-small shape (all 12 layers) and the XLM-R-large shape (pooled at layer 13), the real
+XLM-R vocabulary, real Tatoeba sentences; (a) XTREME's pipeline (fp32, file order, padded,
+all hidden states), (b) the tuned HF pipeline (bf16, SDPA, length-sorted padded batches),
+(c) our encoder with every kernel on its reference (``ADAPTERTX_KERNELS=cuda=ref``) and ours
+with the CUDA kernels; per-sentence cosine against HF fp32 first, then speed and the share of
+the bf16 FLOP bound at the GPU's measured matmul peak. ``--protocol gpu --device cpu`` runs the
+same table on the CPU (how the tests keep it from rotting).
 """
 
 from __future__ import annotations
@@ -73,13 +82,14 @@ def tatoeba_sentences(n: int, langs=LANGS) -> list[str]:
 def xtreme_reference(model, tokenizer, sentences, layer, prefix):
     """XTREME: fp32, file order, batches of 100 padded to the batch max, full depth, all hidden states."""
     out = []
+    device = model.device
     with torch.inference_mode():
         for i in range(0, len(sentences), 100):
             batch = tokenizer([prefix + s for s in sentences[i : i + 100]], padding=True, truncation=True,
-                              max_length=512, return_tensors="pt")
+                              max_length=512, return_tensors="pt").to(device)
             hs = model(**batch, output_hidden_states=True).hidden_states[layer]
             m = batch["attention_mask"].unsqueeze(-1).float()
-            out.append(F.normalize((hs.float() * m).sum(1) / m.sum(1), dim=1))
+            out.append(F.normalize((hs.float() * m).sum(1) / m.sum(1), dim=1).cpu())
     return torch.cat(out)
 
 
@@ -89,14 +99,15 @@ def hf_tuned(model_trunc, tokenizer, sentences, layer, prefix, batch_size=128):
     lengths = [len(t) for t in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
     out = torch.empty(len(texts), model_trunc.config.hidden_size)
+    device = model_trunc.device
     with torch.inference_mode():
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
             batch = tokenizer([texts[j] for j in idx], padding=True, truncation=True, max_length=512,
-                              return_tensors="pt")
+                              return_tensors="pt").to(device)
             hs = model_trunc(**batch).last_hidden_state
             m = batch["attention_mask"].unsqueeze(-1).float()
-            out[idx] = F.normalize((hs.float() * m).sum(1) / m.sum(1), dim=1)
+            out[idx] = F.normalize((hs.float() * m).sum(1) / m.sum(1), dim=1).cpu()
     return out
 
 
@@ -164,6 +175,166 @@ def build_peers(model, tok, layer, prefix, threads, workdir: Path, batch_size: i
     return {k: _peers.Padded(tok, prefix, f, batch_size) for k, f in runs.items()}, note
 
 
+GPU_MODELS = {  # name -> (layers, hidden, heads, intermediate, pooled layer)
+    "me5-small-shape": (12, 384, 12, 1536, 12),
+    "xlmr-large-shape": (24, 1024, 16, 4096, 13),
+}
+GPU_TARGETS = {"hf-tuned": 3.0, "xtreme": 30.0}  # ours must be at least this many times faster
+GPU_BOUND_TARGET = 0.5
+GPU_MIN_COS = 0.999
+
+
+def _timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+class _KernelsOff:
+    """Our encoder with every kernel on its pure-torch reference for the device (``ADAPTERTX_KERNELS``)."""
+
+    def __init__(self, encoder, kind: str) -> None:
+        self.encoder, self.kind = encoder, kind
+
+    def __call__(self, sentences):
+        import os
+
+        old = os.environ.get("ADAPTERTX_KERNELS")
+        os.environ["ADAPTERTX_KERNELS"] = f"{self.kind}=ref"
+        try:
+            return self.encoder(sentences)
+        finally:
+            if old is None:
+                os.environ.pop("ADAPTERTX_KERNELS")
+            else:
+                os.environ["ADAPTERTX_KERNELS"] = old
+
+
+def gpu_pipelines(model, tok, layer, device, batch):
+    """The GPU protocol's paths (name -> callable on a sentence list); ``hf fp32`` is the reference."""
+    full32 = copy.deepcopy(model).to(device=device, dtype=torch.float32).eval()
+    trunc = {dt: truncated_copy(model, layer, dt).to(device) for dt in (torch.float32, torch.bfloat16)}
+    on_device = copy.deepcopy(model).to(device).eval()
+    ours = SentenceEncoder(on_device, tok, layer=layer, dtype=torch.bfloat16)
+    return {
+        "hf fp32": partial(hf_tuned, trunc[torch.float32], tok, layer=layer, prefix="", batch_size=batch),
+        "xtreme": partial(xtreme_reference, full32, tok, layer=layer, prefix=""),
+        "hf-tuned": partial(hf_tuned, trunc[torch.bfloat16], tok, layer=layer, prefix="", batch_size=batch),
+        "ours ref kernels": _KernelsOff(ours, device.type),
+        "ours bf16": ours,
+        "ours int8": SentenceEncoder(on_device, tok, layer=layer, dtype=torch.bfloat16, int8=True),
+    }
+
+
+def gpu_model_rows(name, shape, tok, sentences, device, rounds, peak, batch):
+    """Agreement, then interleaved timing rounds (XTREME's pipeline once: it is the slow one)."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    layers, hidden, heads, inter, layer = shape
+    torch.manual_seed(0)
+    model = XLMRobertaModel(XLMRobertaConfig(
+        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=inter, max_position_embeddings=514, pad_token_id=tok.pad_token_id, type_vocab_size=1),
+        add_pooling_layer=False).eval()
+    pipes = gpu_pipelines(model, tok, layer, device, batch)
+    outs = {k: f(sentences) for k, f in pipes.items()}  # also the warm-up
+    ref = outs["hf fp32"]
+    cos = {k: (o.float() * ref).sum(1) for k, o in outs.items()}
+    times = {k: [] for k in pipes}
+    times["xtreme"].append(_timed(partial(pipes["xtreme"], sentences), device))
+    for _ in range(rounds):
+        for k, f in pipes.items():
+            if k != "xtreme":
+                times[k].append(_timed(partial(f, sentences), device))
+    rate = {k: len(sentences) / min(t) for k, t in times.items()}
+    ids, _ = pipes["ours bf16"].tokenize(sentences)
+    bound = len(sentences) / (encode_flops(model.config, [len(s) for s in ids], layer) / peak)
+    paths = [{"model": name, "layer": layer, "path": k, "sent_s": rate[k], "min_cos": cos[k].min().item(),
+              "mean_cos": cos[k].mean().item()} for k in pipes]
+    rows = []
+    for k in ("ours bf16", "ours int8"):
+        good = cos[k].min().item() >= GPU_MIN_COS
+        for base in ("xtreme", "hf-tuned", "ours ref kernels"):
+            target = GPU_TARGETS.get(base)
+            verdict = "met" if target is not None and rate[k] / rate[base] >= target else "NOT met"
+            met = "" if target is None else f"; target >= {target:g}x: {verdict}"
+            rows.append({"case": f"{name} L{layer}: {k} vs {base}", "baseline_sent_s": rate[base],
+                         "ours_sent_s": rate[k], "ratio": rate[k] / rate[base],
+                         "agreement": f"{'ok' if good else 'FAIL'} min cos {cos[k].min().item():.5f} "
+                                      f"(need {GPU_MIN_COS}){met}"})
+        rows.append({"case": f"{name} L{layer}: {k} vs bf16 FLOP bound", "baseline_sent_s": bound,
+                     "ours_sent_s": rate[k], "ratio": rate[k] / bound,
+                     "agreement": f"peak {peak / 1e12:.1f} TFLOP/s measured; target >= {GPU_BOUND_TARGET:.0%}: "
+                                  f"{'met' if rate[k] / bound >= GPU_BOUND_TARGET else 'NOT met'}"})
+    failed = any(cos[k].min().item() < GPU_MIN_COS for k in ("ours bf16", "ours int8", "ours ref kernels"))
+    return paths, rows, failed
+
+
+def gpu_protocol(args) -> int:
+    """The ``--device cuda`` table (see the module docstring); also runs on the CPU with ``--protocol gpu``."""
+    from adaptertx.environment import describe
+    from adaptertx.models import DEFAULT_MODEL, load_tokenizer, resolve
+
+    device = torch.device(args.device)
+    tok = load_tokenizer(args.tokenizer or resolve(DEFAULT_MODEL))
+    n = args.sentences or (40 if args.tiny else 8000)
+    rounds = args.rounds or (1 if args.tiny else 3)
+    sentences = tatoeba_sentences(n)
+    shapes = {"tiny-shape": (2, 64, 4, 128, 2)} if args.tiny else GPU_MODELS
+    dims = [(256, 256, 256)] if args.tiny else [(8192, 8192, 8192), (16384, 1024, 4096)]
+    peak = harness_gemm_peak(torch.bfloat16, dims, 0.05 if args.tiny else 1.0, warmup=2, device=device)
+    fp32_peak = harness_gemm_peak(torch.float32, dims[:1], 0.05 if args.tiny else 0.5, warmup=1, device=device)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else machine_info()["cpu"]
+    print(f"device: {gpu}; measured matmul peaks: bf16 {peak / 1e12:.1f} TFLOP/s, fp32 {fp32_peak / 1e12:.1f} "
+          f"TFLOP/s\n{len(sentences)} real Tatoeba sentences ({', '.join(LANGS)}), random-weight models with the "
+          f"real XLM-R vocabulary; {rounds} interleaved rounds (XTREME's pipeline timed once); sentences/s",
+          flush=True)
+    paths, rows, failed = [], [], False
+    for name, shape in shapes.items():
+        if args.models and name not in args.models.split(","):
+            continue
+        batch = 512 if device.type == "cuda" else 64
+        p, r, f = gpu_model_rows(name, shape, tok, sentences, device, rounds, peak, batch)
+        paths += p
+        rows += r
+        failed |= f
+    print_tables(paths, rows, [f"kernels on {device.type}: " + "; ".join(
+        f"{op} {line}" for op, line in describe()[f"kernels on {device.type}"].items())])
+    out = args.json or cache_dir() / "benchmarks" / f"bench_encode_{device.type}.json"
+    atomic_write_text(out, json.dumps({"benchmark": "bench_encode", "protocol": "gpu", "device": gpu,
+                                       "tiny": args.tiny, "sentences": len(sentences), "rounds": rounds,
+                                       "bf16_peak_flops": peak, "fp32_peak_flops": fp32_peak, "paths": paths,
+                                       "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 1 if failed else 0
+
+
+def print_tables(paths_out, rows, notes) -> None:
+    """The per-path table, then the comparison rows, then notes (Markdown)."""
+    print()
+    print("| path | sent/s | min cos | mean cos | Tatoeba en→x % | x→en % | Δ en→x | Δ x→en |")
+    print("|---|---|---|---|---|---|---|---|")
+    for e in paths_out:
+        def f(key, fmt, e=e):
+            return format(e[key], fmt) if key in e else "-"
+        print(f"| {e['model']} L{e['layer']} {e['path']} | {f('sent_s', '.1f')} | {f('min_cos', '.5f')} | "
+              f"{f('mean_cos', '.5f')} | {f('acc_en_x', '.2f')} | {f('acc_x_en', '.2f')} | {f('d_en_x', '+.2f')} | "
+              f"{f('d_x_en', '+.2f')} |")
+    print()
+    width = max(len(r["case"]) for r in rows)
+    print(f"| {'case':<{width}} | baseline | ours     | ratio  | agreement |")
+    print(f"|{'-' * (width + 2)}|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']:<{width}} | {r['baseline_sent_s']:8.1f} | {r['ours_sent_s']:8.1f} | {r['ratio']:5.2f}x | "
+              f"{r['agreement']} |")
+    for note in notes:
+        print(note)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny models, 40 sentences (seconds; for CI)")
@@ -179,7 +350,13 @@ def main() -> int:
     p.add_argument("--models", default=None, help="comma-separated subset: me5-small, xlmr-base-shape (default both)")
     p.add_argument("--xtreme", action="store_true",
                    help="also time XTREME's reference pipeline (fp32, file order, full depth; slow)")
+    p.add_argument("--device", default="cpu", help="cpu (the CPU protocol with peers) or cuda[:N] (the GPU protocol)")
+    p.add_argument("--protocol", choices=("cpu", "gpu"), default=None,
+                   help="which table (default: gpu on a CUDA device, else cpu)")
+    p.add_argument("--tokenizer", default=None, help="GPU protocol: tokenizer folder (default: the default model's)")
     args = p.parse_args()
+    if (args.protocol or ("gpu" if args.device.startswith("cuda") else "cpu")) == "gpu":
+        return gpu_protocol(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -309,27 +486,10 @@ def main() -> int:
                      "ours_sent_s": rate["ours bf16"], "ratio": rate["ours bf16"] / bound,
                      "agreement": f"peak {peak / 1e9:.0f} GFLOP/s (best over the rounds), "
                                   f"{flops / len(sentences) / 1e9:.3f} GFLOP/sent"})
-    print()
-    print("| path | sent/s | min cos | mean cos | Tatoeba en→x % | x→en % | Δ en→x | Δ x→en |")
-    print("|---|---|---|---|---|---|---|---|")
-    for e in paths_out:
-        def f(key, fmt, e=e):
-            return format(e[key], fmt) if key in e else "-"
-        print(f"| {e['model']} L{e['layer']} {e['path']} | {f('sent_s', '.1f')} | {f('min_cos', '.5f')} | "
-              f"{f('mean_cos', '.5f')} | {f('acc_en_x', '.2f')} | {f('acc_x_en', '.2f')} | {f('d_en_x', '+.2f')} | "
-              f"{f('d_x_en', '+.2f')} |")
-    if any("acc_en_x" in e for e in paths_out):
-        print(f"Tatoeba accuracy: mean over {', '.join(ACC_LANGS)}, first {acc_pairs} pairs each, Δ against the fp32 "
-              f"HF pipeline (sorted batches, SDPA, stopped at the pooled layer), the reference of the cosines too")
-    print()
-    width = max(len(r["case"]) for r in rows)
-    print(f"| {'case':<{width}} | baseline | ours     | ratio  | agreement |")
-    print(f"|{'-' * (width + 2)}|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['case']:<{width}} | {r['baseline_sent_s']:8.1f} | {r['ours_sent_s']:8.1f} | {r['ratio']:5.2f}x | "
-              f"{r['agreement']} |")
-    for note in notes:
-        print(note)
+    acc_note = ([f"Tatoeba accuracy: mean over {', '.join(ACC_LANGS)}, first {acc_pairs} pairs each, Δ against the "
+                 f"fp32 HF pipeline (sorted batches, SDPA, stopped at the pooled layer), the reference of the cosines "
+                 f"too"] if any("acc_en_x" in e for e in paths_out) else [])
+    print_tables(paths_out, rows, acc_note + notes)
     out = args.json or cache_dir() / "benchmarks" / "bench_encode.json"
     atomic_write_text(out, json.dumps({"benchmark": "bench_encode", "tiny": args.tiny, "sentences": len(sentences),
                                        "rounds": rounds, "bf16_peak_flops": bf16_peak, "fp32_peak_flops": fp32_peak,
