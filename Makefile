@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo retrieval-demo test test-all lint bench clean intermediate
+.PHONY: install demo retrieval-demo test test-all lint bench clean intermediate gpu-check gpu-bundle
 
 install: $(STAMP)
 
@@ -70,3 +70,22 @@ bench: install
 	$(BIN)/python benchmarks/bench_encode.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_mine.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_train.py $(BENCH_ARGS)
+
+# On a machine with one NVIDIA GPU: the GPU tests and bench_encode --device cuda, written to
+# gpu-check/gpu-check.md (scripts/gpu_check.sh says what it installs). GPU_PYTHON: the Python
+# holding the CUDA torch (default python3).
+gpu-check:
+	bash scripts/gpu_check.sh
+
+# For a GPU machine without a package index: the wheels gpu-check installs there (CPython 3.12,
+# x86-64) and the default model's tokenizer, in .gpu/ (ignored by git; about 28 MB).
+GPU_WHEELS ?= transformers==4.57.6 adapters==1.3.0 huggingface_hub==0.36.2 tokenizers==0.22.2 pycountry==26.2.16 \
+	tabulate==0.10.0
+gpu-bundle: install
+	mkdir -p .gpu/wheels
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .gpu/wheels $(GPU_WHEELS)
+	$(BIN)/python -c "from adaptertx.models import resolve, DEFAULT_MODEL; import gzip, shutil; from pathlib import Path; p = Path(resolve(DEFAULT_MODEL)); \
+	  shutil.copyfileobj(open(p / 'tokenizer.json', 'rb'), gzip.open('.gpu/tokenizer.json.gz', 'wb')); \
+	  [shutil.copy(p / f, '.gpu/') for f in ('tokenizer_config.json', 'special_tokens_map.json')]"
