@@ -138,11 +138,11 @@ def _bf16_rule(ref32: torch.Tensor):
 
 
 def main() -> int:
-    args = parse_args("bench_fusion")
+    args = parse_args("bench_adapter_fusion")
     if args.tiny and args.threads is None:
         torch.set_num_threads(1)  # tiny shapes: thread hand-offs would dominate, and a busy machine stalls them
     cases, pairs = make_cases(args.tiny)
-    rows = {r["case"]: r for r in run("bench_fusion", cases, args)}
+    rows = {r["case"]: r for r in run("bench_adapter_fusion", cases, args)}
     if any(r["ratio"] is None for r in rows.values()):
         return 1
     k = max(SIZES)
