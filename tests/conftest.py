@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# Without a GPU, the Triton kernels (adaptertx/kernels/cuda) are tested on CPU tensors under
+# Triton's interpreter, which must be chosen before any @triton.jit function is defined.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
