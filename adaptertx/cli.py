@@ -48,6 +48,13 @@ def _counts(value: str, flag: str) -> list[int]:
 
 
 _QUANT_HELP = "Base storage: adaptertx int8 (bf16 compute), bitsandbytes LLM.int8, bf16, or fp32."
+_DEVICE_HELP = "Where to run: auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."
+
+
+def _device_option(note: str = ""):
+    """``--device``, passed to the library as typed (the library resolves and checks it)."""
+    return click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+                        help=_DEVICE_HELP + note)
 _SETTING_TYPES = {"int": int, "float": float, "bool": bool, "int | None": int, "float | None": float}
 
 
@@ -210,14 +217,15 @@ def data_show(task: str, lang: str, split: str | None, count: int) -> None:
               help="Adapter/head initialisation (keep one per base).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
+@_device_option()
 @_clear_errors
-def train_cmd(task, model_name, adapter, quant, out, adapter_seed, resume, overwrite, **options):
+def train_cmd(task, model_name, adapter, quant, out, adapter_seed, resume, overwrite, device, **options):
     """Train one adapter + head for TASK's English data on a frozen base."""
     from adaptertx.training import TrainConfig, train
 
     config = TrainConfig(task=task, model=model_name, out=out, adapter=adapter, quant=quant, adapter_seed=adapter_seed,
                          **_given_settings(options))
-    result = train(config, resume=resume, overwrite=overwrite)
+    result = train(config, resume=resume, overwrite=overwrite, device=device)
     fmt = lambda d: ", ".join(f"{k} {v:.1f}" for k, v in d.items())  # noqa: E731
     click.echo(f"{task}: best epoch {result.best_epoch}; validation {fmt(result.validation)}; "
                f"test {fmt(result.test) or 'n/a (no English test split)'}; "
@@ -256,9 +264,11 @@ def train_cmd(task, model_name, adapter, quant, out, adapter_seed, resume, overw
               help="Multitask with --tasks: base model name, folder or Hub id (default me5-small).")
 @click.option("--resume", is_flag=True, help="Fusion / multitask: continue the unfinished training in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace what --out holds.")
+@_device_option()
 @_clear_errors
 def merge_cmd(run_dirs, method, out, tasks, sampling, temperature, weights, dev_tasks, dev_examples, grid_step,
-              dev_search, target, name, density, scale, fusion_config, quant, model_name, resume, overwrite, **options):
+              dev_search, target, name, density, scale, fusion_config, quant, model_name, resume, overwrite, device,
+              **options):
     """Merge the task adapters of the training runs RUN_DIRS (one base) into one model.
 
     --method multitask trains one new adapter on the runs' tasks jointly (or on --tasks, with no
@@ -286,7 +296,7 @@ def merge_cmd(run_dirs, method, out, tasks, sampling, temperature, weights, dev_
                            fusion_config=fusion_config, settings=preset(method).replace(**given) if given else None,
                            quant=quant, model=model_name, tasks=_csv(tasks) if tasks else None,
                            dev_tasks=_csv(dev_tasks) if dev_tasks is not None else None, dev_examples=dev_examples,
-                           grid_step=grid_step, dev_search=dev_search or "auto", **sample_kw)
+                           grid_step=grid_step, dev_search=dev_search or "auto", device=device, **sample_kw)
     result = merge(method, list(run_dirs), out, options, overwrite=overwrite, resume=resume)
     if result.recipe.get("tasks"):
         click.echo(f"{method}: one adapter trained on {', '.join(result.recipe['tasks'])} -> {result.out} "
@@ -404,9 +414,10 @@ def _data_file(item: str) -> tuple[str, str]:
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Target run folder (a finished one is reused, an interrupted one resumed).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the result here as JSON.")
+@_device_option()
 @_clear_errors
 def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, langs, data_files, data_dir,
-                 pretraining_gib, unknown_lang_low_resource, max_eval_examples, max_candidates, out, json_out,
+                 pretraining_gib, unknown_lang_low_resource, max_eval_examples, max_candidates, out, json_out, device,
                  **options) -> None:
     """Train TARGET's adapter on English over an intermediate configuration, then score it
     zero-shot on every language (retrieval targets: encode and score directly)."""
@@ -438,7 +449,7 @@ def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, 
                         languages=tuple(_csv(langs)) if langs else None, max_eval_examples=max_eval_examples,
                         data_files=tuple(files), max_candidates=max_candidates, pretraining_gib=tuple(sizes),
                         unknown_lang_low_resource=unknown_lang_low_resource, **_given_settings(options))
-    result = evaluate(config, inter, out)
+    result = evaluate(config, inter, out, device=device)
     key = result.primary
     def floor(r, kind: str) -> str:
         value = (r.floor or {}).get(kind)
@@ -494,9 +505,10 @@ def evaluate_cmd(target, model_name, intermediate, fusion_runs, quant, adapter, 
 @click.option("--gpus", default="1,8,32", show_default=True, help="--plan: the numbers of GPUs to give wall times for.")
 @click.option("--tflops", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--plan: count FLOPs at this sustained rate instead of measuring the base here.")
+@_device_option(" Each worker resolves auto for itself.")
 @_clear_errors
 def experiment_cmd(config, out, no_report, executor, address, workers, cpus_per_task, gpus_per_task, partition,
-                   timeout_min, retries, plan_only, gpus, tflops) -> None:
+                   timeout_min, retries, plan_only, gpus, tflops, device) -> None:
     """Run a study (intermediate configurations x targets x seeds) from a TOML CONFIG.
     Finished cells are kept in the results store and skipped when run again."""
     from pathlib import Path
@@ -518,7 +530,7 @@ def experiment_cmd(config, out, no_report, executor, address, workers, cpus_per_
     engine = make_executor(executor, Path(folder).resolve(), address=address, workers=workers,
                            cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task, partition=partition,
                            timeout_min=timeout_min)
-    result = run_study(study, folder, echo=click.echo, executor=engine, retries=retries)
+    result = run_study(study, folder, echo=click.echo, executor=engine, retries=retries, device=device)
     click.echo(f"{len(result.ran)} cells run, {len(result.skipped)} kept from before, {len(result.failed)} failed "
                f"in {result.seconds / 60:.1f} min")
     if not no_report:
@@ -574,7 +586,7 @@ def retrieve() -> None:
 
 
 def _encoder_options(fn):
-    """Options shared by the retrieve commands: model, adapter, layer, precision, backend."""
+    """Options shared by the retrieve commands: model, adapter, layer, precision, backend, device."""
     options = [
         click.option("--model", "model_name", default=DEFAULT_MODEL, show_default=True,
                      help="Model name, folder or Hub id."),
@@ -592,17 +604,18 @@ def _encoder_options(fn):
         click.option("--reference", is_flag=True,
                      help="Use the plain Hugging Face pipeline instead of the packed encoder."),
         click.option("--out", type=click.Path(dir_okay=False), help="Also write the scores as JSON here."),
+        _device_option(),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _encoder_kwargs(precision, reference) -> dict:
+def _encoder_kwargs(precision, reference, device) -> dict:
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.bfloat16}.get(precision)
-    return {"dtype": dtype, "int8": precision == "int8", "backend": "hf" if reference else "packed"}
+    return {"dtype": dtype, "int8": precision == "int8", "backend": "hf" if reference else "packed", "device": device}
 
 
 @retrieve.command("tatoeba")
@@ -610,7 +623,8 @@ def _encoder_kwargs(precision, reference) -> dict:
 @click.option("--langs", help="Comma-separated language codes (default: all bundled, or all in --data-dir).")
 @click.option("--max-pairs", type=int, help="Use only the first N pairs per language.")
 @_clear_errors
-def retrieve_tatoeba(model_name, adapter, layer, data_dir, precision, reference, out, langs, max_pairs) -> None:
+def retrieve_tatoeba(model_name, adapter, layer, data_dir, precision, reference, out, device, langs,
+                     max_pairs) -> None:
     """Tatoeba accuracy (nearest neighbour by cosine) per language, both directions: en→x (XTREME's) first."""
     from adaptertx.evaluation import evaluate_tatoeba
     from adaptertx.floors import chance
@@ -618,7 +632,7 @@ def retrieve_tatoeba(model_name, adapter, layer, data_dir, precision, reference,
     from adaptertx.tasks import get_task
 
     scores = evaluate_tatoeba(model_name, _csv(langs), layer=layer, max_pairs=max_pairs, adapter=adapter,
-                              data_dir=data_dir, **_encoder_kwargs(precision, reference))
+                              data_dir=data_dir, **_encoder_kwargs(precision, reference, device))
     tatoeba = get_task("tatoeba")
     rows = [(s.lang + (" *" if s.low_resource else ""), s.pairs, f"{s.en_to_x:.1f}", f"{s.x_to_en:.1f}",
              f"{s.x_to_en_f1:.1f}", f"{chance(tatoeba, candidates=s.pairs):.1f}") for s in scores]
@@ -646,14 +660,14 @@ def retrieve_tatoeba(model_name, adapter, layer, data_dir, precision, reference,
 @click.option("--split", default="dev", show_default=True, help="File split (dev = BUCC's sample split, with gold).")
 @click.option("-k", "k", default=4, show_default=True, help="Neighbours for the ratio margin.")
 @_clear_errors
-def retrieve_bucc(model_name, adapter, layer, data_dir, precision, reference, out, lang, split, k) -> None:
+def retrieve_bucc(model_name, adapter, layer, data_dir, precision, reference, out, device, lang, split, k) -> None:
     """BUCC bitext mining: ratio-margin candidates, threshold tuned for F1 on the gold pairs."""
     from adaptertx.evaluation import evaluate_bucc
     from adaptertx.io import atomic_write_text
     from adaptertx.languages import is_low_resource
 
     s = evaluate_bucc(model_name, lang, split=split, data_dir=data_dir, layer=layer, adapter=adapter, k=k,
-                      **_encoder_kwargs(precision, reference))
+                      **_encoder_kwargs(precision, reference, device))
     try:
         mark = " *" if is_low_resource(s.lang) else ""
     except AdaptertxError:

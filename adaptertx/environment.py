@@ -61,6 +61,7 @@ def describe() -> dict[str, dict[str, str]]:
         "cpu features": " ".join(f for f in wanted if f in flags) or "unknown",
         "cuda": (f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})" if torch.cuda.is_available()
                  else f"not available ({'CPU-only torch build' if torch.version.cuda is None else 'no GPU visible'})"),
+        "--device auto": f"{resolve_device('auto')} (what retrieve, train, evaluate, merge and experiment use)",
     }
     try:
         from adaptertx.kernels import backend_status

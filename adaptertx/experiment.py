@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adaptertx import settings as training_settings
+from adaptertx.environment import check_device, resolve_device
 from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation import data_dir_files
 from adaptertx.evaluation.common import ALL_LANGUAGES
@@ -502,23 +503,30 @@ class StudyResult:
 
 
 def run_study(study: Study, out: str | os.PathLike, *, progress: bool = True, echo=print, executor=None,
-              retries: int = 2) -> StudyResult:
+              retries: int = 2, device: str = "auto") -> StudyResult:
     """Run every unfinished cell of ``study`` into the folder ``out`` (see the module doc).
 
     ``executor`` runs the study's nodes (:mod:`adaptertx.executors`: in this process by default,
     or on Ray or Slurm); this process is the one writer of the results store. A node whose worker
     is lost is run again up to ``retries`` times. The folder is locked while the study runs
     (:func:`lock_study`): a second driver on it is refused. A base model that cannot be found is
-    an error before anything is written."""
+    an error before anything is written.
+
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) is where every node trains and
+    encodes; each worker resolves it (``auto``: the worker's GPU when it has one). With the
+    in-process executor it is checked against this machine before anything runs."""
     from adaptertx.executors import LocalExecutor
     from adaptertx.models import check_model
 
     out = Path(out)
     executor = executor or LocalExecutor()
     try:
+        device = check_device(device)
+        if isinstance(executor, LocalExecutor):
+            resolve_device(device)
         check_model(study.model)
         with lock_study(out):
-            return _run_study(study, out, progress, echo, executor, retries)
+            return _run_study(study, out, progress, echo, executor, retries, device)
     finally:
         executor.close()
 
@@ -545,7 +553,7 @@ def lock_study(out: Path):
         os.close(fd)
 
 
-def _run_study(study: Study, out: Path, progress: bool, echo, executor, retries: int) -> StudyResult:
+def _run_study(study: Study, out: Path, progress: bool, echo, executor, retries: int, device: str) -> StudyResult:
     from adaptertx.study_graph import build_graph, drive
 
     start = time.time()
@@ -560,7 +568,7 @@ def _run_study(study: Study, out: Path, progress: bool, echo, executor, retries:
     if not todo:
         return StudyResult(out, [], skipped, {}, time.time() - start)
     ran, failed = drive(_portable(study), out.resolve(), build_graph(study, todo), executor, store,
-                        retries=retries, progress=progress, echo=echo)
+                        retries=retries, progress=progress, echo=echo, device=device)
     return StudyResult(out, ran, skipped, failed, time.time() - start)
 
 

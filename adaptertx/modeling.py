@@ -10,8 +10,15 @@ Quantisation modes (``quant``):
 
 Adapters and heads stay fp32 (their optimiser needs the precision); the forward runs under
 bf16 autocast whenever the base computes in bf16, so no dtype mismatch reaches users.
+
 Dropout layers become :class:`adaptertx.kernels.Dropout` (one pass, no stored mask, on CPU;
 torch's own dropout elsewhere).
+
+Devices: :func:`load_base` puts the base on the device asked for (``auto``, ``cpu``, ``cuda``,
+``cuda:N``; bitsandbytes places an 8-bit base itself, through ``device_map``). The ``adapters``
+library creates and loads adapters, AdapterFusion layers and heads on the CPU whatever the
+base's device: :func:`to_base_device` moves them next to the base, and every builder here calls
+it once its adapters and heads are in.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from adaptertx.environment import resolve_device
 from adaptertx.errors import AdaptertxError, import_optional
 from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.models import fingerprint, load_tokenizer, resolve
@@ -56,17 +64,22 @@ def check_trainable(task: Task) -> None:
                              f"{', '.join(TRAINABLE_FAMILIES)} tasks (score retrieval with `adaptertx retrieve`)")
 
 
-def load_base(model_name: str, quant: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The base encoder as an ``adapters`` flexible-head model, stored as ``quant`` asks."""
+def load_base(model_name: str, quant: str, *, device: str | torch.device | None = "auto",
+              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The base encoder as an ``adapters`` flexible-head model, stored as ``quant`` asks, on
+    ``device`` (:func:`adaptertx.environment.resolve_device`)."""
     from adapters import AutoAdapterModel
 
     check_quant(quant)
+    device = resolve_device(device)
     kwargs = {}
     if quant == "bnb-int8":
         from transformers import BitsAndBytesConfig
 
         import_optional("bitsandbytes", "bnb", "quant 'bnb-int8'")
         kwargs = {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "dtype": torch.float32}
+        if device.type != "cpu":
+            kwargs["device_map"] = {"": str(device)}  # bitsandbytes quantises as it places the weights
     source = resolve(model_name)
     try:
         model = AutoAdapterModel.from_pretrained(source, **kwargs)
@@ -83,8 +96,30 @@ def load_base(model_name: str, quant: str) -> tuple[PreTrainedModel, PreTrainedT
             p.data = p.data.to(torch.bfloat16)
     elif quant == "bf16":
         model.base_model.to(torch.bfloat16)
+    if quant != "bnb-int8":
+        model.to(device)
     use_fast_dropout(model)
     return model, load_tokenizer(source)
+
+
+def base_device(model: PreTrainedModel) -> torch.device:
+    """The device of a model's base (of its first parameter: the embeddings)."""
+    base = getattr(model, "base_model", model)
+    return next(base.parameters()).device
+
+
+def to_base_device(model: PreTrainedModel) -> torch.device:
+    """Move whatever of ``model`` is not on its base's device (the adapters, AdapterFusion layers
+    and heads that ``adapters`` creates and loads on the CPU) there; returns that device.
+
+    Moves each such parameter's or buffer's module, never the base's own modules, so an 8-bit
+    base that bitsandbytes placed is left alone.
+    """
+    device = base_device(model)
+    stray = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.device != device]
+    for owner in dict.fromkeys(name.rpartition(".")[0] for name in stray):
+        model.get_submodule(owner).to(device)
+    return device
 
 
 def add_head(model: PreTrainedModel, task: Task, name: str) -> None:
@@ -116,7 +151,8 @@ def adapter_config(adapter: str):
 
 
 def build_adapter_model(model_name: str, task: Task | Sequence[Task], *, adapter: str = ADAPTER,
-                        quant: str = QUANT, adapter_seed: int = ADAPTER_SEED, name: str | None = None) -> BuiltModel:
+                        quant: str = QUANT, adapter_seed: int = ADAPTER_SEED, name: str | None = None,
+                        device: str | torch.device | None = "auto") -> BuiltModel:
     """Load the base, add one adapter and one head per task, and set up adapter training (base
     frozen; the adapter and every head trainable).
 
@@ -131,6 +167,7 @@ def build_adapter_model(model_name: str, task: Task | Sequence[Task], *, adapter
             (the default) gives every task adapter the same initialisation, which weight
             averaging needs.
         name: the adapter's name (default: the task's name; required for several tasks).
+        device: where the base, the adapter and the heads go (:func:`load_base`).
     """
     tasks = [task] if isinstance(task, Task) else list(task)
     if name is None:
@@ -140,11 +177,12 @@ def build_adapter_model(model_name: str, task: Task | Sequence[Task], *, adapter
     for t in tasks:
         check_trainable(t)
     config = adapter_config(adapter)
-    model, tokenizer = load_base(model_name, quant)
+    model, tokenizer = load_base(model_name, quant, device=device)
     torch.manual_seed(adapter_seed)
     model.add_adapter(name, config=config)
     for t in tasks:
         add_head(model, t, t.name)
+    to_base_device(model)
     model.train_adapter(name)
     for t in tasks:
         for p in model.heads[t.name].parameters():
@@ -162,11 +200,12 @@ def rename_key(key: str, old: str, new: str) -> str:
     return ".".join(new if part == old else part for part in key.split("."))
 
 
-def load_base_checked(model_name: str, quant: str, expected: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase,
-                                                                            str]:
-    """(model, tokenizer, fingerprint): the base ``model_name`` stored as ``quant``, refused
-    unless its fingerprint is ``expected`` (the base the adapters to load were trained on)."""
-    model, tokenizer = load_base(model_name, quant)
+def load_base_checked(model_name: str, quant: str, expected: str, *, device: str | torch.device | None = "auto",
+                      ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """(model, tokenizer, fingerprint): the base ``model_name`` stored as ``quant`` on ``device``,
+    refused unless its fingerprint is ``expected`` (the base the adapters to load were trained on).
+    Adapters and heads loaded into it afterwards go to its device with :func:`to_base_device`."""
+    model, tokenizer = load_base(model_name, quant, device=device)
     base_print = fingerprint(model.base_model)
     if base_print != expected:
         raise AdaptertxError(f"base {model_name!r} (fingerprint {base_print}) is not the base the adapters were "

@@ -3,7 +3,8 @@
 Each :class:`Node` is a pure function of the study, its inputs' folders and its seed, and writes
 only its own folder (``intermediate/<task>``, ``merged/<config>``, ``cells/<config>/<target>/seed<k>``)
 and its log (``logs/<node>.log``). :func:`run_node` does one node's work wherever an executor
-(:mod:`adaptertx.executors`) runs it; :func:`drive` is the driver: it submits every node whose
+(:mod:`adaptertx.executors`) runs it, on the device the study was given (``auto`` is resolved
+by each worker: its GPU when it has one); :func:`drive` is the driver: it submits every node whose
 inputs are ready, retries a node whose worker was lost, and is the one writer of the results
 store (a cell's record comes back to it from the worker; a finished cell also leaves its record
 in its folder, ``cell.json``, so a cell whose driver died before recording it is not run again).
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from adaptertx.environment import resolve_device
 from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation import NONE, EvalConfig, evaluate, fusion_of, load_intermediate
 from adaptertx.io import atomic_write_text, writing
@@ -139,20 +141,21 @@ def cell_id(config: str, target: str, seed: int) -> str:
     return f"{config}|{target}|seed{seed}"
 
 
-def train_intermediate(study, task: str, out: Path, progress: bool) -> Path:
-    """The finished run folder of ``task``'s adapter in the study folder ``out`` (trained if needed)."""
+def train_intermediate(study, task: str, out: Path, progress: bool, device="auto") -> Path:
+    """The finished run folder of ``task``'s adapter in the study folder ``out`` (trained if needed, on ``device``)."""
     run = out / "intermediate" / task
     if run_status(run) == "finished":
         return run
     config = TrainConfig(task=task, model=study.model, out=str(run), adapter=study.adapter, quant=study.quant,
                          adapter_seed=study.adapter_seed,
                          **study.intermediate.replace(seed=study.seeds[0]).training_json())
-    train(config, progress=progress)  # an interrupted run continues (or starts again if it never checkpointed)
+    # an interrupted run continues (or starts again if it never checkpointed)
+    train(config, progress=progress, device=device)
     return run
 
 
-def build_merged(study, spec, dirs: list[Path], out: Path, progress: bool) -> Path:
-    """The merged folder ``out/merged/<config>`` of a configuration that has one (merging if needed)."""
+def build_merged(study, spec, dirs: list[Path], out: Path, progress: bool, device="auto") -> Path:
+    """The merged folder ``out/merged/<config>`` of a configuration that has one (merging if needed, on ``device``)."""
     folder = out / "merged" / spec.name
     if not (folder / "recipe.json").is_file():
         trained = METHODS[spec.method].trained
@@ -160,7 +163,8 @@ def build_merged(study, spec, dirs: list[Path], out: Path, progress: bool) -> Pa
                                list(spec.weights) if spec.weights else None,
                                target=MIXTURE if spec.method == "fusion" else None,
                                settings=study.intermediate.replace(seed=study.seeds[0]) if trained else None,
-                               progress=progress, sampling=spec.sampling, temperature=spec.temperature)
+                               progress=progress, sampling=spec.sampling, temperature=spec.temperature,
+                               device=device)
         # A trained merge that was interrupted continues; a weight-space one is written whole or not at all.
         merge(spec.method, dirs, folder, options, overwrite=not trained and folder.exists())
     return folder
@@ -217,11 +221,13 @@ def check_visible(out: Path, study_hash: str) -> None:
                                f"there): every worker must see it at the same path (shared storage)")
 
 
-def run_node(study, out: str, node: Node, inputs: dict[str, dict], study_hash: str, progress: bool = False) -> dict:
+def run_node(study, out: str, node: Node, inputs: dict[str, dict], study_hash: str, device: str = "auto",
+             progress: bool = False) -> dict:
     """Do ``node``'s work (any executor calls this) and say how it went: ``{"ok": True, "value": ...}``
     or ``{"ok": False, "error": one line, "traceback": ... or None, "fatal": bool}``. An error of the
     node's own is returned, not raised, so that only a lost worker surfaces as an exception. Both
-    carry ``"seconds"``: the time the node took on its worker."""
+    carry ``"seconds"``: the time the node took on its worker. ``device`` is a name
+    (:func:`adaptertx.environment.resolve_device`), resolved here, on the worker."""
     start = time.perf_counter()
     out = Path(out)
     path = node.log_path(out)
@@ -229,7 +235,7 @@ def run_node(study, out: str, node: Node, inputs: dict[str, dict], study_hash: s
         log.info("%s started on %s, pid %d", node.key, socket.gethostname(), os.getpid())
         try:
             check_visible(out, study_hash)
-            value = _work(study, out, node, inputs, progress)
+            value = _work(study, out, node, inputs, progress, resolve_device(device))
         except KeyboardInterrupt:
             raise
         except Exception as e:  # the node's own failure: recorded, never retried
@@ -269,19 +275,20 @@ def _node_log(path: Path):
             handler.close()
 
 
-def _work(study, out: Path, node: Node, inputs: dict[str, dict], progress: bool):
+def _work(study, out: Path, node: Node, inputs: dict[str, dict], progress: bool, device):
     if node.kind == "intermediate":
-        run = train_intermediate(study, node.name, out, progress)
+        run = train_intermediate(study, node.name, out, progress, device)
         return {"dir": str(run), "learned": read_json(run / RUN_FILE).get("test_vs_majority")}
     spec = study.config(node.config)
     runs = {t: Path(inputs[f"intermediate:{t}"]["dir"]) for t in spec.tasks if f"intermediate:{t}" in inputs}
     if node.kind == "merge":
-        return {"dir": str(build_merged(study, spec, [runs[t] for t in spec.tasks], out, progress)),
+        return {"dir": str(build_merged(study, spec, [runs[t] for t in spec.tasks], out, progress, device)),
                 "learned": {t: inputs[f"intermediate:{t}"]["learned"] for t in spec.tasks}}
-    return _cell(study, out, node, spec, runs, inputs, progress)
+    return _cell(study, out, node, spec, runs, inputs, progress, device)
 
 
-def _cell(study, out: Path, node: Node, spec, runs: dict[str, Path], inputs: dict[str, dict], progress: bool) -> dict:
+def _cell(study, out: Path, node: Node, spec, runs: dict[str, Path], inputs: dict[str, dict], progress: bool,
+          device) -> dict:
     folder = out / "cells" / spec.name / node.target / f"seed{node.seed}"
     done = _finished_record(folder / CELL_RECORD, node.name)
     if done is not None:
@@ -292,7 +299,7 @@ def _cell(study, out: Path, node: Node, spec, runs: dict[str, Path], inputs: dic
     inter = intermediate_of(spec, [runs[t] for t in spec.tasks] if not merged else [],
                             Path(merged["dir"]) if merged else None)
     base = cell_base(spec, node.target, node.seed, inter.source, learned)
-    result = evaluate(eval_config(study, node.target, node.seed), inter, folder, progress=progress)
+    result = evaluate(eval_config(study, node.target, node.seed), inter, folder, progress=progress, device=device)
     record = {**base, "status": "finished", **result.record()}
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
@@ -322,6 +329,7 @@ class _State:
     outputs: dict[str, dict]
     errors: dict[str, str]
     attempts: dict[str, int]
+    device: str = "auto"
 
     def counts(self, slots: int | None = None) -> dict[str, int]:
         """Nodes per status; with ``slots``, at most that many count as running (the others wait)."""
@@ -333,11 +341,12 @@ class _State:
 
 
 def drive(study, out: Path, nodes: list[Node], executor, store, *, retries: int = 2, progress: bool = True,
-          echo=print) -> tuple[list[str], dict[str, str]]:
+          echo=print, device: str = "auto") -> tuple[list[str], dict[str, str]]:
     """Run ``nodes`` on ``executor``, appending every cell's record to ``store`` as it comes back.
     Returns the cells run and the cells failed (id → reason). A node whose worker is lost is run
-    again up to ``retries`` times, then recorded as failed with the reason."""
-    state = _State(study, {n.key: n for n in nodes}, {n.key: "waiting" for n in nodes}, {}, {}, {})
+    again up to ``retries`` times, then recorded as failed with the reason. Every node runs on
+    ``device`` (a name each worker resolves)."""
+    state = _State(study, {n.key: n for n in nodes}, {n.key: "waiting" for n in nodes}, {}, {}, {}, device)
     ran, failed = [], {}
     study_hash = store.header["study_hash"]
     running: dict = {}  # handle -> node key
@@ -376,7 +385,7 @@ def _submit_if_ready(node, state, executor, running, study, out, study_hash, pro
             echo(f"[merge] {spec.name} ({spec.method} of {', '.join(spec.tasks)})")
         elif node.kind == "intermediate":
             echo(f"[intermediate] {node.name}")
-        handle = executor.submit(node, (study, str(out), node, inputs, study_hash), progress)
+        handle = executor.submit(node, (study, str(out), node, inputs, study_hash, state.device), progress)
         running[handle] = node.key
         state.status[node.key] = "running"
         state.attempts[node.key] = state.attempts.get(node.key, 0) + 1

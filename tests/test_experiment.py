@@ -5,6 +5,7 @@ import socket
 import pytest
 from click.testing import CliRunner
 
+from adaptertx.environment import resolve_device
 from adaptertx.errors import AdaptertxError
 from adaptertx.experiment import cell_id, load_study, run_study
 from adaptertx.results import computed, read_store
@@ -92,6 +93,7 @@ def test_grid_runs_records_failures_and_resumes(study_run):
     assert ok["status"] == "finished" and set(ok["languages"]) == {"sw", "it"}
     assert ok["intermediate"]["dir"].endswith("merged/average")
     assert ok["trace"]["fingerprint"] and ok["trace"]["versions"]["adapters"]
+    assert ok["trace"]["device"] == str(resolve_device("auto"))  # auto, resolved where the cell ran
     assert {c["role"] for c in ok["trace"]["checkpoints"]} == {"intermediate", "target"}
     # The Fusion cell stores its attention over the task adapters per language and layer.
     attention = by_id[cell_id("fusion", "xcopa", 0)]["fusion_attention"]

@@ -6,6 +6,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from adaptertx.environment import resolve_device
 from adaptertx.errors import AdaptertxError
 from adaptertx.merging import MergeOptions, merge
 from adaptertx.modeling import build_adapter_model
@@ -151,6 +152,7 @@ def test_output_layout_loads_in_plain_adapters_with_the_trained_logits(trained, 
     run = json.loads((out / "run.json").read_text())
     recipe = json.loads((out / "recipe.json").read_text())
     assert run["status"] == "finished" and run["fingerprint"] == recipe["fingerprint"]
+    assert run["device"] == recipe["device"] == str(resolve_device("auto"))
     for task in ("mrpc", "copa"):  # each task's test score against its majority baseline, paired
         versus = run["test_vs_majority"][task]
         assert versus["difference"] == pytest.approx(

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import adaptertx.training.single as train_module
+from adaptertx.environment import resolve_device
 from adaptertx.errors import AdaptertxError
 from adaptertx.tasks import get_task
 from adaptertx.training import TrainConfig, scoring, train
@@ -80,6 +81,7 @@ def test_each_family_trains_end_to_end(tmp_path, tiny_xlmr_dir, task, metric, bu
     result = train(cfg, progress=False)
     run = json.loads((result.out / "run.json").read_text())
     assert run["status"] == "finished" and run["steps"] == 3
+    assert run["device"] == str(resolve_device("auto"))  # where it trained, beside the versions
     # One epoch, so the validation scores are the final adapter's: its predictions on the
     # validation rows, scored by hand.
     (built,) = built_models

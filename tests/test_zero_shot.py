@@ -62,6 +62,19 @@ def test_protocol_trains_only_the_new_target_adapter_and_head(runs, tiny_xlmr_di
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_target_model_is_built_on_one_device(runs, tiny_xlmr_dir, monkeypatch):
+    """The evaluate path on a base placed on ``meta`` (a device that is not the CPU): the loaded
+    intermediate adapters, their Fusion, the new target adapter and its head all end on it."""
+    from adaptertx.evaluation import zero_shot
+
+    inter = fusion_of([runs["siqa"], runs["mrpc"]])
+    monkeypatch.setattr(zero_shot, "fingerprint", lambda model: inter.fingerprint)  # meta weights have no bytes
+    built = build_target_model(tiny("xcopa", tiny_xlmr_dir), inter, get_task("copa"), device=torch.device("meta"))
+    names = {n for n, _ in built.model.named_parameters()}
+    assert any("adapter_fusion_layer" in n for n in names) and any(".adapters.target." in n for n in names)
+    assert [n for n, p in built.model.named_parameters() if p.device.type != "meta"] == []
+
+
 def test_zero_shot_scores_match_plain_adapters_reload(runs, tiny_xlmr_dir, tmp_path):
     """The stored per-language score equals the metric of the saved setup, reloaded with plain
     ``adapters``, on the same test examples; the intermediate adapter stays frozen."""

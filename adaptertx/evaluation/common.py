@@ -325,8 +325,10 @@ def rounded(scores: dict) -> dict:
     return {k: None if v is None else round(v, 4) for k, v in scores.items()}
 
 
-def trace(config: EvalConfig, inter: Intermediate, fingerprint: str | None, out: Path | None, start: float) -> dict:
-    """What a result records of how it was made: base, intermediate, target run, checkpoints, config, versions."""
+def trace(config: EvalConfig, inter: Intermediate, fingerprint: str | None, out: Path | None, start: float, *,
+          device=None) -> dict:
+    """What a result records of how it was made: base, intermediate, target run, checkpoints, config, versions,
+    and the device it was computed on (when given)."""
     checkpoints = inter.checkpoints()
     if out is not None and (out / "checkpoints" / "best.safetensors").is_file():
         best = out / "checkpoints" / "best.safetensors"
@@ -334,4 +336,4 @@ def trace(config: EvalConfig, inter: Intermediate, fingerprint: str | None, out:
     return {"model": config.model, "quant": config.quant, "fingerprint": fingerprint,
             "intermediate": inter.describe(), "target_run": str(out.resolve()) if out is not None else None,
             "checkpoints": checkpoints, "config": dataclasses.asdict(config), "versions": versions(),
-            "seconds": round(time.time() - start, 1)}
+            **({"device": str(device)} if device is not None else {}), "seconds": round(time.time() - start, 1)}

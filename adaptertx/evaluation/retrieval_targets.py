@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from adaptertx import data
+from adaptertx.environment import resolve_device
 from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation.common import (
     FORMATS,
@@ -140,7 +141,8 @@ def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: 
                      max_pairs: int | None = None, prefix: str | None = None, batch_size: int = 64,
                      dtype: torch.dtype | None = None, progress: bool = True, adapter: str | None = None,
                      data_dir: str | os.PathLike | None = None, backend: str = "packed", int8: bool = False,
-                     tokens_per_batch: int | None = None) -> list[TatoebaScore]:
+                     tokens_per_batch: int | None = None, device: str | torch.device | None = "auto",
+                     ) -> list[TatoebaScore]:
     """Tatoeba retrieval accuracy of a model, x→en and en→x, per language.
 
     Args:
@@ -154,10 +156,14 @@ def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: 
         adapter: an AdapterHub adapter folder to apply (see :func:`load_encoder`).
         data_dir: a folder of the user's line-aligned pairs (see :func:`tatoeba_files`)
             instead of the bundled data.
-        backend, int8, batch_size, tokens_per_batch: see :class:`SentenceEncoder`.
+        backend, int8, batch_size, tokens_per_batch: see :class:`SentenceEncoder` (the default
+            tokens per batch follow the device).
+        device: where to encode: ``auto`` (a GPU when there is one), ``cpu``, ``cuda``,
+            ``cuda:N`` (:func:`adaptertx.environment.resolve_device`).
     """
     if max_pairs is not None and max_pairs < 1:
         raise AdaptertxError(f"max_pairs must be at least 1, got {max_pairs}")
+    device = resolve_device(device)
     if data_dir is not None:
         files = tatoeba_files(data_dir)
         if langs:
@@ -177,7 +183,7 @@ def evaluate_tatoeba(model_name: str, langs: list[str] | None = None, *, layer: 
         missing = [c for c in codes if c not in bundled]
         if missing:
             raise AdaptertxError(f"no bundled Tatoeba data for {', '.join(missing)}")
-    model, tokenizer, _ = load_encoder(model_name, adapter)
+    model, tokenizer, _ = load_encoder(model_name, adapter, device=device)
     layer, prefix = resolve_layer_prefix(model, layer, prefix, "symmetric")
     encoder = SentenceEncoder(model, tokenizer, layer=layer, prefix=prefix, dtype=dtype, int8=int8, backend=backend,
                               batch_size=batch_size, tokens_per_batch=tokens_per_batch)
@@ -254,7 +260,7 @@ def evaluate_bucc(model_name: str, lang: str = "zh", *, split: str = "dev", data
                   layer: int | None = None, prefix: str | None = None, dtype: torch.dtype | None = None,
                   adapter: str | None = None, backend: str = "packed", int8: bool = False, k: int = 4,
                   block: int = 4096, batch_size: int = 64, tokens_per_batch: int | None = None,
-                  progress: bool = True) -> BuccScore:
+                  progress: bool = True, device: str | torch.device | None = "auto") -> BuccScore:
     """BUCC bitext mining: ratio-margin candidates (:func:`mine`), F1-optimal threshold on gold.
 
     Args:
@@ -265,12 +271,13 @@ def evaluate_bucc(model_name: str, lang: str = "zh", *, split: str = "dev", data
         k: margin neighbourhood; block: similarity tile size of the search.
         Others as in :func:`evaluate_tatoeba`.
     """
+    device = resolve_device(device)
     bucc = _bucc_data(lang, data_dir, split)
     if not bucc.source or not bucc.target:
         raise AdaptertxError(f"BUCC {bucc.lang}-en {split}: no sentences to mine")
     if not bucc.gold:
         raise AdaptertxError(f"BUCC {bucc.lang}-en {split}: no gold pairs to tune the threshold on")
-    model, tokenizer, _ = load_encoder(model_name, adapter)
+    model, tokenizer, _ = load_encoder(model_name, adapter, device=device)
     layer, prefix = resolve_layer_prefix(model, layer, prefix, "symmetric")
     encoder = SentenceEncoder(model, tokenizer, layer=layer, prefix=prefix, dtype=dtype, int8=int8, backend=backend,
                               batch_size=batch_size, tokens_per_batch=tokens_per_batch)
@@ -287,13 +294,16 @@ def evaluate_bucc(model_name: str, lang: str = "zh", *, split: str = "dev", data
 
 
 def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, start: float,
-                        progress: bool) -> EvalResult:
+                        progress: bool, *, device: str | torch.device | None = "auto") -> EvalResult:
+    """Score a retrieval target by encoding (no target training), on ``device``."""
+    device = resolve_device(device)
     if inter.method == "fusion" and inter.fusion_dir is None:
         why = ("not applicable: this Fusion layer is untrained (it is learnt with each target's adapter), and "
                "retrieval has no target training; a trained Fusion (adaptertx merge --method fusion) encodes")
         langs = config.languages or task.languages
         return EvalResult(task.name, task.metric, PRIMARY.get(task.metric, "f1"), {},
-                          {code: why for code in langs}, trace(config, inter, inter.fingerprint, None, start), [why])
+                          {code: why for code in langs},
+                          trace(config, inter, inter.fingerprint, None, start, device=device), [why])
     if inter.method == "fusion":
         adapter = str(inter.fusion_dir)  # the trained Fusion's setup: its task adapters and the Fusion
     else:
@@ -315,7 +325,7 @@ def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, star
                 missing[code] = "no bundled Tatoeba pairs; pass --data-dir to `adaptertx retrieve tatoeba`"
         langs = [c for c in langs if c in bundled]
         scores = evaluate_tatoeba(config.model, langs, max_pairs=config.max_eval_examples, adapter=adapter,
-                                  progress=progress)
+                                  progress=progress, device=device)
         for s in scores:
             stats = example_stats(task, s.nearest, _targets(s.pairs))
             results[s.lang] = LanguageResult(rounded(stats_score(task, stats_sums(stats))), s.pairs, s.low_resource,
@@ -326,7 +336,7 @@ def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, star
         langs = list(config.languages or ("zh",))
         for code in langs:
             try:
-                s = evaluate_bucc(config.model, code, adapter=adapter, progress=progress)
+                s = evaluate_bucc(config.model, code, adapter=adapter, progress=progress, device=device)
             except AdaptertxError as e:
                 missing[code] = str(e)
                 continue
@@ -335,10 +345,10 @@ def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, star
                                            floor=rounded({"majority": None, "chance": s.chance}))
         protocol = {"description": BUCC_PROTOCOL}
     elif task.name == "lareqa":
-        results, missing = _evaluate_lareqa(config, adapter, progress)
+        results, missing = _evaluate_lareqa(config, adapter, progress, device)
         protocol = {"description": "mAP@20 over one candidate pool of every given language (Roy et al., 2020)"}
     elif task.name == "mewsli_x":
-        results, missing, notes = _evaluate_mewsli(config, adapter, progress)
+        results, missing, notes = _evaluate_mewsli(config, adapter, progress, device)
         protocol = {"description": "mAP@20 of each mention against the candidate entities' descriptions (XTREME-R)"}
     else:
         hub = task.hub.dataset or task.hub.note
@@ -346,7 +356,7 @@ def evaluate_retrieval(config: EvalConfig, inter: Intermediate, task: Task, star
             missing[code] = (f"{task.name} ({task.metric}) is not bundled and the Hub is needed for it "
                              f"({hub})")
     primary = PRIMARY.get(task.metric, "f1")  # BUCC's F1 has no per-example counts and no PRIMARY entry
-    record = trace(config, inter, base_print, None, start)
+    record = trace(config, inter, base_print, None, start, device=device)
     if protocol is not None:
         record["protocol"] = {**protocol, "prefixes": prefixes}
     return EvalResult(task.name, task.metric, primary, results, missing, record, notes)
@@ -364,7 +374,7 @@ def _prefixes_used(model, task: Task) -> dict[str, str]:
 ASYMMETRIC_TARGETS = ("lareqa", "mewsli_x")
 
 
-def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
+def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool, device: torch.device
                      ) -> tuple[dict[str, LanguageResult], dict[str, str]]:
     """LAReQA's language-agnostic answer retrieval on XQuAD-R files, scored by mAP@20.
 
@@ -420,7 +430,7 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
         for q in sets[code]["questions"]:
             answers.setdefault(q["id"], set()).add(f"{code}:{q['answer_sentence']}")
 
-    q_encoder, c_encoder = _query_passage_encoders(config.model, adapter)
+    q_encoder, c_encoder = _query_passage_encoders(config.model, adapter, device=device)
     cand_emb = c_encoder(cand_texts, progress=progress)
     results = {}
     for code in progress_bar(langs, progress, "lareqa"):
@@ -435,11 +445,12 @@ def _evaluate_lareqa(config: EvalConfig, adapter: str | None, progress: bool
     return results, missing
 
 
-def _query_passage_encoders(model_name: str, adapter: str | None, max_length: int = 512):
+def _query_passage_encoders(model_name: str, adapter: str | None, max_length: int = 512, *,
+                            device: torch.device | str = "auto"):
     """Two :class:`~adaptertx.retrieval.SentenceEncoder` over one loaded model (its retrieval
     layer, the intermediate adapter when there is one): for queries and for passages, with the
     model's prefixes for an asymmetric task (:func:`~adaptertx.retrieval.retrieval_prefixes`)."""
-    model, tokenizer, _ = load_encoder(model_name, adapter)
+    model, tokenizer, _ = load_encoder(model_name, adapter, device=device)
     layer, _ = resolve_layer_prefix(model, None, None)
     query, passage = retrieval_prefixes(model, "asymmetric")
     return (SentenceEncoder(model, tokenizer, layer=layer, prefix=query, max_length=max_length),
@@ -477,7 +488,7 @@ def _mewsli_files(data_files: tuple[tuple[str, str], ...]) -> tuple[str, str, st
     return mentions, split, roles["candidates"]
 
 
-def _evaluate_mewsli(config: EvalConfig, adapter: str | None, progress: bool
+def _evaluate_mewsli(config: EvalConfig, adapter: str | None, progress: bool, device: torch.device
                      ) -> tuple[dict[str, LanguageResult], dict[str, str], list[str]]:
     """Mewsli-X entity retrieval (XTREME-R), scored by mAP@20, from the release's files.
 
@@ -532,7 +543,7 @@ def _evaluate_mewsli(config: EvalConfig, adapter: str | None, progress: bool
                      f"with full-pool scores")
     if not langs:
         return {}, missing, notes
-    q_encoder, c_encoder = _query_passage_encoders(config.model, adapter, config.max_length)
+    q_encoder, c_encoder = _query_passage_encoders(config.model, adapter, config.max_length, device=device)
     cand_ids = [c["id"] for c in candidates]
     cand_emb = c_encoder([c["text"] for c in candidates], progress=progress)
     results = {}

@@ -38,6 +38,7 @@ from adapters.composition import Fuse, Stack
 
 from adaptertx import data, rundir
 from adaptertx.data.remote import hub_source, load_remote, remote_splits
+from adaptertx.environment import resolve_device
 from adaptertx.errors import AdaptertxError
 from adaptertx.evaluation.common import (
     EvalConfig,
@@ -59,7 +60,7 @@ from adaptertx.kernels.dropout import use_fast_dropout
 from adaptertx.languages import normalize
 from adaptertx.merging.fusion import fusion_regulariser
 from adaptertx.metrics import PRIMARY, example_stats, stats_score, stats_sums
-from adaptertx.modeling import BuiltModel, adapter_config, add_head, load_base
+from adaptertx.modeling import BuiltModel, adapter_config, add_head, load_base, to_base_device
 from adaptertx.models import fingerprint, hub_reachable
 from adaptertx.tasks import Task, get_task
 from adaptertx.training import TrainConfig, train_one_task
@@ -143,11 +144,12 @@ def restrict(tags: list[str], keep: set[str]) -> list[str]:
     return [t if t == "O" or t[2:] in keep else "O" for t in tags]
 
 
-def build_target_model(config: EvalConfig, inter: Intermediate, train_task: Task):
+def build_target_model(config: EvalConfig, inter: Intermediate, train_task: Task, *,
+                       device: str | torch.device | None = "auto"):
     """The base with ``inter`` frozen and a new target adapter + head for ``train_task`` on
-    top; only the target adapter, the head (and a Fusion layer) train."""
+    top, all on ``device``; only the target adapter, the head (and a Fusion layer) train."""
     adapter_cfg = adapter_config(config.adapter)
-    model, tokenizer = load_base(config.model, config.quant)
+    model, tokenizer = load_base(config.model, config.quant, device=device)
     base_print = fingerprint(model.base_model)
     if inter.fingerprint is not None and inter.fingerprint != base_print:
         raise AdaptertxError(f"the intermediate adapters in {inter.source or inter.adapters[0]} were trained on "
@@ -156,6 +158,7 @@ def build_target_model(config: EvalConfig, inter: Intermediate, train_task: Task
     torch.manual_seed(config.adapter_seed)
     model.add_adapter(TARGET_NAME, config=adapter_cfg)
     add_head(model, train_task, TARGET_NAME)
+    to_base_device(model)
     model.train_adapter(TARGET_NAME)
     if block is not None:
         model.active_adapters = Stack(block, TARGET_NAME)
@@ -170,20 +173,22 @@ def build_target_model(config: EvalConfig, inter: Intermediate, train_task: Task
 
 
 def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathLike = "runs/eval", *,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, device: str | torch.device | None = "auto") -> EvalResult:
     """Train the target adapter on English over ``inter`` (in the run folder ``out``; a
     finished run there is reused, an interrupted one resumed) and evaluate zero-shot on every
-    language of ``config.target``."""
+    language of ``config.target``, on ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``:
+    :func:`adaptertx.environment.resolve_device`; recorded in the result's trace)."""
     task = get_task(config.target)
     start = time.time()
+    device = resolve_device(device)
     if task.family == "retrieval":
-        return _with_chance(task, evaluate_retrieval(config, inter, task, start, progress))
+        return _with_chance(task, evaluate_retrieval(config, inter, task, start, progress, device=device))
     sets, missing = eval_sets(task, config)
     if not sets:
         raise AdaptertxError(f"no data to evaluate {task.name} on: "
                              + "; ".join(f"{k}: {v}" for k, v in missing.items()))
     train_task = get_task(task.english_train)
-    built = _train_target(config, inter, train_task, Path(out), progress)
+    built = _train_target(config, inter, train_task, Path(out), progress, device)
     train_rows = english_splits(train_task, config.max_examples)[0]  # the majority floor's labels
 
     notes = []
@@ -214,7 +219,7 @@ def evaluate(config: EvalConfig, inter: Intermediate = NONE, out: str | os.PathL
         floor = rounded(floors(task, gold, train_rows, lang=lang))
         results[lang] = LanguageResult(rounded(scores), len(rows), is_low(lang, config), split, source, stats,
                                        ids_sha(rows), floor)
-    record = trace(config, inter, built.fingerprint, Path(out), start)
+    record = trace(config, inter, built.fingerprint, Path(out), start, device=device)
     fusion_attention = None
     if attention:
         fusion_attention = {"adapters": list(inter.tasks), "layers": recorder.layers, "languages": attention}
@@ -281,14 +286,15 @@ def _placeholder_labels(train_task: Task, row: dict) -> dict:
     return row
 
 
-def _train_target(config: EvalConfig, inter: Intermediate, train_task: Task, out: Path, progress: bool):
+def _train_target(config: EvalConfig, inter: Intermediate, train_task: Task, out: Path, progress: bool,
+                  device: torch.device):
     """Train (or resume, or reload) the target adapter; returns the model with the best weights."""
     tcfg = TrainConfig(task=train_task.name, model=config.model, out=str(out), adapter=config.adapter,
                        quant=config.quant, adapter_seed=config.adapter_seed, **config.training_json())
     holder = {}
 
     def build() -> BuiltModel:
-        holder["built"] = build_target_model(config, inter, train_task)
+        holder["built"] = build_target_model(config, inter, train_task, device=device)
         return holder["built"]
 
     def save(model, built: BuiltModel, folder: Path) -> None:

@@ -270,7 +270,8 @@ def adapter_fusion(x: torch.Tensor, query: torch.Tensor, residual: torch.Tensor,
     _check_inputs(x, query, residual, d)
     _check_temperature(temperature)
     code = activation_code(packed.activation)
-    if (code is not None and not torch.is_autocast_enabled(x.device.type)
+    autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+    if (code is not None and not autocast
             and use_kernel(OP, x, query, residual, packed.w_in, packed.b_in, packed.w_out, packed.res_w)):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, d)

@@ -17,10 +17,12 @@ fingerprints, normalised and given weights and where they came from — ``weight
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 from adaptertx import rundir
+from adaptertx.environment import resolve_device
 from adaptertx.errors import AdaptertxError
 from adaptertx.merging.common import MIXTURE, MergeOptions, MergeResult, adapter_config_name, adapter_seed
 from adaptertx.merging.fusion import merge_fusion
@@ -71,7 +73,7 @@ def merge_multitask(inputs: list[TrainedAdapter], out: Path, options: MergeOptio
     result = train_multitask(tasks, out, sampling=options.sampling, temperature=options.temperature,
                              target=options.target, name=options.name or "multitask", runs=runs,
                              base_fingerprint=base_print, resume=resume, overwrite=overwrite,
-                             progress=options.progress, **settings)
+                             progress=options.progress, device=options.device, **settings)
     return MergeResult(out, result.recipe, result.name)
 
 
@@ -115,6 +117,7 @@ def merge(method: str, run_dirs: list[str | Path], out: str | Path, options: Mer
     """
     options = options or MergeOptions()
     _check_options(method, options)
+    options = dataclasses.replace(options, device=resolve_device(options.device))
     if options.tasks is not None:
         if method != "multitask":
             raise AdaptertxError("--tasks applies to --method multitask only")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from adaptertx.environment import versions
 from adaptertx.errors import AdaptertxError
 from adaptertx.rundir import TrainedAdapter
@@ -40,6 +42,9 @@ class MergeOptions:
         tasks: multitask without run folders: the tasks to train on.
         sampling: multitask: ``proportional``, ``temperature`` or ``uniform`` task sampling.
         temperature: multitask: ``T`` of temperature sampling.
+        device: where AdapterFusion and multitask train and ``weights="dev"`` scores: ``auto``,
+            ``cpu``, ``cuda``, ``cuda:N`` (:func:`adaptertx.environment.resolve_device`; not part
+            of the result).
     """
 
     weights: list[float] | str | None = None
@@ -59,6 +64,7 @@ class MergeOptions:
     dev_examples: int | None = None
     grid_step: int | None = None
     dev_search: str = "auto"
+    device: str | torch.device = "auto"
 
     @property
     def from_dev(self) -> bool:

@@ -42,7 +42,7 @@ from adaptertx.data.remote import remote_splits
 from adaptertx.errors import AdaptertxError
 from adaptertx.merging.strategies import adapter_state, average_state, check_keys, check_same_adapter_config
 from adaptertx.metrics import PRIMARY
-from adaptertx.modeling import BuiltModel, load_base_checked
+from adaptertx.modeling import BuiltModel, load_base_checked, to_base_device
 from adaptertx.rundir import check_same_base
 from adaptertx.settings import TRAIN
 from adaptertx.tasks import get_task
@@ -186,12 +186,12 @@ def resolve_dev_tasks(inputs: list, dev_tasks: list[str] | None, limit: int) -> 
 class _Scorer:
     """The base loaded once with one adapter slot and every dev task's head; scores weights."""
 
-    def __init__(self, inputs: list, tasks: list[DevTask], combine, progress: bool):
+    def __init__(self, inputs: list, tasks: list[DevTask], combine, progress: bool, device="auto"):
         self.inputs, self.tasks, self.combine = inputs, tasks, combine
         self.states = [adapter_state(i, _NAME) for i in inputs]
         check_keys(self.states, inputs)
         first = inputs[0]
-        model, tokenizer, base_print = load_base_checked(first.model, first.quant, first.fingerprint)
+        model, tokenizer, base_print = load_base_checked(first.model, first.quant, first.fingerprint, device=device)
         try:
             model.load_adapter(str(first.adapter_dir), load_as=_NAME, with_head=False, use_safetensors=True)
             self.heads = []
@@ -202,6 +202,7 @@ class _Scorer:
                 self.heads.append(head)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise AdaptertxError(f"could not load an input's adapter or head: {str(e).splitlines()[0]}") from None
+        to_base_device(model)
         model.set_active_adapters(_NAME)
         params = dict(model.named_parameters())
         missing = sorted(set(self.states[0]) - set(params))
@@ -280,7 +281,7 @@ def _greedy_soup(n: int, score) -> list[float]:
 def choose_weights(inputs: list, *, dev_tasks: list[str] | None = None, grid_step: int | None = None,
                    dev_examples: int | None = None, search: str = "auto",
                    combine: Callable[[list[dict], list[float], str], dict] | None = None,
-                   progress: bool = False) -> WeightSearch:
+                   progress: bool = False, device: str | torch.device = "auto") -> WeightSearch:
     """Search merge weights for ``inputs`` (:class:`adaptertx.rundir.TrainedAdapter`) on English dev sets.
 
     Args:
@@ -293,6 +294,7 @@ def choose_weights(inputs: list, *, dev_tasks: list[str] | None = None, grid_ste
         combine: ``combine(states, weights, name)`` gives the merged tensors (default
             :func:`adaptertx.merging.strategies.average_state`); ``task_arithmetic`` and ``ties`` pass theirs.
         progress: show a progress bar over the candidates.
+        device: where the candidates are scored (:func:`adaptertx.environment.resolve_device`).
 
     A single input gets ``[1.0]`` without any evaluation (``search == "none"``).
     """
@@ -316,7 +318,7 @@ def choose_weights(inputs: list, *, dev_tasks: list[str] | None = None, grid_ste
         check_same_adapter_config(inputs)
         method = search if search != "auto" else ("grid" if grid_size(n, k) <= MAX_GRID else "greedy_soup")
         combine = combine or (lambda states, w, name: average_state(states, w))
-        score = _Scorer(inputs, tasks, combine, progress)
+        score = _Scorer(inputs, tasks, combine, progress, device)
         points = simplex_grid(n, k) if method == "grid" else None
         score.start(len(points) if points else 2 * n - 1, f"dev weights ({method})")
         try:

@@ -35,7 +35,7 @@ from adaptertx.merging.common import (
     recipe,
     unique_names,
 )
-from adaptertx.modeling import BuiltModel, add_head, load_base_checked
+from adaptertx.modeling import BuiltModel, add_head, load_base_checked, to_base_device
 from adaptertx.rundir import TrainedAdapter, check_same_base
 from adaptertx.settings import FUSION
 from adaptertx.tasks import get_task
@@ -65,18 +65,19 @@ def _check_labels(task, rows: list[dict]) -> None:
 
 
 def _fusion_model(model_name: str, quant: str, seed: int, inputs: list[TrainedAdapter], names: list[str], fuse,
-                  fusion_config: str, heads: bool = False):
+                  fusion_config: str, heads: bool = False, device: str | torch.device = "auto"):
     """(model, tokenizer, base fingerprint): the base with the inputs' adapters as ``names``
     (and, with ``heads``, each run's head named by its task) and a new AdapterFusion ``fuse``
     (initialised from ``seed``, with the one-GEMM fusion attention), on the base the adapters
-    were trained on (refused otherwise)."""
-    model, tokenizer, base_print = load_base_checked(model_name, quant, inputs[0].fingerprint)
+    were trained on (refused otherwise), all on ``device``."""
+    model, tokenizer, base_print = load_base_checked(model_name, quant, inputs[0].fingerprint, device=device)
     for inp, name in zip(inputs, names, strict=True):
         model.load_adapter(str(inp.adapter_dir), load_as=name, with_head=False, use_safetensors=True)
         if heads:
             model.load_head(str(inp.adapter_dir), load_as=inp.task, use_safetensors=True)
     torch.manual_seed(seed)
     model.add_adapter_fusion(fuse, config=fusion_config)
+    to_base_device(model)
     fast_fusion_attention(model)
     return model, tokenizer, base_print
 
@@ -122,8 +123,9 @@ def merge_fusion(inputs: list[TrainedAdapter], out: Path, options: MergeOptions,
 
     def build() -> BuiltModel:
         model, tokenizer, base_print = _fusion_model(config.model, config.quant, config.adapter_seed, inputs, names,
-                                                     fuse, options.fusion_config)
+                                                     fuse, options.fusion_config, device=options.device)
         add_head(model, task, head)
+        to_base_device(model)
         model.train_adapter_fusion(fuse)
         for p in model.heads[head].parameters():
             p.requires_grad_(True)
@@ -180,7 +182,7 @@ def _fusion_on_mixture(inputs: list[TrainedAdapter], out: Path, options: MergeOp
 
     def build(task_list) -> BuiltModel:
         model, tokenizer, base_print = _fusion_model(config.model, config.quant, config.adapter_seed, inputs, names,
-                                                     fuse, options.fusion_config, heads=True)
+                                                     fuse, options.fusion_config, heads=True, device=options.device)
         model.train_adapter_fusion(fuse)
         for task in task_list:
             for p in model.heads[task.name].parameters():

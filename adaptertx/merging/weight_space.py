@@ -97,7 +97,7 @@ def _search_weights(inputs: list[TrainedAdapter], options: MergeOptions, combine
     """:func:`adaptertx.merging.dev_weights.choose_weights` with the options' dev settings."""
     return choose_weights(inputs, dev_tasks=options.dev_tasks, grid_step=options.grid_step,
                           dev_examples=options.dev_examples, search=options.dev_search, combine=combine,
-                          progress=options.progress)
+                          progress=options.progress, device=options.device)
 
 
 def _weight_space(method: str, inputs: list[TrainedAdapter], out: Path, options: MergeOptions, overwrite: bool,

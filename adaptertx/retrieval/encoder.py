@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from adaptertx.environment import default_dtype
+from adaptertx.environment import default_dtype, resolve_device
 from adaptertx.errors import AdaptertxError
 from adaptertx.retrieval.mine import knn
 
@@ -41,6 +41,7 @@ ROUND_TOKENS = 65536
 def tokens_per_batch_for(device: torch.device | str) -> int:
     """The default tokens per packed forward on ``device``: 2048 on CPU, 16384 on a GPU."""
     return _CPU_TOKENS if torch.device(device).type == "cpu" else _GPU_TOKENS
+
 
 def _check_layer(model: PreTrainedModel, layer: int | None) -> int:
     n_layers = model.config.num_hidden_layers
@@ -167,11 +168,11 @@ class SentenceEncoder:
                 end += 1
             rounds.append(batches[start:end])
             start = end
-        device = self.model.device
         with tqdm(total=len(batches), desc="encode", unit="batch", disable=not progress, leave=False) as bar:
             for group in rounds:
+                # Packed on the CPU: the encoder checks them there and moves them to its device.
                 packed = [pack([ids[i] for i in idx]) for idx in group]
-                embs = self._packed.encode_many([(i.to(device), c.to(device)) for i, c in packed], self.layer)
+                embs = self._packed.encode_many(packed, self.layer)
                 for idx, emb in zip(group, embs, strict=True):
                     out[torch.tensor(idx)] = emb.float().cpu()
                 bar.update(len(group))
@@ -254,7 +255,8 @@ def retrieval_hits(queries: torch.Tensor, candidates: torch.Tensor, *, block: in
     return nearest[:, 0].cpu() == torch.arange(len(queries))
 
 
-def load_encoder(model_name: str, adapter: str | os.PathLike | None = None
+def load_encoder(model_name: str, adapter: str | os.PathLike | None = None, *,
+                 device: str | torch.device | None = "auto",
                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str | None]:
     """Load a model (and optionally an AdapterHub adapter or AdapterFusion setup, activated) for
     encoding.
@@ -266,15 +268,18 @@ def load_encoder(model_name: str, adapter: str | os.PathLike | None = None
             ``save_adapter_setup`` for a Fusion (``adapter/`` of ``adaptertx merge --method
             fusion``: its task adapters and the Fusion, heads ignored), or a run or merged
             folder holding either as ``adapter/``; loaded with ``use_safetensors=True``.
+        device: where the model (and its adapters) is put: ``auto``, ``cpu``, ``cuda``, ``cuda:N``
+            (:func:`adaptertx.environment.resolve_device`).
 
     Returns:
         (model, tokenizer, the active adapter's or Fusion's name, or None).
     """
     from adaptertx.models import load_model
 
+    device = resolve_device(device)
     model, tokenizer = load_model(model_name)
     if adapter is None:
-        return model, tokenizer, None
+        return model.to(device), tokenizer, None
     path = Path(adapter).expanduser()
     if not any((path / f).is_file() for f in ("adapter_config.json", "adapter_setup.json")) and (
             (path / "adapter").is_dir()):
@@ -295,7 +300,7 @@ def load_encoder(model_name: str, adapter: str | os.PathLike | None = None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise AdaptertxError(f"could not load the adapter in {path}: {str(e).splitlines()[0]}") from None
     model.eval()
-    return model, tokenizer, name
+    return model.to(device), tokenizer, name
 
 
 def _load_fusion_setup(model, path: Path) -> str:

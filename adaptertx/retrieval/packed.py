@@ -18,6 +18,12 @@ averaged or otherwise merged adapter is one such adapter); an active AdapterFusi
 adapters (``Fuse(a, b, ...)``) with :func:`adaptertx.kernels.adapter_fusion` (all the
 layer's adapters in one GEMM, the fusion attention folded in) at the fusion's current softmax
 temperature; other setups (parallel, stacks, LoRA, ...) are refused with a clear error.
+
+Devices: the encoder's weights live on one device (``device=``, default the model's), and so
+does every tensor of the forward. A batch comes from :func:`pack` on the CPU: its offsets are
+checked there, its longest sequence counted there, and its ids, positions and offsets reach the
+device in one copy (from pinned memory, without waiting, on a GPU); from then on nothing is read
+back to the host until the caller takes the embeddings.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
+from adaptertx.environment import resolve_device
 from adaptertx.errors import AdaptertxError
 from adaptertx.fused_fusion import layer_weights
 from adaptertx.kernels import (
@@ -75,15 +82,18 @@ class _Linear:
     each matmul skips the per-call weight reorder that ``F.linear`` pays, and the FFN's bias +
     GELU run as a oneDNN post-op on the accumulator (cheaper here than a separate pass,
     even the fused :func:`~adaptertx.kernels.bias_gelu`, which serves the other paths); int8
-    storage is dequantised and reordered per call. x: (tokens, in) -> (tokens, out).
+    storage is dequantised and reordered per call. x: (tokens, in) -> (tokens, out). Every tensor
+    is kept on ``device`` (default: where it is given).
     """
 
     def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype,
-                 qweight: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> None:
+                 qweight: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                 device: torch.device | None = None) -> None:
         self.dtype = dtype
-        self.dense = None if weight is None else weight.detach().to(dtype).contiguous()
-        self.qweight, self.scale = qweight, scale
-        self.bias = None if bias is None else bias.detach().to(dtype)
+        self.dense = None if weight is None else weight.detach().to(device=device, dtype=dtype).contiguous()
+        self.qweight = None if qweight is None else qweight.to(device)
+        self.scale = None if scale is None else scale.to(device)
+        self.bias = None if bias is None else bias.detach().to(device=device, dtype=dtype)
         self.onednn = _ONEDNN and (self.dense if self.dense is not None else self.qweight).device.type == "cpu"
         if self.onednn and self.dense is not None:
             self.dense = torch.ops.mkldnn._reorder_linear_weight(self.dense, None)
@@ -109,23 +119,24 @@ class _Linear:
         return F.linear(x, w, self.bias)
 
 
-def _read_linears(modules: Sequence[torch.nn.Module], dtype: torch.dtype, int8: bool) -> _Linear:
-    """One :class:`_Linear` from one or more linear layers stacked along the output dim."""
+def _read_linears(modules: Sequence[torch.nn.Module], dtype: torch.dtype, int8: bool,
+                  device: torch.device | None = None) -> _Linear:
+    """One :class:`_Linear` on ``device`` from one or more linear layers stacked along the output dim."""
     biases = [m.bias for m in modules]
     bias = None if any(b is None for b in biases) else torch.cat([b.detach().float() for b in biases])
     if all(isinstance(m, Int8Linear) for m in modules):
         q = torch.cat([m.qweight for m in modules])
         sc = torch.cat([m.scale for m in modules])
         if int8:
-            return _Linear(None, bias, dtype, q, sc)
-        return _Linear(dequantize_rows(q, sc, torch.float32), bias, dtype)
+            return _Linear(None, bias, dtype, q, sc, device=device)
+        return _Linear(dequantize_rows(q, sc, torch.float32), bias, dtype, device=device)
     if any(isinstance(m, Int8Linear) for m in modules) or not all(isinstance(m, torch.nn.Linear) for m in modules):
         raise AdaptertxError(f"PackedEncoder cannot read linear layers of types {[type(m).__name__ for m in modules]}")
     weight = torch.cat([m.weight.detach().float() for m in modules])
     if int8:
         q, sc = quantize_rows(weight)
-        return _Linear(None, bias, dtype, q, sc)
-    return _Linear(weight, bias, dtype)
+        return _Linear(None, bias, dtype, q, sc, device=device)
+    return _Linear(weight, bias, dtype, device=device)
 
 
 def _active_adapter(base: torch.nn.Module, adapter: str | None):
@@ -175,8 +186,9 @@ def _seq_bn_config(base: torch.nn.Module, name: str):
     return cfg
 
 
-def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype) -> tuple[list, str]:
-    """Per-layer (down_w, down_b, up_w, up_b, scaling) or None, and the activation name."""
+def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype,
+                     device: torch.device | None = None) -> tuple[list, str]:
+    """Per-layer (down_w, down_b, up_w, up_b, scaling) on ``device``, or None, and the activation name."""
     cfg = _seq_bn_config(base, name)
     per_layer = []
     for layer in base.encoder.layer:
@@ -191,17 +203,17 @@ def _adapter_weights(base: torch.nn.Module, name: str, dtype: torch.dtype) -> tu
                                  f"{type(down).__name__}/{type(up).__name__}")
         scaling = a.scaling
         scaling = float(scaling.detach().reshape(-1)[0]) if isinstance(scaling, torch.Tensor) else float(scaling)
-        per_layer.append((down.weight.detach().to(dtype), None if down.bias is None else down.bias.detach().to(dtype),
-                          up.weight.detach().to(dtype), None if up.bias is None else up.bias.detach().to(dtype),
-                          scaling))
+        to = lambda t: None if t is None else t.detach().to(device=device, dtype=dtype)  # noqa: E731
+        per_layer.append((to(down.weight), to(down.bias), to(up.weight), to(up.bias), scaling))
     if all(p is None for p in per_layer):
         raise AdaptertxError(f"adapter {name!r} has no bottleneck weights in any layer of the model")
     return per_layer, str(cfg.non_linearity).lower()
 
 
-def _fusion_weights(base: torch.nn.Module, fuse, dtype: torch.dtype) -> tuple[list, list]:
+def _fusion_weights(base: torch.nn.Module, fuse, dtype: torch.dtype,
+                    device: torch.device | None = None) -> tuple[list, list]:
     """Per layer: the packed Fusion (:func:`adaptertx.kernels.adapter_fusion.pack_fusion`) of
-    ``fuse`` in its FFN adapter layer, or None, and (softmax temperature, query before LN)."""
+    ``fuse`` in its FFN adapter layer on ``device``, or None, and (softmax temperature, query before LN)."""
     for name in fuse.children:
         _seq_bn_config(base, name)
     packed, settings = [], []
@@ -211,7 +223,7 @@ def _fusion_weights(base: torch.nn.Module, fuse, dtype: torch.dtype) -> tuple[li
             packed.append(None)
             settings.append(None)
             continue
-        packed.append(pack_fusion(layer_weights(bank, fuse)).to(dtype=dtype))
+        packed.append(pack_fusion(layer_weights(bank, fuse)).to(dtype=dtype, device=device))
         fusion = bank.adapter_fusion_layer[fuse.name]
         settings.append((float(fusion.T), bool(fusion.config["query_before_ln"])))
     if all(p is None for p in packed):
@@ -231,10 +243,12 @@ class PackedEncoder:
         them once).
     adapter: the bottleneck adapter to apply (default: the model's active adapter or Fusion,
         if any; ``""`` applies none).
+    device: where the encoder keeps its weights and computes (default: the model's; the
+        weights are copied there, the model stays where it is).
     """
 
     def __init__(self, model: torch.nn.Module, dtype: torch.dtype | None = None, int8: bool | None = None,
-                 adapter: str | None = None) -> None:
+                 adapter: str | None = None, device: torch.device | str | None = None) -> None:
         base = (model if hasattr(model, "embeddings") and hasattr(model, "encoder")
                 else getattr(model, "base_model", None))
         if base is None or not hasattr(base, "embeddings") or not hasattr(base, "encoder"):
@@ -252,6 +266,7 @@ class PackedEncoder:
         self.eps = cfg.layer_norm_eps
         self.act = cfg.hidden_act
         emb = base.embeddings
+        self.device = emb.word_embeddings.weight.device if device is None else resolve_device(device)
         # XLM-R numbers positions from padding_idx + 1; BERT from 0.
         self.position_offset = emb.padding_idx + 1 if type(emb).__name__.startswith(("XLMRoberta", "Roberta")) else 0
         w = self._w
@@ -265,13 +280,13 @@ class PackedEncoder:
         adapters, self.adapter_act = ([None] * self.num_layers, "relu")
         fusions, settings = [None] * self.num_layers, [None] * self.num_layers
         if isinstance(self.adapter, str):
-            adapters, self.adapter_act = _adapter_weights(base, self.adapter, self.dtype)
+            adapters, self.adapter_act = _adapter_weights(base, self.adapter, self.dtype, self.device)
         elif self.adapter is not None:
-            fusions, settings = _fusion_weights(base, self.adapter, self.dtype)
+            fusions, settings = _fusion_weights(base, self.adapter, self.dtype, self.device)
         self.layers = []
         for layer, ad, fu, st in zip(base.encoder.layer, adapters, fusions, settings, strict=True):
             att = layer.attention
-            lin = lambda *ms: _read_linears(ms, self.dtype, self.int8)  # noqa: E731
+            lin = lambda *ms: _read_linears(ms, self.dtype, self.int8, self.device)  # noqa: E731
             self.layers.append({
                 "qkv": lin(att.self.query, att.self.key, att.self.value),
                 "attn_out": lin(att.output.dense),
@@ -285,14 +300,15 @@ class PackedEncoder:
             })
 
     def _w(self, t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to(self.dtype)
+        return t.detach().to(device=self.device, dtype=self.dtype)
 
     @torch.inference_mode()
     def hidden_states(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, layer: int) -> torch.Tensor:
         """Hidden states after ``layer`` layers (0 = embeddings), as HF's ``hidden_states[layer]``.
 
-        input_ids: (tokens,) packed token ids; cu_seqlens: (n + 1,) offsets. Returns
-        (tokens, dim) in the compute dtype.
+        input_ids: (tokens,) packed token ids; cu_seqlens: (n + 1,) offsets (as :func:`pack`
+        gives them, on the CPU; tensors on the encoder's device work too, read back once to be
+        checked). Returns (tokens, dim) in the compute dtype, on the encoder's device.
         """
         return self.hidden_states_many([(input_ids, cu_seqlens)], layer)[0]
 
@@ -304,47 +320,63 @@ class PackedEncoder:
         them (and a layer's weights stay in cache across the batches). Each batch is computed
         exactly as on its own. batches: ``(input_ids, cu_seqlens)`` pairs; returns one
         (tokens, dim) tensor per batch, in order."""
+        return [x for x, _ in self._forward(batches, layer)]
+
+    def _forward(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 layer: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(hidden states, offsets as int32 on the device) of each batch after ``layer`` layers."""
         if not 0 <= layer <= self.num_layers:
             raise AdaptertxError(f"layer must be in 0..{self.num_layers}, got {layer}")
-        xs, cus = [], []
-        for input_ids, cu_seqlens in batches:
-            x, cu = self._embed(input_ids, cu_seqlens)
-            xs.append(x)
-            cus.append(cu)
+        embedded = [self._embed(input_ids, cu_seqlens) for input_ids, cu_seqlens in batches]
+        xs = [x for x, _, _ in embedded]
         live = [i for i, x in enumerate(xs) if x.shape[0]]
         for p in self.layers[:layer]:
             if not live:
                 break
             w = {name: p[name].weight() for name in ("qkv", "attn_out", "inter", "out")}
             for i in live:
-                xs[i] = self._layer(p, w, xs[i], cus[i])
-        return xs
+                xs[i] = self._layer(p, w, xs[i], embedded[i][1], embedded[i][2])
+        return [(x, cu) for x, (_, cu, _) in zip(xs, embedded, strict=True)]
 
-    def _embed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Checked embeddings (tokens, dim) of one packed batch and its offsets on the device."""
+    def _embed(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Checked embeddings (tokens, dim) of one packed batch, its offsets as int32 on the
+        device, and its longest sequence (a host int). The offsets are checked and the positions
+        made on the host; ids, positions and offsets then go to the device in one copy."""
         if input_ids.dim() != 1 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
             raise AdaptertxError("input_ids must be (tokens,) and cu_seqlens (n + 1,)")
-        cu = cu_seqlens.to(torch.int64).cpu()
-        if int(cu[0]) != 0 or int(cu[-1]) != input_ids.numel() or bool((cu[1:] <= cu[:-1]).any()):
+        cu = cu_seqlens.to(device="cpu", dtype=torch.int64)
+        tokens = input_ids.numel()
+        if int(cu[0]) != 0 or int(cu[-1]) != tokens or bool((cu[1:] <= cu[:-1]).any()):
             raise AdaptertxError("cu_seqlens must rise strictly from 0 to the number of tokens")
         lengths = cu[1:] - cu[:-1]
-        tokens = input_ids.numel()
-        if tokens == 0:
-            return torch.zeros(0, self.word.shape[1], dtype=self.dtype), cu
+        longest = int(lengths.max()) if lengths.numel() else 0
+        if longest + self.position_offset > self.pos.shape[0]:
+            raise AdaptertxError(f"a sequence is longer than the model's {self.pos.shape[0]} positions")
+        on_host = input_ids.device.type == "cpu"
+        if on_host and tokens and not 0 <= int(input_ids.min()) <= int(input_ids.max()) < self.word.shape[0]:
+            raise AdaptertxError(f"input_ids must be token ids in 0..{self.word.shape[0] - 1}")
         seq = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
         positions = torch.arange(tokens) - cu[:-1][seq] + self.position_offset
-        if int(positions.max()) >= self.pos.shape[0]:
-            raise AdaptertxError(f"a sequence is longer than the model's {self.pos.shape[0]} positions")
-        x = self.word.index_select(0, input_ids)
+        parts = [input_ids.to(torch.int64), positions, cu] if on_host else [positions, cu]
+        host = torch.cat(parts)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        moved = host.to(self.device, non_blocking=True)
+        start = tokens if on_host else 0
+        ids = moved[:tokens] if on_host else input_ids.to(device=self.device, dtype=torch.int64)
+        positions, cu_dev = moved[start:start + tokens], moved[start + tokens:].to(torch.int32)
+        if tokens == 0:
+            return torch.zeros(0, self.word.shape[1], dtype=self.dtype, device=self.device), cu_dev, 0
+        x = self.word.index_select(0, ids)
         extra = self.pos.index_select(0, positions)
         if self.type0 is not None:
             extra = extra + self.type0
-        x = add_layernorm(x, extra, *self.emb_ln, self.eps)
-        return x, cu.to(x.device)
+        return add_layernorm(x, extra, *self.emb_ln, self.eps), cu_dev, longest
 
-    def _layer(self, p: dict, w: dict, x: torch.Tensor, cu_dev: torch.Tensor) -> torch.Tensor:
-        """One encoder layer on one packed batch; w: the layer's linear weights (:meth:`_Linear.weight`)."""
-        ctx = varlen_attention(p["qkv"](x, weight=w["qkv"]), cu_dev, self.heads)
+    def _layer(self, p: dict, w: dict, x: torch.Tensor, cu_dev: torch.Tensor, max_len: int) -> torch.Tensor:
+        """One encoder layer on one packed batch; w: the layer's linear weights (:meth:`_Linear.weight`);
+        cu_dev: its offsets on the device; max_len: its longest sequence."""
+        ctx = varlen_attention(p["qkv"](x, weight=w["qkv"]), cu_dev, self.heads, max_seqlen=max_len)
         x = add_layernorm(p["attn_out"](ctx, weight=w["attn_out"]), x, *p["ln1"], self.eps)
         if self.act == "gelu":
             inter = p["inter"](x, gelu=True, weight=w["inter"])
@@ -371,7 +403,8 @@ class PackedEncoder:
 
     def encode_many(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], layer: int,
                     out_dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-        """:meth:`encode` of several packed batches, computed layer by layer (:meth:`hidden_states_many`)."""
-        hidden = self.hidden_states_many(batches, layer)
-        return [segment_mean_pool_normalize(h, cu.to(torch.int64).cpu(), out_dtype=out_dtype)
-                for h, (_, cu) in zip(hidden, batches, strict=True)]
+        """:meth:`encode` of several packed batches, computed layer by layer (:meth:`hidden_states_many`);
+        each (n, dim) result on the encoder's device."""
+        with torch.inference_mode():
+            forward = self._forward(batches, layer)
+        return [segment_mean_pool_normalize(h, cu_dev, out_dtype=out_dtype) for h, cu_dev in forward]

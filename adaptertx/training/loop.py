@@ -10,8 +10,10 @@ metrics log and atomic safetensors checkpoints, and ends with the best epoch's w
 
 Checkpoints hold only trainable tensors, optimiser moments and RNG state, in safetensors and
 JSON (never the quantised base, never a pickle), so ``resume=True`` continues an interrupted
-run and ends where an uninterrupted one would. Several processes (``accelerate launch``) each
-take every n-th batch; Accelerate moves the model and syncs gradients.
+run and ends where an uninterrupted one would. The model trains on the device it was built on
+(:func:`adaptertx.modeling.load_base`'s ``device``); several processes (``accelerate launch``)
+each take every n-th batch, and then Accelerate places each process's replica on its GPU and
+syncs gradients.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from adaptertx.errors import AdaptertxError
 from adaptertx.features import Features
 from adaptertx.io import atomic_write_bytes, writing
 from adaptertx.metrics import PRIMARY
-from adaptertx.modeling import BuiltModel, load_trainable_state, trainable_state
+from adaptertx.modeling import BuiltModel, base_device, load_trainable_state, trainable_state
 from adaptertx.models import first_line
 from adaptertx.settings import TrainSettings
 from adaptertx.tasks import Task
@@ -272,9 +274,12 @@ def fit(built: BuiltModel, plan: SingleTaskPlan | MixturePlan, validation: Valid
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=handlers)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    device = base_device(model)
+    if accelerator.num_processes > 1:  # DDP: Accelerate puts each process's replica on its device
+        model, optimizer = accelerator.prepare(model, optimizer)
+        device = accelerator.device
     model.train()
-    run = _Run(built, model, accelerator, optimizer, params, settings, out, extra_loss, on_step)
+    run = _Run(built, model, accelerator, optimizer, params, settings, out, extra_loss, on_step, device)
     total_steps, warmup_steps = _step_budget(plan, settings, accelerator.num_processes)
     run.total_steps, run.warmup_steps = total_steps, warmup_steps
     state = _initial_state(run, validation, resume)
@@ -307,6 +312,7 @@ class _Run:
     out: Path
     extra_loss: Callable | None
     on_step: Callable | None
+    device: torch.device
     total_steps: int = 0
     warmup_steps: int = 1
     bar: tqdm | None = None
@@ -338,9 +344,10 @@ def _run_epoch(run: _Run, plan, state: dict, epoch: int) -> None:
     running, step_tasks = 0.0, []
     for b in range(state["batch"], len(batches)):
         task, head, indices = batches[b]
-        batch = {k: v.to(accelerator.device) for k, v in plan.features_of(task).batch(indices).items()}
-        run.tokens += int(batch["attention_mask"].sum())
-        running += _forward_backward(run.model, accelerator, run.built, batch, head, settings, run.extra_loss)
+        batch = plan.features_of(task).batch(indices)
+        run.tokens += int(batch["attention_mask"].sum())  # counted on the host, before the batch moves
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+        running += _forward_backward(run, batch, head)
         step_tasks.append(task.name)
         state["drawn"][task.name] = state["drawn"].get(task.name, 0) + 1
         state["batch"] = b + 1
@@ -363,11 +370,11 @@ def _run_epoch(run: _Run, plan, state: dict, epoch: int) -> None:
             break
 
 
-def _forward_backward(model, accelerator, built: BuiltModel, batch: dict, head: str | None,
-                      settings: TrainSettings, extra_loss) -> float:
+def _forward_backward(run: _Run, batch: dict, head: str | None) -> float:
     """One forward and backward pass; returns the (accumulation-scaled) loss."""
+    model, accelerator, settings, extra_loss = run.model, run.accelerator, run.settings, run.extra_loss
     try:
-        with torch.autocast(accelerator.device.type, dtype=torch.bfloat16, enabled=built.autocast):
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.built.autocast):
             loss = model(**batch).loss if head is None else model(**batch, head=head).loss
             if extra_loss is not None:
                 extra = extra_loss(accelerator.unwrap_model(model))

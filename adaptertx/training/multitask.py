@@ -15,7 +15,8 @@ batches (the others' grads stay ``None``, so AdamW leaves them untouched in that
 The output folder has the layout of a weight-space merge, so downstream code treats both alike::
 
     OUT/recipe.json          method "multitask", tasks, sampling, probabilities, seeds, the train
-                             config, per-task validation/test scores, base fingerprint, versions
+                             config, per-task validation/test scores, base fingerprint, versions,
+                             device
                              (written last: a folder with recipe.json is a finished merge)
     OUT/adapter/             the adapter in AdapterHub files (adapter_config.json,
                              adapter.safetensors) + the --target task's head renamed to the adapter
@@ -45,12 +46,12 @@ from accelerate.utils import set_seed
 from safetensors.torch import save_file
 
 from adaptertx import rundir
-from adaptertx.environment import versions
+from adaptertx.environment import resolve_device, versions
 from adaptertx.errors import AdaptertxError
 from adaptertx.floors import versus_floor
 from adaptertx.io import atomic_dir, atomic_write_text
 from adaptertx.metrics import score
-from adaptertx.modeling import BuiltModel, build_adapter_model, check_trainable, rename_key
+from adaptertx.modeling import BuiltModel, base_device, build_adapter_model, check_trainable, rename_key
 from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, TrainSettings, check_quant
 from adaptertx.tasks import Task, get_task
 from adaptertx.training.data import encode, english_splits
@@ -177,7 +178,7 @@ def multitask_config(tasks: Sequence[str], out: str | Path, settings: dict) -> M
 def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = False, overwrite: bool = False,
                     progress: bool = True, on_step: Callable[[int, dict], None] | None = None,
                     runs: list[dict] | None = None, base_fingerprint: str | None = None,
-                    **settings) -> MultitaskResult:
+                    device: str | torch.device | None = "auto", **settings) -> MultitaskResult:
     """Train one adapter on the English data of ``tasks`` jointly, one head per task.
 
     Args:
@@ -189,6 +190,7 @@ def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = Fal
         on_step: called after every optimiser step with ``(step, {"loss", "lr", "tasks", ...})``.
         runs: the training runs the tasks came from (recorded in the recipe as its inputs).
         base_fingerprint: refuse a base whose fingerprint differs (the runs' base).
+        device: where to train (as :func:`adaptertx.training.train` takes it).
         **settings: any other :class:`MultitaskConfig` field (model, quant, adapter, adapter_seed,
             sampling, temperature, target, name, epochs, batch_size, lr, max_examples, ...).
 
@@ -196,11 +198,12 @@ def train_multitask(tasks: Sequence[str], out: str | Path, *, resume: bool = Fal
         the best epoch's per-task scores; the folder ends with ``recipe.json``.
     """
     config = multitask_config(tasks, out, settings)
+    device = resolve_device(device)
 
     def build(task_list: list[Task]) -> BuiltModel:
         # The same builder and seed as single-task runs: the adapter starts from their weights.
         return build_adapter_model(config.model, task_list, adapter=config.adapter, quant=config.quant,
-                                   adapter_seed=config.adapter_seed, name=config.name)
+                                   adapter_seed=config.adapter_seed, name=config.name, device=device)
 
     return train_mixture(config, build, lambda model, folder: _save_outputs(model, config, folder),
                          method="multitask", resume=resume, overwrite=overwrite, progress=progress, on_step=on_step,
@@ -246,7 +249,8 @@ def train_mixture(config: MultitaskConfig, build: Callable[[list[Task]], BuiltMo
                  for t in task_list}
     probabilities = dict(zip(config.tasks, probs, strict=True))
     run_info = {"fingerprint": built.fingerprint, "adapter_name": config.name, "inputs": runs or [],
-                "sizes": dict(zip(config.tasks, sizes, strict=True)), "probabilities": probabilities}
+                "sizes": dict(zip(config.tasks, sizes, strict=True)), "probabilities": probabilities,
+                "device": str(base_device(built.model))}
     if mode != rundir.RESUME:
         rundir.start(out, config.to_json(), method=method, **run_info)
     plan = MixturePlan(tuple(task_list), train_feats, tuple(probs), config.batch_size, config.seed)
@@ -275,6 +279,7 @@ def train_mixture(config: MultitaskConfig, build: Callable[[list[Task]], BuiltMo
             "sizes": run_info["sizes"], "probabilities": probabilities, "seed": config.seed,
             "adapter_seed": config.adapter_seed, "train": config.to_json(), "target": config.target,
             "heads": heads, **results, "fingerprint": built.fingerprint, "versions": versions(),
+            "device": run_info["device"],
             **(recipe_extra or {}),
         }
         rundir.write_recipe(out, recipe)

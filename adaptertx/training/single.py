@@ -6,7 +6,7 @@ evaluation on the validation split after every epoch, the best epoch kept), and 
 score of the best adapter beside the majority baseline. The run folder
 (:mod:`adaptertx.rundir`)::
 
-    OUT/run.json            config, status, base fingerprint, adapter seed, versions, scores
+    OUT/run.json            config, status, base fingerprint, adapter seed, versions, device, scores
     OUT/metrics.jsonl       one JSON line per logged step and per evaluation
     OUT/adapter/            the best adapter + head in the AdapterHub layout (safetensors)
     OUT/checkpoints/        last.safetensors (resume state) and best.safetensors while training
@@ -27,10 +27,11 @@ import torch
 from accelerate.utils import set_seed
 
 from adaptertx import rundir
+from adaptertx.environment import resolve_device
 from adaptertx.floors import versus_floor
 from adaptertx.io import atomic_dir
 from adaptertx.metrics import score
-from adaptertx.modeling import BuiltModel, build_adapter_model, check_trainable
+from adaptertx.modeling import BuiltModel, base_device, build_adapter_model, check_trainable
 from adaptertx.settings import ADAPTER, ADAPTER_SEED, DEFAULT_MODEL, QUANT, TrainSettings, check_quant
 from adaptertx.tasks import Task, get_task
 from adaptertx.training.data import encode, english_splits
@@ -81,11 +82,14 @@ class RunResult:
 
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          on_step: Callable[[int, dict], None] | None = None) -> RunResult:
+          on_step: Callable[[int, dict], None] | None = None, device: str | torch.device | None = "auto") -> RunResult:
     """Train ``config.task``'s adapter; returns the best epoch's scores.
 
     Args:
         config: the run.
+        device: where to train: ``auto`` (a GPU when there is one), ``cpu``, ``cuda``, ``cuda:N``
+            (:func:`adaptertx.environment.resolve_device`); not part of the config (a run may
+            resume on another device), recorded in ``run.json`` as ``device``.
         resume: continue the unfinished run in ``config.out`` (an unfinished run of the same config
             is always continued: from its last checkpoint, or from scratch when it never reached one).
         overwrite: replace whatever ``config.out`` holds.
@@ -94,10 +98,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """
     task = get_task(config.task)
     check_trainable(task)
+    device = resolve_device(device)
 
     def build() -> BuiltModel:
         return build_adapter_model(config.model, task, adapter=config.adapter, quant=config.quant,
-                                   adapter_seed=config.adapter_seed)
+                                   adapter_seed=config.adapter_seed, device=device)
 
     def save(model, built: BuiltModel, folder: Path) -> None:
         model.save_adapter(str(folder), built.name, with_head=True, use_safetensors=True)
@@ -120,7 +125,7 @@ def train_one_task(config: TrainConfig, task: Task, build: Callable[[], BuiltMod
             before and after, so dropout follows the run seed, not the adapter-init seed).
         save: writes the best model into the run's (temporary) ``adapter/`` folder, as
             ``save(model, built, folder)``.
-        run_info: extra fields of ``run.json``.
+        run_info: extra fields of ``run.json`` (``device``, the base's device, is added).
         extra_loss: a loss term added to every step (AdapterFusion's regulariser), or ``None``.
         resume, overwrite, progress, on_step: as in :func:`train`.
     """
@@ -130,7 +135,7 @@ def train_one_task(config: TrainConfig, task: Task, build: Callable[[], BuiltMod
     set_seed(config.seed)
     built = build()
     set_seed(config.seed)  # dropout follows the run seed, not the adapter-init seed
-    run_info = run_info or {}
+    run_info = {**(run_info or {}), "device": str(base_device(built.model))}
     train_feats = encode(task, train_rows, built.tokenizer, config.max_length, "training")
     dev_feats = encode(task, dev_rows, built.tokenizer, config.max_length, "validation")
     if mode != rundir.RESUME:

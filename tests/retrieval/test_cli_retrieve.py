@@ -50,3 +50,32 @@ def test_retrieve_bucc_unknown_gold_id(tiny_xlmr_dir, tmp_path):
     _write(tmp_path / "zh-en.dev.gold", ["zh-1\ten-7"])
     r = CliRunner().invoke(main, ["retrieve", "bucc", "--model", tiny_xlmr_dir, "--data-dir", str(tmp_path)])
     assert r.exit_code == 1 and "names 'en-7', which is not in zh-en.dev.en" in r.output
+
+
+def test_retrieve_on_the_cpu_by_name(tiny_xlmr_dir, tmp_path, monkeypatch):
+    """``--device cpu`` encodes there end to end (and with ``auto`` on a machine without a GPU
+    gives the same scores)."""
+    _write(tmp_path / "tatoeba.deu-eng.deu", ["Ich habe Hunger.", "Das ist ein Buch."])
+    _write(tmp_path / "tatoeba.deu-eng.eng", ["I am hungry.", "This is a book."])
+    import torch
+
+    from adaptertx.retrieval import encoder
+
+    seen = []
+    real = encoder.SentenceEncoder.__init__
+
+    def recording(self, model, *args, **kwargs):
+        real(self, model, *args, **kwargs)
+        seen.append((model.device, self._packed.device, self.tokens_per_batch))
+
+    monkeypatch.setattr(encoder.SentenceEncoder, "__init__", recording)
+    outs = {}
+    for device in ("cpu", "auto"):
+        outs[device] = tmp_path / f"{device}.json"
+        r = CliRunner().invoke(main, ["retrieve", "tatoeba", "--model", tiny_xlmr_dir, "--data-dir", str(tmp_path),
+                                      "--fp32", "--device", device, "--out", str(outs[device])])
+        assert r.exit_code == 0, r.output
+    cpu = torch.device("cpu")
+    assert seen[0] == (cpu, cpu, encoder.tokens_per_batch_for(cpu))
+    if not torch.cuda.is_available():
+        assert seen[1] == seen[0] and outs["cpu"].read_text() == outs["auto"].read_text()
