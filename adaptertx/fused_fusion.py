@@ -239,6 +239,26 @@ def _tokens_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return linear(flat).view(*x.shape[:-1], -1)
 
 
+def fusion_scores(query: torch.Tensor, keys: torch.Tensor, broadcast: bool | None = None) -> torch.Tensor:
+    """``query . key_i`` per token: query (B, T, D), keys (B, T, N, D) -> (B, T, N) float32.
+
+    On the CPU (``broadcast``, the default there) a broadcast product summed in fp32, which
+    keeps fp32 copies of the keys but never takes the batched-product path that copies weights;
+    elsewhere one batched matrix product in the inputs' dtype with fp32 accumulation (no fp32
+    copy of the (B, T, N, D) keys: half the memory on a GPU)."""
+    if broadcast if broadcast is not None else query.device.type == "cpu":
+        return (query.unsqueeze(2).float() * keys.float()).sum(-1)
+    return torch.matmul(keys, query.unsqueeze(-1)).squeeze(-1).float()
+
+
+def fusion_context(probs: torch.Tensor, values: torch.Tensor, broadcast: bool | None = None) -> torch.Tensor:
+    """``sum_i p_i value_i`` per token: probs (B, T, N) float32, values (B, T, N, D) -> (B, T, D)
+    in values' dtype; the CPU and other paths as in :func:`fusion_scores`."""
+    if broadcast if broadcast is not None else values.device.type == "cpu":
+        return (probs.unsqueeze(-1) * values.float()).sum(2).to(values.dtype)
+    return torch.matmul(probs.to(values.dtype).unsqueeze(-2), values).squeeze(-2)
+
+
 def _fusion_attention_forward(self, query, key, value, residual, output_attentions: bool = False):
     """``adapters``' ``BertFusion.forward`` with the two per-token matrix products (query·keys
     over N adapters, probabilities·values) as broadcast products summed in fp32.
@@ -246,7 +266,8 @@ def _fusion_attention_forward(self, query, key, value, residual, output_attentio
     The library's key and value projections of (B, T, N, D) inputs can run as a batched product
     that copies the (D, D) weight B·T times (under bf16 autocast on CPU, ~25x the cost of the
     rest of the model); here they are one 2-D GEMM each, and the per-token products over the N
-    adapters are broadcast products summed in fp32. Shapes: query, residual (B, T, D); key,
+    adapters are broadcast products summed in fp32 on the CPU and batched products in the inputs'
+    dtype elsewhere (:func:`fusion_scores`, :func:`fusion_context`). Shapes: query, residual (B, T, D); key,
     value (B, T, N, D). The probabilities (B, T, N) go to the layer's :func:`attention_sink` when
     one is set (:mod:`adaptertx.fusion_attention`).
     """
@@ -260,14 +281,14 @@ def _fusion_attention_forward(self, query, key, value, residual, output_attentio
         value_layer = _tokens_linear(self.value, value)
     else:
         value_layer = value
-    scores = (query_layer.unsqueeze(2).float() * key_layer.float()).sum(-1)  # (B, T, N)
+    scores = fusion_scores(query_layer, key_layer)  # (B, T, N) float32
     scores = self.dropout(scores)
     probs = _nn.Softmax(dim=-1)(scores / self.T)
     self.T = max(self.T - self.reduction, 1.0)
     sink = attention_sink(self)
     if sink is not None:
         sink(probs.detach())
-    context = (probs.unsqueeze(-1) * value_layer.float()).sum(2).to(value_layer.dtype)  # (B, T, D)
+    context = fusion_context(probs, value_layer)  # (B, T, D)
     if self.config["value"] and not self.config["value_before_softmax"]:
         context = self.value(context)
     if not self.config["residual_before"]:

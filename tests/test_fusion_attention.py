@@ -164,3 +164,24 @@ def test_recorder_checks_rows_against_groups_and_finds_the_fuse():
     assert isinstance(record_fusion_attention(model), FusionAttention)
     model.set_active_adapters("a")
     assert record_fusion_attention(model) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fusion_products_on_either_path_equal_the_librarys(dtype):
+    """The per-token products of the Fusion attention: the CPU's broadcast path and the batched
+    path other devices take (forced here on the CPU), against the library's matmul formula in fp32."""
+    from adaptertx.fused_fusion import fusion_context, fusion_scores
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 5, 16, generator=g), torch.randn(2, 5, 3, 16, generator=g), torch.randn(2, 5, 3, 16,
+                                                                                                      generator=g)
+    ref_scores = torch.squeeze(torch.matmul(q.unsqueeze(2), k.transpose(-2, -1)), dim=2)
+    probs = torch.softmax(ref_scores, dim=-1)
+    ref_context = torch.squeeze(torch.matmul(probs.unsqueeze(2), v), dim=2)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    for broadcast in (True, False):
+        s = fusion_scores(q.to(dtype), k.to(dtype), broadcast=broadcast)
+        c = fusion_context(probs, v.to(dtype), broadcast=broadcast)
+        assert s.dtype == torch.float32 and c.dtype == dtype
+        torch.testing.assert_close(s, ref_scores, **tol)
+        torch.testing.assert_close(c.float(), ref_context, **tol)
