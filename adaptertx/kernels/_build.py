@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -55,25 +56,31 @@ _failed: dict[str, str] = {}
 
 def modes() -> dict[str, str]:
     """``ADAPTERTX_KERNELS`` per device type: ``{"cpu": ..., "cuda": ...}``, each ``auto``, ``ref`` or ``native``."""
-    raw = os.environ.get(ENV, "").strip().lower() or "auto"
+    return dict(_parse_modes(os.environ.get(ENV, "")))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_modes(value: str) -> tuple[tuple[str, str], ...]:
+    """The per-device choices of one ``ADAPTERTX_KERNELS`` value (read on every kernel call, so cached)."""
+    raw = value.strip().lower() or "auto"
     if "=" not in raw:
         if raw not in CHOICES:
             raise AdaptertxError(f"{ENV}={raw!r}: expected 'auto', 'ref', 'native' or per device 'cpu=...,cuda=...'")
-        return {"cpu": raw, "cuda": raw}
+        return (("cpu", raw), ("cuda", raw))
     out = {"cpu": "auto", "cuda": "auto"}
     for part in filter(None, (p.strip() for p in raw.split(","))):
-        device, _, value = part.partition("=")
-        device, value = device.strip(), value.strip()
-        if device not in out or value not in CHOICES:
+        device, _, choice = part.partition("=")
+        device, choice = device.strip(), choice.strip()
+        if device not in out or choice not in CHOICES:
             raise AdaptertxError(f"{ENV}={raw!r}: {part!r} is not DEVICE=CHOICE with DEVICE in cpu, cuda and "
                                  f"CHOICE in {', '.join(CHOICES)}")
-        out[device] = value
-    return out
+        out[device] = choice
+    return tuple(out.items())
 
 
 def mode(device_type: str = "cpu") -> str:
     """The ``ADAPTERTX_KERNELS`` choice for ``device_type``: ``auto``, ``ref`` or ``native``."""
-    return modes()[device_type]
+    return dict(_parse_modes(os.environ.get(ENV, "")))[device_type]
 
 
 def _source(op: str) -> Path:

@@ -92,7 +92,9 @@ def cuda_unavailable(name: str) -> str | None:
 
 
 def _needs_grad(tensors) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors)
 
 
 def kernel_serves(name: str, device: torch.device, dtype: torch.dtype,
