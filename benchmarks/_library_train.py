@@ -21,8 +21,9 @@ import torch
 LIB_MODES = ("lib bf16", "lib bnb int8")
 
 
-def build(model_name: str, mode: str, config, num_labels: int, seed: int):
-    """An adapters model for ``mode`` (one of :data:`LIB_MODES`), base frozen, adapter + head trainable."""
+def build(model_name: str, mode: str, config, num_labels: int, seed: int, device: str = "cpu"):
+    """An adapters model for ``mode`` (one of :data:`LIB_MODES`) on ``device``, base frozen, adapter +
+    head trainable."""
     from adapters import AutoAdapterModel
 
     from adaptertx.models import resolve
@@ -33,14 +34,19 @@ def build(model_name: str, mode: str, config, num_labels: int, seed: int):
 
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        if device != "cpu":
+            kwargs["device_map"] = {"": device}
     model = AutoAdapterModel.from_pretrained(resolve(model_name), **kwargs)
+    if device != "cpu" and mode != "lib bnb int8":
+        model.to(device)
     torch.manual_seed(seed)
     model.add_adapter("bench", config=config)
     model.add_classification_head("bench", num_labels=num_labels)
     model.train_adapter("bench")
     # The library creates the new adapter and head in float32; its docs cast them to the base's
     # compute dtype when the base is not float32 (``adapter_to``), as a user would.
-    model.adapter_to("bench", dtype=torch.bfloat16)
+    model.adapter_to("bench", device=torch.device(device), dtype=torch.bfloat16)
+    model.heads["bench"].to(device)
     for p in model.heads["bench"].parameters():
         p.requires_grad_(True)
     return model
@@ -49,12 +55,13 @@ def build(model_name: str, mode: str, config, num_labels: int, seed: int):
 class Runner:
     """Runs ``steps`` AdapterTrainer steps on one repeated batch and records each step's seconds."""
 
-    def __init__(self, model, batch: dict[str, torch.Tensor], lr: float) -> None:
+    def __init__(self, model, batch: dict[str, torch.Tensor], lr: float, device: str = "cpu") -> None:
         from adapters import AdapterTrainer
         from torch.utils.data import SequentialSampler
         from transformers import PrinterCallback, TrainerCallback, TrainingArguments, default_data_collator
 
-        self.model, self.batch, self.times = model, batch, []
+        self.model, self.batch, self.times, self.device = model, batch, [], torch.device(device)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         self.tmp = tempfile.TemporaryDirectory()
         rows = [{k: v[i] for k, v in batch.items()} for i in range(len(batch["input_ids"]))]
         self.rows = rows
@@ -62,9 +69,11 @@ class Runner:
 
         class Clock(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
+                sync()
                 self.t0 = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
+                sync()
                 times.append(time.perf_counter() - self.t0)
 
         class InOrder(AdapterTrainer):
@@ -72,7 +81,8 @@ class Runner:
                 return SequentialSampler(self.train_dataset)
 
         self.args = dict(output_dir=self.tmp.name, per_device_train_batch_size=len(rows), learning_rate=lr,
-                         weight_decay=0.0, bf16=True, use_cpu=True, report_to=[], save_strategy="no",
+                         weight_decay=0.0, bf16=True, use_cpu=self.device.type == "cpu", report_to=[],
+                         save_strategy="no",
                          logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
                          lr_scheduler_type="constant", optim="adamw_torch", remove_unused_columns=False)
         def make(steps):
@@ -93,7 +103,7 @@ class Runner:
 
     def logits(self, eval_batch: dict[str, torch.Tensor]) -> torch.Tensor:
         self.model.eval()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            out = self.model(**eval_batch).logits.float()
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16):
+            out = self.model(**{k: v.to(self.device) for k, v in eval_batch.items()}).logits.float().cpu()
         self.model.train()
         return out

@@ -14,6 +14,7 @@ base's weights occupy (parameters and buffers), and the linear layers' share of 
 
     python benchmarks/bench_train.py            # full size: batch 16 x 128 tokens
     python benchmarks/bench_train.py --tiny     # seconds; CI runs this
+    python benchmarks/bench_train.py --device cuda   # every mode on the GPU (make gpu-check runs it)
 
 Prints ``case | baseline | ours | ratio | agreement`` rows, writes a JSON with the machine,
 versions and git SHA, and exits 1 when a mode's logits stray from fp32's.
@@ -82,23 +83,26 @@ def make_batch(tokenizer, batch: int, length: int) -> dict[str, torch.Tensor]:
     return dict(enc)
 
 
-def measure(model_name: str, label: str, batch: dict, steps: int) -> list[dict]:
+def measure(model_name: str, label: str, batch: dict, steps: int, device: str = "cpu") -> list[dict]:
     task = get_task("mrpc")
-    built = {m: build_adapter_model(model_name, task, quant=m) for m in MODES}
+    dev = torch.device(device)
+    built = {m: build_adapter_model(model_name, task, quant=m, device=device) for m in MODES}
     optim = {m: torch.optim.AdamW([p for p in b.model.parameters() if p.requires_grad], lr=1e-4)
              for m, b in built.items()}
     lib = {m: _library_train.Runner(_library_train.build(model_name, m, adapter_config(ADAPTER), len(task.labels),
-                                                         ADAPTER_SEED), batch, lr=1e-4)
+                                                         ADAPTER_SEED, device), batch, lr=1e-4, device=device)
            for m in _library_train.LIB_MODES}
     eval_batch = {k: v for k, v in batch.items() if k != "labels"}
+    on_dev = {k: v.to(dev) for k, v in batch.items()}
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def logits(mode):
         if mode in lib:
             return lib[mode].logits(eval_batch)
         b = built[mode]
         b.model.eval()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=b.autocast):
-            out = b.model(**eval_batch).logits.float()
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=b.autocast):
+            out = b.model(**{k: v.to(dev) for k, v in eval_batch.items()}).logits.float().cpu()
         b.model.train()
         return out
 
@@ -110,12 +114,14 @@ def measure(model_name: str, label: str, batch: dict, steps: int) -> list[dict]:
         if mode in lib:
             return lib[mode].run(1)[0]
         b = built[mode]
+        sync()
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=b.autocast):
-            loss = b.model(**batch).loss
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=b.autocast):
+            loss = b.model(**on_dev).loss
         loss.backward()
         optim[mode].step()
         optim[mode].zero_grad(set_to_none=True)
+        sync()
         return time.perf_counter() - start
 
     times = {m: [] for m in modes}
@@ -139,8 +145,9 @@ def measure(model_name: str, label: str, batch: dict, steps: int) -> list[dict]:
     return rows
 
 
-def gemm_peak(dtype: torch.dtype, tiny: bool) -> float:
-    return harness_gemm_peak(dtype, [(256,) * 3] if tiny else [(2048,) * 3], 0.05 if tiny else 0.5)
+def gemm_peak(dtype: torch.dtype, tiny: bool, device: str = "cpu") -> float:
+    shape = (256,) * 3 if tiny else (8192,) * 3 if device.startswith("cuda") else (2048,) * 3
+    return harness_gemm_peak(dtype, [shape], 0.05 if tiny else 0.5, device=device)
 
 
 def main() -> int:
@@ -150,6 +157,7 @@ def main() -> int:
     parser.add_argument("--models", default=None, help="comma-separated subset: xlmr-base-shape, me5-small")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="result file (default: <cache>/benchmarks/bench_train.json)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where every mode trains")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -162,9 +170,10 @@ def main() -> int:
     if "xlmr-base-shape" in wanted or args.tiny:
         with tempfile.TemporaryDirectory() as tmp:
             folder = xlmr_base_folder(args.tiny, Path(tmp))
-            results += measure(folder, "XLM-R-base shape" + (" (tiny)" if args.tiny else ""), batch, steps)
+            results += measure(folder, "XLM-R-base shape" + (" (tiny)" if args.tiny else ""), batch, steps,
+                               args.device)
     if not args.tiny and "me5-small" in wanted:
-        results += measure("me5-small", "me5-small", batch, steps)
+        results += measure("me5-small", "me5-small", batch, steps, args.device)
 
     table = []
     for label in dict.fromkeys(r["model"] for r in results):
@@ -185,10 +194,12 @@ def main() -> int:
         table.append((f"{label}: base bytes, fp32 vs ours int8", f"{fp32['base_bytes'] / 2**20:.1f} MiB",
                       f"{ours['base_bytes'] / 2**20:.1f} MiB", f"{ours['base_bytes'] / fp32['base_bytes']:.2f}x",
                       f"trainable {ours['trainable']:,} params = {100 * ours['trainable_share']:.2f}% of the model"))
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, shared with "
-          f"other work (steps alternate between modes, so ratios hold; absolute times move with the load)")
-    print(f"measured matmul peaks: bf16 {gemm_peak(torch.bfloat16, args.tiny) / 1e9:.0f} GFLOP/s, "
-          f"fp32 {gemm_peak(torch.float32, args.tiny) / 1e9:.0f} GFLOP/s (2048^3)")
+    where = (torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda")
+             else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"device: {where}, shared with other work (steps alternate between modes, so ratios hold; absolute "
+          f"times move with the load)")
+    print(f"measured matmul peaks: bf16 {gemm_peak(torch.bfloat16, args.tiny, args.device) / 1e9:.0f} GFLOP/s, "
+          f"fp32 {gemm_peak(torch.float32, args.tiny, args.device) / 1e9:.0f} GFLOP/s")
     real = int(batch["attention_mask"].sum())
     print(f"adapter training step, batch {batch_size} x {length} tokens of MRPC ({real} real, the rest padding), "
           f"{ADAPTER} adapter + classification head; fastest of {steps} steps; ratio = baseline time / ours "

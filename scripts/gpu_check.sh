@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make gpu-check`: on a machine with one NVIDIA GPU, install what adaptertx's GPU path needs into
-# the Python that holds the CUDA torch, run the GPU tests and `bench_encode.py --device cuda`, and
+# the Python that holds the CUDA torch, run the GPU tests, `bench_encode.py --device cuda` and
+# `bench_train.py --device cuda` (bf16, our int8 and bitsandbytes int8 bases side by side), and
 # write gpu-check/gpu-check.md (the tests' summary and the benchmark's tables). About 5 minutes on
 # an H100/H200.
 #
@@ -40,6 +41,9 @@ tests_rc=${PIPESTATUS[0]}
 timeout 300 "$PY" benchmarks/bench_encode.py --device cuda "${bench_args[@]}" \
   --json "$OUT_DIR/bench_encode_cuda.json" 2>&1 | tee "$OUT_DIR/bench_encode.log"
 bench_rc=${PIPESTATUS[0]}
+timeout 150 "$PY" benchmarks/bench_train.py --device cuda --models xlmr-base-shape \
+  --json "$OUT_DIR/bench_train_cuda.json" 2>&1 | tee "$OUT_DIR/bench_train.log"
+train_rc=${PIPESTATUS[0]}
 set -e
 
 {
@@ -57,6 +61,12 @@ set -e
   echo
   grep -E '^(\||device:|[0-9]+ real)' "$OUT_DIR/bench_encode.log" || true
   echo
+  echo "## bench_train.py --device cuda (exit $train_rc)"
+  echo
+  echo '```'
+  grep -vE '^(wrote|There are adapters)' "$OUT_DIR/bench_train.log" | tail -n 14
+  echo '```'
+  echo
   echo "## Kernel backends"
   echo
   echo '```'
@@ -64,4 +74,4 @@ set -e
   echo '```'
 } > "$OUT_DIR/gpu-check.md"
 echo "wrote $OUT_DIR/gpu-check.md"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+exit $(( tests_rc != 0 || bench_rc != 0 || train_rc != 0 ))
