@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import logging
 from collections.abc import Callable
 
 import torch
@@ -38,6 +39,10 @@ CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # op -> (what the CUDA kernel needs, the dtypes it serves); filled by define().
 _CUDA: dict[str, tuple[str, tuple[torch.dtype, ...]]] = {}
+# CUDA kernels that failed on their first call (op -> why), and those that have run.
+_CUDA_FAILED: dict[str, str] = {}
+_CUDA_RAN: set[str] = set()
+log = logging.getLogger("adaptertx.kernels")
 
 
 def define(op: str, schema: str, *, fake: Callable, ref: Callable, cuda: Callable | None = None,
@@ -48,8 +53,32 @@ def define(op: str, schema: str, *, fake: Callable, ref: Callable, cuda: Callabl
     torch.library.register_fake(f"{NAMESPACE}::{op}", fake, lib=LIB)
     LIB.impl(op, ref, "CompositeExplicitAutograd")
     if cuda is not None:
-        LIB.impl(op, cuda, "CUDA")
+        LIB.impl(op, guarded(op, cuda, ref), "CUDA")
         _CUDA[op] = (cuda_needs, cuda_dtypes)
+
+
+def guarded(name: str, cuda: Callable, ref: Callable) -> Callable:
+    """``cuda`` as ``name``'s CUDA kernel: if its first call fails (triton missing, a kernel that
+    does not compile for this GPU), one log line says why and the reference serves that call and
+    every later one; once it has run, its errors are the caller's (out of memory is never caught)."""
+    def kernel(*args):
+        if name in _CUDA_FAILED:
+            return ref(*args)
+        try:
+            out = cuda(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # an import, compiler or launch failure of any kind
+            if name in _CUDA_RAN:
+                raise
+            text = str(exc).strip().splitlines()
+            _CUDA_FAILED[name] = f"its CUDA kernel failed: {type(exc).__name__}: {text[0][:200] if text else ''}"
+            log.warning("adaptertx kernel %s: using the pure-torch reference on CUDA (%s)", name, _CUDA_FAILED[name])
+            return ref(*args)
+        _CUDA_RAN.add(name)
+        return out
+
+    return kernel
 
 
 def op(name: str):
@@ -88,7 +117,7 @@ def cuda_unavailable(name: str) -> str | None:
     """Why ``name`` has no usable CUDA kernel here, or None when it has one."""
     if name not in _CUDA:
         return "no CUDA kernel (the reference runs on the GPU)"
-    return _have(_CUDA[name][0])
+    return _CUDA_FAILED.get(name) or _have(_CUDA[name][0])
 
 
 def _needs_grad(tensors) -> bool:
@@ -113,8 +142,15 @@ def kernel_serves(name: str, device: torch.device, dtype: torch.dtype,
     if missing is not None:
         if choice == "native" and name in _CUDA:
             raise AdaptertxError(f"{_build.ENV} asks for the CUDA kernel of {name}, which is unavailable: {missing}")
+        if name in _CUDA and name not in _CUDA_FAILED:
+            _note_missing(name, missing)
         return False
     return dtype in (dtypes or _CUDA[name][1])
+
+
+@functools.cache
+def _note_missing(name: str, why: str) -> None:
+    log.warning("adaptertx kernel %s: using the pure-torch reference on CUDA (%s)", name, why)
 
 
 def use_kernel(name: str, main: torch.Tensor, *tensors, dtypes: tuple[torch.dtype, ...] | None = None) -> bool:

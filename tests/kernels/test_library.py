@@ -161,3 +161,36 @@ def test_native_on_cuda_without_its_kernel_is_a_clear_error(monkeypatch):
     with FakeTensorMode():
         x, b = torch.empty(3, 4, device="cuda"), torch.empty(4, device="cuda")
         assert kernels.bias_gelu(x, b).device.type == "cuda"   # the reference, on the device
+
+
+def test_a_cuda_kernel_that_fails_its_first_call_falls_back_once_with_a_reason(monkeypatch, caplog):
+    """A Triton kernel that does not compile for the GPU at hand: one log line, the reference's
+    result for that call and every later one, and the status says why; a kernel that has already
+    run keeps its errors."""
+    monkeypatch.setattr(_library, "_CUDA_FAILED", {})
+    monkeypatch.setattr(_library, "_CUDA_RAN", set())
+    calls = []
+
+    def broken(x, bias):
+        calls.append(1)
+        raise RuntimeError("triton.compiler.errors.CompilationError: at 12:4: unsupported\nmore")
+
+    kernel = _library.guarded("bias_gelu", broken, kernels.bias_gelu_ref)
+    x, b = torch.randn(3, 5), torch.randn(5)
+    with caplog.at_level("WARNING", logger="adaptertx.kernels"):
+        out1, out2 = kernel(x, b), kernel(x, b)
+    torch.testing.assert_close(out1, kernels.bias_gelu_ref(x, b))
+    torch.testing.assert_close(out2, out1)
+    assert len(calls) == 1 and len([r for r in caplog.records if "bias_gelu" in r.getMessage()]) == 1
+    assert kernels.backend_status(build=False)["bias_gelu"]["cuda"] == (
+        "reference: its CUDA kernel failed: RuntimeError: "
+        "triton.compiler.errors.CompilationError: at 12:4: unsupported")
+    monkeypatch.setenv(_build.ENV, "cuda=native")
+    with FakeTensorMode():
+        xs, bs = torch.empty(3, 5, device="cuda"), torch.empty(5, device="cuda")
+        with pytest.raises(AdaptertxError, match="CUDA kernel of bias_gelu, which is unavailable: its CUDA kernel"):
+            kernels.bias_gelu(xs, bs)
+    ok = _library.guarded("add_layernorm", lambda *a: (_ for _ in ()).throw(ValueError("late")), None)
+    _library._CUDA_RAN.add("add_layernorm")
+    with pytest.raises(ValueError, match="late"):
+        ok(x, x, None, None, 1e-5)
