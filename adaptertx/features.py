@@ -90,11 +90,6 @@ class Features:
         return len(dict.fromkeys(self.example_ids))
 
     @property
-    def lengths(self) -> torch.Tensor:
-        """(rows,) int64: each row's length in tokens, the width :meth:`batch` cuts a batch to."""
-        return self._length
-
-    @property
     def seq_len(self) -> int:
         """``L``, the padded length of every row."""
         return self.tensors["input_ids"].shape[-1]

@@ -42,7 +42,7 @@ from adaptertx.modeling import BuiltModel, base_device, load_trainable_state, tr
 from adaptertx.models import first_line
 from adaptertx.settings import TrainSettings
 from adaptertx.tasks import Task
-from adaptertx.training.sampling import epoch_plan, length_grouped
+from adaptertx.training.sampling import epoch_plan
 from adaptertx.training.scoring import score_features
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,10 @@ class SingleTaskPlan:
         return math.ceil(math.ceil(len(self.features) / self.batch_size / world) / grad_accum)
 
     def epoch(self, epoch: int, rank: int, world: int) -> list[tuple[Task, str | None, torch.Tensor]]:
-        """``(task, head, row indices)`` of every batch of the epoch; ``head`` ``None``: the active head.
-        Batches are grouped by length (:func:`adaptertx.training.sampling.length_grouped`)."""
-        seed = self.seed * 100_003 + epoch
-        order = torch.randperm(len(self.features), generator=torch.Generator().manual_seed(seed))
+        """``(task, head, row indices)`` of every batch of the epoch; ``head`` ``None``: the active head."""
+        order = torch.randperm(len(self.features), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
         order = order[rank::world]
-        return [(self.task, None, b) for b in length_grouped(order, self.features.lengths, self.batch_size, seed + 1)]
+        return [(self.task, None, order[i:i + self.batch_size]) for i in range(0, len(order), self.batch_size)]
 
     def features_of(self, task: Task) -> Features:
         return self.features
@@ -99,8 +97,7 @@ class MixturePlan:
         return math.ceil(sum(math.ceil(n / (self.batch_size * world)) for n in self._rows()) / grad_accum)
 
     def epoch(self, epoch: int, rank: int, world: int) -> list[tuple[Task, str | None, torch.Tensor]]:
-        plan = epoch_plan(self._rows(), self.batch_size, self.probabilities, self.seed, epoch, rank, world,
-                          lengths=[self.features[t.name].lengths for t in self.tasks])
+        plan = epoch_plan(self._rows(), self.batch_size, self.probabilities, self.seed, epoch, rank, world)
         return [(self.tasks[t], self.tasks[t].name, indices) for t, indices in plan]
 
     def features_of(self, task: Task) -> Features:
@@ -231,8 +228,6 @@ class Fitted:
         trainable_params, total_params: parameter counts.
         is_main_process: whether this process writes the run's files.
         start: the loop's start time (``time.time()``).
-        padding: the share of the training batches' token slots that were padding (this process's
-            batches since the run started or resumed), or None when it ran none.
     """
 
     model: torch.nn.Module
@@ -241,7 +236,6 @@ class Fitted:
     total_params: int
     is_main_process: bool
     start: float = field(default_factory=time.time)
-    padding: float | None = None
 
 
 def _step_budget(plan, settings: TrainSettings, world: int) -> tuple[int, int]:
@@ -284,9 +278,6 @@ def fit(built: BuiltModel, plan: SingleTaskPlan | MixturePlan, validation: Valid
     if accelerator.num_processes > 1:  # DDP: Accelerate puts each process's replica on its device
         model, optimizer = accelerator.prepare(model, optimizer)
         device = accelerator.device
-    if device.type == "cuda" and not built.autocast:
-        torch.backends.cuda.matmul.allow_tf32 = True  # an fp32 base: TF32 tensor cores for its matmuls
-        torch.backends.cudnn.allow_tf32 = True
     model.train()
     run = _Run(built, model, accelerator, optimizer, params, settings, out, extra_loss, on_step, device)
     total_steps, warmup_steps = _step_budget(plan, settings, accelerator.num_processes)
@@ -305,10 +296,6 @@ def fit(built: BuiltModel, plan: SingleTaskPlan | MixturePlan, validation: Valid
         run.bar.close()
     load_best(out, fitted.model)
     fitted.total_params = sum(p.numel() for p in fitted.model.parameters())
-    if run.slots:
-        fitted.padding = 1 - run.tokens / run.slots
-        log.info("%s: padding was %.1f%% of the %d token slots of the training batches (length-grouped)",
-                 desc, 100 * fitted.padding, run.slots)
     return fitted
 
 
@@ -330,7 +317,6 @@ class _Run:
     warmup_steps: int = 1
     bar: tqdm | None = None
     tokens: int = 0
-    slots: int = 0
     since: float = field(default_factory=time.time)
 
 
@@ -351,70 +337,41 @@ def _initial_state(run: _Run, validation: Validation, resume: bool) -> dict:
     return state
 
 
-#: Steps whose losses are read back to the host together (one wait for the device per this many
-#: steps, not one per step); a step that checkpoints, the last step and ``on_step`` flush at once.
-LOG_EVERY = 8
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    """The batch on ``device``: from pinned host memory without waiting, on a GPU."""
-    if device.type != "cuda":
-        return {k: v.to(device) for k, v in batch.items()}
-    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _flush(run: _Run, pending: list) -> None:
-    """Log the pending steps' records, their losses read back from the device in one go."""
-    if not pending:
-        return
-    losses = torch.stack([loss for _, loss in pending]).tolist()
-    for (record, _), loss in zip(pending, losses, strict=True):
-        record["loss"] = loss
-        if run.accelerator.is_main_process:
-            rundir.append_log(run.out, record)
-        if run.on_step is not None:
-            run.on_step(record["step"], record)
-    elapsed = time.time() - run.since
-    run.bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{run.tokens / max(elapsed, 1e-9):.0f}")
-    run.bar.update(len(pending))
-    pending.clear()
-
-
 def _run_epoch(run: _Run, plan, state: dict, epoch: int) -> None:
     """The epoch's batches from ``state["batch"]`` on, until the epoch or the step budget ends."""
     accelerator, settings = run.accelerator, run.settings
     batches = plan.epoch(epoch, accelerator.process_index, accelerator.num_processes)
-    running, step_tasks, pending = None, [], []
+    running, step_tasks = 0.0, []
     for b in range(state["batch"], len(batches)):
         task, head, indices = batches[b]
         batch = plan.features_of(task).batch(indices)
-        mask = batch["attention_mask"]  # counted on the host, before the batch moves
-        run.tokens += int(mask.sum())
-        run.slots += mask.numel()
-        loss = _forward_backward(run, _to_device(batch, run.device), head)
-        running = loss if running is None else running + loss
+        run.tokens += int(batch["attention_mask"].sum())  # counted on the host, before the batch moves
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+        running += _forward_backward(run, batch, head)
         step_tasks.append(task.name)
         state["drawn"][task.name] = state["drawn"].get(task.name, 0) + 1
         state["batch"] = b + 1
         if (b + 1) % settings.grad_accum and b + 1 != len(batches):
             continue
         lr = _optimiser_step(run, state)
-        pending.append(({"step": state["step"], "epoch": epoch, **({"tasks": step_tasks} if plan.tasks_in_log else {}),
-                         "loss": None, "lr": lr}, running))
-        running, step_tasks = None, []
-        last = state["step"] >= run.total_steps
-        save = state["step"] % settings.save_every == 0 and not last
-        if save or last or run.on_step is not None or len(pending) >= LOG_EVERY or b + 1 == len(batches):
-            _flush(run, pending)
-        if save and accelerator.is_main_process:
-            save_checkpoint(run.out / "checkpoints", accelerator.unwrap_model(run.model), run.optimizer, state)
-        if last:
+        record = {"step": state["step"], "epoch": epoch, **({"tasks": step_tasks} if plan.tasks_in_log else {}),
+                  "loss": running, "lr": lr}
+        running, step_tasks = 0.0, []
+        elapsed = time.time() - run.since
+        run.bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{run.tokens / max(elapsed, 1e-9):.0f}")
+        run.bar.update(1)
+        if accelerator.is_main_process:
+            rundir.append_log(run.out, record)
+            if state["step"] % settings.save_every == 0 and state["step"] < run.total_steps:
+                save_checkpoint(run.out / "checkpoints", accelerator.unwrap_model(run.model), run.optimizer, state)
+        if run.on_step is not None:
+            run.on_step(state["step"], record)
+        if state["step"] >= run.total_steps:
             break
-    _flush(run, pending)
 
 
-def _forward_backward(run: _Run, batch: dict, head: str | None) -> torch.Tensor:
-    """One forward and backward pass; returns the (accumulation-scaled) loss, detached, on the device."""
+def _forward_backward(run: _Run, batch: dict, head: str | None) -> float:
+    """One forward and backward pass; returns the (accumulation-scaled) loss."""
     model, accelerator, settings, extra_loss = run.model, run.accelerator, run.settings, run.extra_loss
     try:
         with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.built.autocast):
@@ -428,7 +385,7 @@ def _forward_backward(run: _Run, batch: dict, head: str | None) -> torch.Tensor:
     except torch.OutOfMemoryError:
         raise AdaptertxError(f"out of memory at batch size {settings.batch_size}: try --batch-size "
                              f"{max(1, settings.batch_size // 2)} --grad-accum {settings.grad_accum * 2}") from None
-    return loss.detach().float()
+    return loss.item()
 
 
 def _optimiser_step(run: _Run, state: dict) -> float:

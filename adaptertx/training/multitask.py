@@ -271,8 +271,7 @@ def train_mixture(config: MultitaskConfig, build: Callable[[list[Task]], BuiltMo
                    "steps": state["step"], "seconds": round(seconds, 1)}
         rundir.write_run(out, config.to_json(), "finished", method=method, **run_info, **results,
                          test_majority_baseline=baselines, test_vs_majority=comparisons,
-                         trainable_params=fitted.trainable_params, total_params=fitted.total_params,
-                         padding=None if fitted.padding is None else round(fitted.padding, 4))
+                         trainable_params=fitted.trainable_params, total_params=fitted.total_params)
         recipe = {
             "method": method, "name": config.name, "tasks": list(config.tasks), "inputs": runs or [],
             "weights": None, "weights_given": None, "sampling": config.sampling,

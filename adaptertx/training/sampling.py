@@ -82,36 +82,8 @@ def task_schedule(probabilities: Sequence[float], length: int, seed: int, epoch:
     return torch.searchsorted(cdf, u, right=True).clamp(max=len(cdf) - 1).tolist()
 
 
-#: Batches per length bucket of :func:`length_grouped`: a bucket of ``GROUP * batch_size`` rows of a
-#: shuffle is sorted by length and cut into batches, so a batch holds rows of similar length
-#: (little padding) drawn from a random ``GROUP``-th of the data.
-GROUP = 32
-
-
-def length_grouped(order: torch.Tensor, lengths: torch.Tensor | None, batch_size: int,
-                   seed: int) -> list[torch.Tensor]:
-    """The batches of ``order`` (a shuffle of row indices), grouped by length.
-
-    Consecutive buckets of ``GROUP * batch_size`` rows of ``order`` are each sorted by
-    ``lengths`` (stable, so ties keep the shuffle's order) and cut into batches of
-    ``batch_size``; the batches of all buckets are then shuffled with a generator seeded by
-    ``seed``. Deterministic in its arguments. Without ``lengths``: consecutive batches of
-    ``order``, unshuffled.
-    """
-    if lengths is None:
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    batches = []
-    for start in range(0, len(order), GROUP * batch_size):
-        bucket = order[start:start + GROUP * batch_size]
-        bucket = bucket[torch.argsort(lengths[bucket], stable=True)]
-        batches += [bucket[i:i + batch_size] for i in range(0, len(bucket), batch_size)]
-    perm = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [batches[i] for i in perm]
-
-
 def epoch_plan(rows: Sequence[int], batch_size: int, probabilities: Sequence[float], seed: int, epoch: int,
-               rank: int = 0, world: int = 1,
-               lengths: Sequence[torch.Tensor] | None = None) -> list[tuple[int, torch.Tensor]]:
+               rank: int = 0, world: int = 1) -> list[tuple[int, torch.Tensor]]:
     """One epoch's batches: ``(task index, row indices)`` in training order.
 
     The epoch has ``sum_i ceil(rows[i] / (batch_size * world))`` batches; their tasks come from
@@ -123,8 +95,6 @@ def epoch_plan(rows: Sequence[int], batch_size: int, probabilities: Sequence[flo
     Args:
         rows: encoded training rows per task (QA: windows).
         rank, world: this process and the number of processes (each takes every ``world``-th row).
-        lengths: each task's row lengths (tokens); given, each pass's batches are grouped by length
-            (:func:`length_grouped`).
 
     Returns:
         ``(task, indices)`` pairs; ``indices``: (at most batch_size,) int64 row indices of the task.
@@ -143,7 +113,6 @@ def epoch_plan(rows: Sequence[int], batch_size: int, probabilities: Sequence[flo
         if key not in passes:
             order = torch.randperm(rows[t], generator=torch.Generator().manual_seed(_mix(seed, epoch, t, key[1])))
             order = order[rank::world]
-            passes[key] = length_grouped(order, None if lengths is None else lengths[t], batch_size,
-                                         _mix(seed, epoch, t, key[1], 7)) or [order]
+            passes[key] = [order[i:i + batch_size] for i in range(0, len(order), batch_size)] or [order]
         plan.append((t, passes[key][k % per_pass]))
     return plan

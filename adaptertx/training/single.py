@@ -161,8 +161,7 @@ def train_one_task(config: TrainConfig, task: Task, build: Callable[[], BuiltMod
                          **run_info, best_epoch=state["best_epoch"], validation=state["best"], test=test_scores,
                          steps=state["step"], seconds=round(seconds, 1),
                          **_versus_floor(task, test_preds, test_rows, train_rows),
-                         trainable_params=fitted.trainable_params, total_params=fitted.total_params,
-                         padding=None if fitted.padding is None else round(fitted.padding, 4))
+                         trainable_params=fitted.trainable_params, total_params=fitted.total_params)
     return RunResult(out, state["best_epoch"], state["best"], test_scores, state["step"], seconds)
 
 
