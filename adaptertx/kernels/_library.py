@@ -30,11 +30,12 @@ import torch
 
 from adaptertx.errors import AdaptertxError
 from adaptertx.kernels import _build
+from adaptertx.kernels._common import NATIVE_DTYPES
 
 LIB = torch.library.Library("adaptertx", "FRAGMENT")
 NAMESPACE = "adaptertx"
 DEVICE_TYPES = ("cpu", "cuda")
-CPU_DTYPES = (torch.float32, torch.bfloat16)
+CPU_DTYPES = NATIVE_DTYPES
 CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # op -> (what the CUDA kernel needs, the dtypes it serves); filled by define().

@@ -225,18 +225,13 @@ def _folded(x, query, residual, w_in, b_in, w_out, res_w, n: int, r: int, activa
 
 
 def _op_ref(x, query, residual, w_in, b_in, w_out, res_w, n: int, r: int, activation: int, temperature: float):
-    dt = x.dtype
-    same = query is x
-    ws = [None if t is None else t.to(dt) for t in (w_in, b_in, w_out, res_w)]
-    return _folded(x, x if same else query, residual, *ws, n, r, ACTIVATIONS[ACTIVATION_NAMES[activation]][1],
-                   temperature)
+    ws = [None if t is None else t.to(x.dtype) for t in (w_in, b_in, w_out, res_w)]
+    return _folded(x, query, residual, *ws, n, r, ACTIVATIONS[ACTIVATION_NAMES[activation]][1], temperature)
 
 
 def _cuda(x, query, residual, w_in, b_in, w_out, res_w, n: int, r: int, activation: int, temperature: float):
     packed = PackedFusion(w_in, b_in, w_out, res_w, ACTIVATIONS[ACTIVATION_NAMES[activation]][1], n, r)
-    out, probs = cuda_function(OP, "adapter_fusion_triton")(x, x if query is x else query, residual, packed,
-                                                            temperature, return_probs=True)
-    return out, probs
+    return cuda_function(OP, "adapter_fusion_triton")(x, query, residual, packed, temperature, return_probs=True)
 
 
 def _fake(x, query, residual, w_in, b_in, w_out, res_w, n, r, activation, temperature):
